@@ -1,0 +1,97 @@
+"""Every exception slotkeeper raises derives from :class:`SlotkeeperError`.
+
+Stdlib mixins let callers catch them the usual way: an :class:`AcquireTimeout` is a
+``TimeoutError``, a bad name is a ``ValueError``.
+"""
+
+from __future__ import annotations
+
+
+class SlotkeeperError(Exception):
+    """Base of every slotkeeper error."""
+
+
+class InvalidArgument(SlotkeeperError, ValueError):
+    """A bad argument value (slots < 0, occupy < 1, bad timeout...)."""
+
+
+class InvalidName(InvalidArgument):
+    """A limit or namespace name that slotkeeper does not accept."""
+
+
+class InvalidType(SlotkeeperError, TypeError):
+    """An argument of the wrong type."""
+
+
+class LimitNotFound(SlotkeeperError, LookupError):
+    """The limit does not exist; the message names the command that creates it."""
+
+    def __init__(self, name: str, namespace: str = "default") -> None:
+        self.name = name
+        self.namespace = namespace
+        ns = "" if namespace == "default" else f" --namespace {namespace}"
+        super().__init__(
+            f"limit {name!r} does not exist: create it with "
+            f"`slotkeeper{ns} create {_quote(name)} --slots N`, "
+            "or pass default_slots=N (auto-create) or strict=False (run unthrottled)"
+        )
+
+
+class LimitExists(SlotkeeperError):
+    """A create of a limit that already exists."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"limit {name!r} already exists (use `slotkeeper set` to change it)")
+
+
+class LimitHeld(SlotkeeperError):
+    """A delete of a limit that still has holders."""
+
+    def __init__(self, name: str, used: int) -> None:
+        self.name = name
+        self.used = used
+        super().__init__(
+            f"limit {name!r} has {used} slot(s) in use: wait, or `slotkeeper rm --force` "
+            "to revoke the leases first"
+        )
+
+
+class OccupyExceedsLimit(SlotkeeperError, ValueError):
+    """``occupy`` is larger than the limit's slots: the request could never be granted."""
+
+    def __init__(self, name: str, occupy: int, slots: int) -> None:
+        self.name = name
+        self.occupy = occupy
+        self.slots = slots
+        super().__init__(
+            f"occupy={occupy} exceeds limit {name!r} of {slots} slot(s); it could never be granted"
+        )
+
+
+class AcquireTimeout(SlotkeeperError, TimeoutError):
+    """No slot within the timeout."""
+
+
+class LeaseLost(SlotkeeperError):
+    """The lease expired or was revoked while held: others may have been admitted since."""
+
+    def __init__(self, lease_id: str, names: tuple[str, ...] | list[str] = ()) -> None:
+        self.lease_id = lease_id
+        self.names = tuple(names)
+        super().__init__(
+            f"lease {lease_id} on {', '.join(self.names) or '?'} was lost "
+            "(expired or revoked) before it was released"
+        )
+
+
+class BrokerUnavailable(SlotkeeperError, ConnectionError):
+    """Redis could not be reached (after bounded retries)."""
+
+
+class BrokerError(SlotkeeperError):
+    """Redis answered with an error slotkeeper did not expect (e.g. garbage in its keys)."""
+
+
+def _quote(name: str) -> str:
+    return name if name.replace(":", "").replace("-", "").replace("_", "").isalnum() else repr(name)

@@ -1,0 +1,120 @@
+"""The Redis key schema: every key slotkeeper writes is named here, and nowhere else.
+
+Every key of a namespace carries the hash tag ``{ns}``, so a namespace lives in one Redis Cluster
+slot (multi-limit scripts stay atomic) and different namespaces spread over shards.
+
+=====================================  ======  =================================================
+key                                    type    holds
+=====================================  ======  =================================================
+``sk:{ns}:limits``                     SET     names of every limit in the namespace
+``sk:{ns}:limit:<name>``               HASH    config (slots, ttl ms, enabled, desc, created,
+                                               updated) and counters (c_acquired, c_released,
+                                               c_expired, c_revoked, c_timed_out, w1..w16
+                                               wait-time buckets, w_sum ms)
+``sk:{ns}:holders:<name>``             ZSET    lease id (plus ``id#2``..``id#occupy``) -> expiry ms
+``sk:{ns}:queue:<name>``               ZSET    waiting ticket id -> -priority*1e12 + arrival seq
+``sk:{ns}:leases``                     HASH    lease id -> msgpack lease record
+``sk:{ns}:lease_exp``                  ZSET    lease id -> expiry ms (garbage collection)
+``sk:{ns}:tickets``                    HASH    ticket id -> msgpack ticket record
+``sk:{ns}:ticket_exp``                 ZSET    ticket id -> expiry ms
+``sk:{ns}:fence``                      STRING  fencing token / arrival sequence counter
+``sk:{ns}:wake:<client>`` (channel)    PUBSUB  grant notifications to one process (not a key)
+=====================================  ======  =================================================
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from slotkeeper.broker.errors import InvalidName, InvalidType
+
+PREFIX = "sk"
+MAX_NAME = 200
+_NS_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+# Wait-time histogram bucket bounds in ms (mirrors WAIT_BOUNDS in lua/_lib.lua); w16 is +Inf.
+WAIT_BUCKETS_MS: tuple[int, ...] = (
+    1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000,
+)
+
+
+def check_namespace(ns: object) -> str:
+    if not isinstance(ns, str):
+        raise InvalidType(f"namespace must be a str, not {type(ns).__name__}")
+    if not _NS_RE.match(ns):
+        raise InvalidName(
+            f"bad namespace {ns!r}: 1-64 characters among letters, digits, '_', '.', '-'"
+        )
+    return ns
+
+
+def check_name(name: object) -> str:
+    """A limit name: 1-200 printable characters, no leading/trailing space."""
+    if not isinstance(name, str):
+        raise InvalidType(f"limit name must be a str, not {type(name).__name__}")
+    if not name:
+        raise InvalidName("limit name must not be empty")
+    if len(name) > MAX_NAME:
+        raise InvalidName(f"limit name is {len(name)} characters long; the maximum is {MAX_NAME}")
+    if not name.isprintable():
+        raise InvalidName(f"limit name {name!r} contains non-printable characters")
+    if name != name.strip():
+        raise InvalidName(f"limit name {name!r} has leading or trailing whitespace")
+    if "{" in name or "}" in name:
+        raise InvalidName(
+            f"limit name {name!r} contains '{{' or '}}' (only the templates {{worker}} and "
+            "{host} are allowed, and they are resolved before use)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names of one namespace."""
+
+    namespace: str
+
+    @property
+    def base(self) -> str:
+        return f"{PREFIX}:{{{self.namespace}}}"
+
+    def fixed(self) -> list[str]:
+        b = self.base
+        return [
+            f"{b}:limits",
+            f"{b}:leases",
+            f"{b}:lease_exp",
+            f"{b}:tickets",
+            f"{b}:ticket_exp",
+            f"{b}:fence",
+        ]
+
+    def limit(self, name: str) -> list[str]:
+        b = self.base
+        return [f"{b}:limit:{name}", f"{b}:holders:{name}", f"{b}:queue:{name}"]
+
+    def for_limits(self, names: list[str] | tuple[str, ...]) -> list[str]:
+        keys = self.fixed()
+        for n in names:
+            keys.extend(self.limit(n))
+        return keys
+
+    @property
+    def limits(self) -> str:
+        return f"{self.base}:limits"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.base}:leases"
+
+    @property
+    def tickets(self) -> str:
+        return f"{self.base}:tickets"
+
+    def wake_channel(self, client_id: str) -> str:
+        return f"{self.base}:wake:{client_id}"
+
+    def pattern(self) -> str:
+        """ACL / SCAN pattern matching every key of the namespace."""
+        return f"{self.base}:*"

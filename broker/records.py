@@ -1,0 +1,214 @@
+"""Typed views of what the scripts return and of the msgpack records they store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from slotkeeper.broker.keys import WAIT_BUCKETS_MS
+
+# Script status codes (see lua/_lib.lua).
+OK, GRANTED, QUEUED, BUSY, NOT_FOUND, OCCUPY_EXCEEDS, LOST = 0, 1, 2, 3, 4, 5, 6
+CANCELLED, EXISTS, HELD, REJECTED, NEED_KEYS, MORE = 7, 8, 9, 10, 11, 12
+
+
+def pack_meta(host: str, pid: int, worker: str, label: str) -> bytes:
+    return msgpack.packb({"h": host, "p": pid, "w": worker, "l": label})
+
+
+def _s(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return "" if v is None else str(v)
+
+
+def decode_record(raw: bytes | str | None) -> dict[str, Any] | None:
+    """A lease or ticket record as a dict, or None if it is missing or garbage. Never unpickles."""
+    if not raw:
+        return None
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogateescape")
+    try:
+        rec = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception:
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("n"), list):
+        return None
+    return rec
+
+
+@dataclass(frozen=True)
+class AcquireResult:
+    status: int
+    token: int = 0
+    expires_ms: int = 0
+    ttl_ms: int = 0
+    position: int = 0
+    next_check_ms: int = 0
+    name: str = ""
+    slots: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    lost_leases: list[str]
+    lost_tickets: list[str]
+    granted_tickets: list[str]
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class ReclaimResult:
+    expired: int
+    gc_leases: int
+    gc_tickets: int
+    granted: int
+    more: bool
+
+
+@dataclass(frozen=True)
+class Holder:
+    lease_id: str
+    occupy: int
+    names: list[str]
+    host: str
+    pid: int
+    worker: str
+    label: str
+    acquired_ms: int
+    renewed_ms: int
+    expires_ms: int
+    token: int
+    garbage: bool = False
+
+
+@dataclass(frozen=True)
+class Waiter:
+    ticket_id: str
+    occupy: int
+    names: list[str]
+    priority: int
+    host: str
+    pid: int
+    worker: str
+    label: str
+    arrived_ms: int
+    expires_ms: int
+    garbage: bool = False
+
+
+@dataclass(frozen=True)
+class LimitConfig:
+    name: str
+    slots: int
+    ttl_s: float
+    enabled: bool
+    description: str
+    created_ms: int
+    updated_ms: int
+
+
+@dataclass(frozen=True)
+class Counters:
+    acquired: int = 0
+    released: int = 0
+    expired: int = 0
+    revoked: int = 0
+    timed_out: int = 0
+    wait_sum_s: float = 0.0
+    wait_buckets: tuple[int, ...] = ()  # non-cumulative counts per WAIT_BUCKETS_MS bound, then +Inf
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    config: LimitConfig
+    counters: Counters
+    used: int
+    now_ms: int
+    holders: list[Holder] = field(default_factory=list)
+    waiters: list[Waiter] = field(default_factory=list)
+    n_holder_entries: int = 0
+    n_waiters: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _int(v: Any, default: int = 0) -> int:
+    try:
+        return int(float(_s(v)))
+    except (TypeError, ValueError):
+        return default
+
+
+def parse_config(name: str, flat: dict[str, str], problems: list[str]) -> tuple[LimitConfig, Counters]:
+    def num(key: str, default: int = 0) -> int:
+        raw = flat.get(key)
+        if raw is None:
+            return default
+        try:
+            return int(float(raw))
+        except ValueError:
+            problems.append(f"limit {name!r}: field {key!r} is not a number: {raw[:40]!r}")
+            return default
+
+    conf = LimitConfig(
+        name=name,
+        slots=num("slots"),
+        ttl_s=num("ttl") / 1000.0,
+        enabled=flat.get("enabled", "1") != "0",
+        description=flat.get("desc", ""),
+        created_ms=num("created"),
+        updated_ms=num("updated"),
+    )
+    buckets = tuple(num(f"w{i}") for i in range(1, len(WAIT_BUCKETS_MS) + 2))
+    counters = Counters(
+        acquired=num("c_acquired"),
+        released=num("c_released"),
+        expired=num("c_expired"),
+        revoked=num("c_revoked"),
+        timed_out=num("c_timed_out"),
+        wait_sum_s=num("w_sum") / 1000.0,
+        wait_buckets=buckets,
+    )
+    return conf, counters
+
+
+def holder_from(lease_id: str, rec: dict[str, Any] | None) -> Holder:
+    if rec is None:
+        return Holder(lease_id, 0, [], "?", 0, "?", "", 0, 0, 0, 0, garbage=True)
+    m = rec.get("m") if isinstance(rec.get("m"), dict) else {}
+    assert isinstance(m, dict)
+    return Holder(
+        lease_id=lease_id,
+        occupy=_int(rec.get("o"), 1),
+        names=[_s(x) for x in rec.get("n", [])],
+        host=_s(m.get("h")),
+        pid=_int(m.get("p")),
+        worker=_s(m.get("w")),
+        label=_s(m.get("l")),
+        acquired_ms=_int(rec.get("a")),
+        renewed_ms=_int(rec.get("r")),
+        expires_ms=_int(rec.get("e")),
+        token=_int(rec.get("t")),
+    )
+
+
+def waiter_from(ticket_id: str, rec: dict[str, Any] | None) -> Waiter:
+    if rec is None:
+        return Waiter(ticket_id, 0, [], 0, "?", 0, "?", "", 0, 0, garbage=True)
+    m = rec.get("m") if isinstance(rec.get("m"), dict) else {}
+    assert isinstance(m, dict)
+    return Waiter(
+        ticket_id=ticket_id,
+        occupy=_int(rec.get("o"), 1),
+        names=[_s(x) for x in rec.get("n", [])],
+        priority=_int(rec.get("p")),
+        host=_s(m.get("h")),
+        pid=_int(m.get("p")),
+        worker=_s(m.get("w")),
+        label=_s(m.get("l")),
+        arrived_ms=_int(rec.get("a")),
+        expires_ms=_int(rec.get("e")),
+    )

@@ -1,0 +1,238 @@
+-- _lib.lua — shared prelude, prepended by the script registry to every slotkeeper script.
+--
+-- KEYS layout (every script):
+--   KEYS[1] limits      SET   names of every limit in the namespace
+--   KEYS[2] leases      HASH  lease id  -> msgpack lease record
+--   KEYS[3] lease_exp   ZSET  lease id  -> expiry (ms, server clock)
+--   KEYS[4] tickets     HASH  ticket id -> msgpack ticket record (a waiting request)
+--   KEYS[5] ticket_exp  ZSET  ticket id -> expiry (ms)
+--   KEYS[6] fence       STRING monotonic counter: fencing tokens and queue arrival order
+--   then, for the i-th limit named in ARGV (i = 1..n), three keys:
+--   KEYS[6+3i-2] limit:<name>   HASH  config (slots, ttl, enabled, desc, created, updated) + counters
+--   KEYS[6+3i-1] holders:<name> ZSET  lease id (and id#2..id#occupy) -> lease expiry (ms)
+--   KEYS[6+3i]   queue:<name>   ZSET  ticket id -> order score (-priority * 1e12 + arrival seq)
+-- ARGV[1] = n, ARGV[2..n+1] = limit names (aligned with the per-limit keys); script arguments follow,
+-- ARGV[A0 + k] being the k-th one.
+--
+-- Records (msgpack maps, single-letter fields to keep memory per lease small):
+--   lease:  n=names, o=occupy, m=holder meta map, a=acquired ms, r=renewed ms, e=expiry ms,
+--           t=fencing token, l=ttl ms
+--   ticket: n=names, o=occupy, m=meta, p=priority, c=notify channel, a=arrival ms, e=expiry ms,
+--           l=lease ttl ms
+-- Usage of a limit is derived, never counted: ZCOUNT of its holders with expiry > now.
+-- Every time comes from redis TIME. Status codes returned by scripts (first element of the reply):
+--   0 OK, 1 GRANTED, 2 QUEUED, 3 BUSY, 4 NOT_FOUND, 5 OCCUPY_EXCEEDS, 6 LOST, 7 CANCELLED,
+--   8 EXISTS, 9 HELD, 10 REJECTED, 11 NEED_KEYS, 12 MORE
+
+local K_LIMITS, K_LEASES, K_LEASE_EXP = KEYS[1], KEYS[2], KEYS[3]
+local K_TICKETS, K_TICKET_EXP, K_FENCE = KEYS[4], KEYS[5], KEYS[6]
+
+local _t = redis.call('TIME')
+local NOW = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
+
+local NAMES, LIM = {}, {}
+local NLIM = tonumber(ARGV[1])
+for i = 1, NLIM do
+  local name = ARGV[1 + i]
+  local base = 6 + 3 * (i - 1)
+  NAMES[i] = name
+  LIM[name] = {cfg = KEYS[base + 1], holders = KEYS[base + 2], queue = KEYS[base + 3]}
+end
+local A0 = NLIM + 1
+
+-- Wait-time histogram bounds in ms (mirrored in slotkeeper.broker.keys.WAIT_BUCKETS_MS).
+local WAIT_BOUNDS = {1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000}
+
+local GC_BATCH = 50       -- expired records collected per call by ordinary scripts
+local PURGE_BATCH = 200   -- expired holder entries purged per limit per call
+local GRANT_BUDGET = 100  -- tickets examined per grant pass
+
+local function fmt(x) return string.format('%d', x) end
+
+local function load(hkey, id)
+  local raw = redis.call('HGET', hkey, id)
+  if not raw then return nil end
+  local ok, rec = pcall(cmsgpack.unpack, raw)
+  if not ok or type(rec) ~= 'table' or type(rec.n) ~= 'table' or tonumber(rec.e) == nil
+      or tonumber(rec.o) == nil then
+    return nil   -- garbage written by someone else: treated as absent
+  end
+  return rec
+end
+
+local function members(id, occ)
+  local m = {id}
+  for j = 2, occ do m[j] = id .. '#' .. j end
+  return m
+end
+
+local CFG = {}
+local function cfg(name)
+  local c = CFG[name]
+  if c ~= nil then return c or nil end
+  local raw = redis.call('HMGET', LIM[name].cfg, 'slots', 'ttl', 'enabled')
+  if not raw[1] or tonumber(raw[1]) == nil then CFG[name] = false; return nil end
+  c = {slots = tonumber(raw[1]), ttl = tonumber(raw[2]) or 0, enabled = raw[3] ~= '0'}
+  CFG[name] = c
+  return c
+end
+
+local function create_limit(name, slots, ttl, enabled, desc)
+  redis.call('HSET', LIM[name].cfg, 'slots', slots, 'ttl', ttl, 'enabled', enabled,
+    'desc', desc, 'created', NOW, 'updated', NOW)
+  redis.call('SADD', K_LIMITS, name)
+  CFG[name] = nil
+end
+
+local function used(name)
+  return redis.call('ZCOUNT', LIM[name].holders, '(' .. fmt(NOW), '+inf')
+end
+
+local function count(name, field, by)
+  if cfg(name) then redis.call('HINCRBY', LIM[name].cfg, field, by) end
+end
+
+local function notify(rec, id, msg)
+  if type(rec.c) == 'string' and rec.c ~= '' then redis.call('PUBLISH', rec.c, id .. ' ' .. msg) end
+end
+
+-- Remove expired holder entries of one limit (bounded); counts each expired lease once.
+local function purge_holders(name, batch)
+  local h = LIM[name].holders
+  local dead = redis.call('ZRANGE', h, '-inf', fmt(NOW), 'BYSCORE', 'LIMIT', 0, batch)
+  if #dead == 0 then return 0 end
+  redis.call('ZREM', h, unpack(dead))
+  local leases = 0
+  for _, m in ipairs(dead) do
+    if not string.find(m, '#', 1, true) then leases = leases + 1 end
+  end
+  if leases > 0 then count(name, 'c_expired', leases) end
+  return #dead
+end
+
+-- Remove a ticket everywhere we can (queues whose keys were passed; others clean lazily).
+local function drop_ticket(id, rec)
+  redis.call('HDEL', K_TICKETS, id)
+  redis.call('ZREM', K_TICKET_EXP, id)
+  if rec then
+    for _, name in ipairs(rec.n) do
+      if LIM[name] then redis.call('ZREM', LIM[name].queue, id) end
+    end
+  end
+end
+
+-- Collect expired lease and ticket records namespace-wide (bounded).
+local function gc(batch)
+  local dead = redis.call('ZRANGE', K_LEASE_EXP, '-inf', fmt(NOW), 'BYSCORE', 'LIMIT', 0, batch)
+  if #dead > 0 then
+    redis.call('ZREM', K_LEASE_EXP, unpack(dead))
+    redis.call('HDEL', K_LEASES, unpack(dead))
+  end
+  local tdead = redis.call('ZRANGE', K_TICKET_EXP, '-inf', fmt(NOW), 'BYSCORE', 'LIMIT', 0, batch)
+  for _, id in ipairs(tdead) do drop_ticket(id, load(K_TICKETS, id)) end
+  if #tdead > 0 then redis.call('ZREM', K_TICKET_EXP, unpack(tdead)) end
+  return #dead, #tdead
+end
+
+-- First live ticket of a limit's queue; dead entries at the head are dropped (bounded).
+local function live_head(name)
+  local q = LIM[name].queue
+  for _ = 1, GRANT_BUDGET do
+    local head = redis.call('ZRANGE', q, 0, 0)[1]
+    if not head then return nil end
+    local rec = load(K_TICKETS, head)
+    if rec and tonumber(rec.e) > NOW then return head, rec end
+    redis.call('ZREM', q, head)
+    if rec then drop_ticket(head, rec) else redis.call('ZREM', K_TICKET_EXP, head) end
+  end
+  return nil
+end
+
+local function wait_bucket(ms)
+  for i, b in ipairs(WAIT_BOUNDS) do if ms <= b then return i end end
+  return #WAIT_BOUNDS + 1
+end
+
+-- Create a lease record and its holder entries; returns token, expiry.
+local function make_lease(id, names, occ, meta, ttl, waited)
+  local token = redis.call('INCR', K_FENCE)
+  local exp = NOW + ttl
+  redis.call('HSET', K_LEASES, id, cmsgpack.pack(
+    {n = names, o = occ, m = meta, a = NOW, r = NOW, e = exp, t = token, l = ttl}))
+  redis.call('ZADD', K_LEASE_EXP, exp, id)
+  local zargs = {}
+  for j, m in ipairs(members(id, occ)) do zargs[2 * j - 1] = exp; zargs[2 * j] = m end
+  local bucket = 'w' .. wait_bucket(waited)
+  for _, name in ipairs(names) do
+    local k = LIM[name].cfg
+    redis.call('ZADD', LIM[name].holders, unpack(zargs))
+    redis.call('HINCRBY', k, 'c_acquired', 1)
+    redis.call('HINCRBY', k, bucket, 1)
+    if waited > 0 then redis.call('HINCRBY', k, 'w_sum', waited) end
+  end
+  return token, exp
+end
+
+-- Can this waiting ticket be granted now? 'g' (granted: token, expiry; ttl is rec.l), 'w' (keep waiting),
+-- 'r' (needs limits whose keys were not passed: its owner must retry), 'x' (rejected: reason, name).
+local function try_grant_ticket(id, rec)
+  for _, name in ipairs(rec.n) do
+    if not LIM[name] then return 'r' end
+  end
+  for _, name in ipairs(rec.n) do
+    local c = cfg(name)
+    if not c then return 'x', 'missing', name end
+    if c.enabled and rec.o > c.slots then return 'x', 'exceeds', name end
+  end
+  for _, name in ipairs(rec.n) do
+    local head = live_head(name)
+    if head ~= id then return 'w' end
+    local c = cfg(name)
+    if c.enabled and used(name) + rec.o > c.slots then return 'w' end
+  end
+  drop_ticket(id, rec)
+  local token, exp = make_lease(id, rec.n, rec.o, rec.m, rec.l, NOW - rec.a)
+  return 'g', token, exp
+end
+
+-- Grant the head tickets of a limit's queue that now fit, notifying their processes at once.
+local function grant_pass(name)
+  local granted = 0
+  for _ = 1, GRANT_BUDGET do
+    local id, rec = live_head(name)
+    if not id then break end
+    local st, a, b = try_grant_ticket(id, rec)
+    if st == 'g' then
+      notify(rec, id, 'g ' .. fmt(a) .. ' ' .. fmt(b) .. ' ' .. fmt(rec.l))
+      granted = granted + 1
+    elseif st == 'x' then
+      drop_ticket(id, rec)
+      notify(rec, id, 'x ' .. a .. ' ' .. b)
+    else
+      if st == 'r' then notify(rec, id, 'r') end
+      break
+    end
+  end
+  return granted
+end
+
+-- Position (1-based) of a ticket in the first of its queues, and the ms until the earliest live
+-- holder expiry across its limits (when a waiter with no daemon around should look again; 0: none).
+local function queue_info(id)
+  local pos = redis.call('ZRANK', LIM[NAMES[1]].queue, id)
+  local next_exp = 0
+  for _, name in ipairs(NAMES) do
+    local e = redis.call('ZRANGE', LIM[name].holders, '(' .. fmt(NOW), '+inf', 'BYSCORE',
+      'LIMIT', 0, 1, 'WITHSCORES')[2]
+    if e and (next_exp == 0 or tonumber(e) < next_exp) then next_exp = tonumber(e) end
+  end
+  if next_exp > 0 then next_exp = next_exp - NOW end
+  return (pos or -1) + 1, next_exp
+end
+
+local function missing_key(names)
+  for _, name in ipairs(names) do
+    if not LIM[name] then return name end
+  end
+  return nil
+end

@@ -1,0 +1,27 @@
+-- cancel.lua — withdraw a waiting ticket (on timeout or by the caller).
+-- KEYS: the fixed six + three per limit of the ticket (see _lib.lua).
+-- ARGV: n, names..., id, timed_out (1 counts a timeout on each limit)
+-- Returns: {1 GRANTED, token, expiry_ms, ttl_ms} if the ticket was granted in the meantime (the caller now
+--          holds the lease) | {7 CANCELLED} | {6 LOST} (no such ticket or lease)
+--        | {11 NEED_KEYS, name}
+-- Removing a head ticket may let the tickets behind it fit, so each queue gets a grant pass.
+local id = ARGV[A0 + 1]
+local timed_out = ARGV[A0 + 2] == '1'
+
+local lease = load(K_LEASES, id)
+if lease and tonumber(lease.e) > NOW then return {1, lease.t, lease.e, lease.l} end
+local rec = load(K_TICKETS, id)
+if not rec then
+  redis.call('ZREM', K_TICKET_EXP, id)
+  for _, name in ipairs(NAMES) do redis.call('ZREM', LIM[name].queue, id) end
+  return {6}
+end
+local miss = missing_key(rec.n)
+if miss then return {11, miss} end
+drop_ticket(id, rec)
+for _, name in ipairs(rec.n) do
+  if timed_out then count(name, 'c_timed_out', 1) end
+  purge_holders(name, PURGE_BATCH)
+  grant_pass(name)
+end
+return {7}

@@ -1,0 +1,25 @@
+-- limit_delete.lua — delete one limit that nobody holds; its waiters are told it is gone.
+-- KEYS: the fixed six + three for the one limit.
+-- ARGV: 1, name, batch
+-- Returns: {0 OK} | {4 NOT_FOUND} | {9 HELD, used} | {12 MORE} (a batch of waiters was rejected;
+--          call again — keeps every call bounded)
+local name = NAMES[1]
+local batch = tonumber(ARGV[A0 + 1])
+local L = LIM[name]
+if not cfg(name) then return {4} end
+purge_holders(name, batch)
+local u = used(name)
+if u > 0 then return {9, u} end
+local ids = redis.call('ZRANGE', L.queue, 0, batch - 1)
+for _, id in ipairs(ids) do
+  local rec = load(K_TICKETS, id)
+  if rec then
+    drop_ticket(id, rec)
+    notify(rec, id, 'x missing ' .. name)
+  end
+  redis.call('ZREM', L.queue, id)
+end
+if #ids >= batch then return {12} end
+redis.call('DEL', L.cfg, L.holders, L.queue)
+redis.call('SREM', K_LIMITS, name)
+return {0}

@@ -1,0 +1,28 @@
+-- release.lua — give a lease's slots back (or revoke it), then grant waiters that now fit.
+-- KEYS: the fixed six + three per limit the lease holds (see _lib.lua).
+-- ARGV: n, names..., id, kind ('release' | 'revoke')
+-- Returns: {0 OK} | {6 LOST} (expired, revoked or unknown: frees nothing)
+--        | {11 NEED_KEYS, name} (the caller did not pass every limit the lease holds; nothing done)
+-- Complexity: O(n * (occupy * log N + grant pass)).
+local id = ARGV[A0 + 1]
+local kind = ARGV[A0 + 2]
+
+gc(GC_BATCH)
+local rec = load(K_LEASES, id)
+if not rec or tonumber(rec.e) <= NOW then return {6} end
+local miss = missing_key(rec.n)
+if miss then return {11, miss} end
+
+redis.call('HDEL', K_LEASES, id)
+redis.call('ZREM', K_LEASE_EXP, id)
+local mem = members(id, tonumber(rec.o))
+local field = kind == 'revoke' and 'c_revoked' or 'c_released'
+for _, name in ipairs(rec.n) do
+  redis.call('ZREM', LIM[name].holders, unpack(mem))
+  count(name, field, 1)
+end
+for _, name in ipairs(rec.n) do
+  purge_holders(name, PURGE_BATCH)
+  grant_pass(name)
+end
+return {0}

@@ -1,0 +1,47 @@
+"""slotkeeper: distributed concurrency limits on Redis — leased, fair, push-woken slots.
+
+>>> from slotkeeper import limit
+>>> with limit("gpu:{worker}"):
+...     ...
+"""
+
+from slotkeeper.broker.errors import (
+    AcquireTimeout,
+    BrokerError,
+    BrokerUnavailable,
+    InvalidArgument,
+    InvalidName,
+    InvalidType,
+    LeaseLost,
+    LimitExists,
+    LimitHeld,
+    LimitNotFound,
+    OccupyExceedsLimit,
+    SlotkeeperError,
+)
+from slotkeeper.lease import Lease
+from slotkeeper.limit import limit, limited
+from slotkeeper.limiter import Limiter, configure, get_limiter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AcquireTimeout",
+    "BrokerError",
+    "BrokerUnavailable",
+    "InvalidArgument",
+    "InvalidName",
+    "InvalidType",
+    "Lease",
+    "LeaseLost",
+    "LimitExists",
+    "LimitHeld",
+    "LimitNotFound",
+    "Limiter",
+    "OccupyExceedsLimit",
+    "SlotkeeperError",
+    "configure",
+    "get_limiter",
+    "limit",
+    "limited",
+]
