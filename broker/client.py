@@ -163,6 +163,10 @@ class Broker:
     def ping(self) -> bool:
         return bool(self._call(lambda: self.redis.ping(), retries=()))
 
+    def wait_replicas(self, replicas: int, timeout_ms: int) -> int:
+        """WAIT until ``replicas`` replicas acknowledged our writes; returns how many did."""
+        return int(self._call(lambda: self.redis.execute_command("WAIT", replicas, timeout_ms)))
+
     def server_time_ms(self) -> int:
         sec, usec = self._call(lambda: self.redis.time())
         return int(sec) * 1000 + int(usec) // 1000

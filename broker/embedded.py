@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
 import signal
@@ -43,7 +44,8 @@ def socket_path(d: Path | None = None) -> Path:
     if len(str(p)) < 100:
         return p
     # unix socket paths are limited to ~107 bytes: fall back to a short per-user path
-    short = Path(tempfile.gettempdir()) / f"slotkeeper-{os.getuid()}"
+    tag = hashlib.sha1(str(d).encode()).hexdigest()[:10]
+    short = Path(tempfile.gettempdir()) / f"slotkeeper-{os.getuid()}-{tag}"
     short.mkdir(mode=0o700, exist_ok=True)
     return short / "redis.sock"
 

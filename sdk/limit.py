@@ -35,7 +35,7 @@ class limit:  # noqa: N801 - reads like a function at the call site
                  priority: int = 0, ttl: float | None = None, default_slots: int | None = None,
                  strict: bool = True, on_lost: Callable[[Lease], None] | None = None,
                  raise_on_lost: bool = True, label: str | None = None,
-                 limiter: Limiter | None = None) -> None:
+                 durable: bool = False, limiter: Limiter | None = None) -> None:
         if not names:
             raise InvalidArgument("limit() needs at least one limit name")
         for n in names:
@@ -52,7 +52,8 @@ class limit:  # noqa: N801 - reads like a function at the call site
         self.names = names
         self.kwargs: dict[str, Any] = dict(
             occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
-            default_slots=default_slots, strict=strict, on_lost=on_lost, label=label)
+            default_slots=default_slots, strict=strict, on_lost=on_lost, label=label,
+            durable=durable)
         self.raise_on_lost = raise_on_lost
         self.limiter = limiter
         self._local = threading.local()

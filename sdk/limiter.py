@@ -23,6 +23,7 @@ from slotkeeper.broker.connection import configured_namespace, configured_url, r
 from slotkeeper.broker.errors import (
     AcquireTimeout,
     BrokerError,
+    BrokerUnavailable,
     InvalidArgument,
     InvalidType,
     LimitNotFound,
@@ -207,8 +208,11 @@ class Limiter:
     def acquire(self, *names: str, occupy: int = 1, timeout: float | None = None,
                 priority: int = 0, ttl: float | None = None, default_slots: int | None = None,
                 strict: bool = True, on_lost: Callable[[Lease], None] | None = None,
-                label: str | None = None) -> Lease:
-        """Take ``occupy`` slots of every named limit at once (blocking)."""
+                label: str | None = None, durable: bool = False) -> Lease:
+        """Take ``occupy`` slots of every named limit at once (blocking).
+
+        ``durable=True`` returns only once a replica acknowledged the grant (Redis WAIT), so a
+        failover right after cannot forget it; without a replica it raises BrokerUnavailable."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
         try:
@@ -219,6 +223,8 @@ class Limiter:
                 step = flow.send(w.wait(pause))
         except StopIteration as done:
             lease: Lease = done.value
+            if durable:
+                self._make_durable(lease)
             return lease
         except LimitNotFound as exc:
             if strict:
@@ -229,7 +235,7 @@ class Limiter:
                             priority: int = 0, ttl: float | None = None,
                             default_slots: int | None = None, strict: bool = True,
                             on_lost: Callable[[Lease], None] | None = None,
-                            label: str | None = None) -> Lease:
+                            label: str | None = None, durable: bool = False) -> Lease:
         """Like :meth:`acquire`, waiting without blocking the event loop."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
@@ -241,11 +247,23 @@ class Limiter:
                 step = flow.send(await w.await_msg(pause))
         except StopIteration as done:
             lease: Lease = done.value
+            if durable:
+                self._make_durable(lease)
             return lease
         except LimitNotFound as exc:
             if strict:
                 raise
             return self._unthrottled(req, exc)
+
+    def _make_durable(self, lease: Lease, timeout_ms: int = 2000) -> None:
+        if not lease.throttled:
+            return
+        acked = self.broker.wait_replicas(1, timeout_ms)
+        if acked < 1:
+            lease.release()
+            raise BrokerUnavailable(
+                f"durable acquire: no replica acknowledged lease {lease.id} within "
+                f"{timeout_ms} ms (released it)")
 
     def _unthrottled(self, req: Request, exc: LimitNotFound) -> Lease:
         warnings.warn(f"{exc} -- running unthrottled (strict=False)", RuntimeWarning, stacklevel=3)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install slotkeeper with every extra into .venv and run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev,dask,embedded]'
+.venv/bin/python -m pytest -q "$@"
