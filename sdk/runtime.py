@@ -100,8 +100,6 @@ class Runtime:
         self._leases: dict[str, Lease] = {}
         self._waiting: dict[str, Waiting] = {}
         self._last_ok = time.monotonic()
-        self._hb_wake = threading.Event()
-        self._hb_thread: threading.Thread | None = None
         self._listener: threading.Thread | None = None
         self._subscribed = threading.Event()
         self._closed = False
@@ -149,32 +147,16 @@ class Runtime:
     # -- heartbeat ----------------------------------------------------------------------------
 
     def _ensure_heartbeat(self) -> None:
-        if self._hb_thread is not None and self._hb_thread.is_alive():
-            self._hb_wake.set()
-            return
-        with self._lock:
-            if self._hb_thread is not None and self._hb_thread.is_alive():
-                return
-            self._hb_thread = threading.Thread(
-                target=self._heartbeat_loop, name=f"slotkeeper-heartbeat-{self.namespace}",
-                daemon=True)
-            self._hb_thread.start()
+        heartbeat().register(self)
 
-    def _interval(self) -> float:
+    def interval(self) -> float:
+        """Heartbeat period this runtime needs: a third of its shortest TTL (bounded)."""
         with self._lock:
             ttls = [x.ttl_ms for x in self._leases.values()] + [
                 w.ttl_ms for w in self._waiting.values()]
         if not ttls:
             return MAX_INTERVAL
         return min(MAX_INTERVAL, max(MIN_INTERVAL, min(ttls) / 3000.0))
-
-    def _heartbeat_loop(self) -> None:
-        while not self._closed and os.getpid() == self.pid:
-            self._hb_wake.wait(self._interval())
-            self._hb_wake.clear()
-            if self._closed or os.getpid() != self.pid:
-                return
-            self.beat()
 
     def beat(self) -> None:
         """One heartbeat round trip for everything this process holds or awaits."""
@@ -275,7 +257,56 @@ class Runtime:
 
     def close(self) -> None:
         self._closed = True
-        self._hb_wake.set()
+
+
+class Heartbeat:
+    """THE heartbeat thread of this process: renews every runtime's leases and tickets, one round
+    trip per runtime (i.e. per Redis namespace) per interval."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._runtimes: list[Runtime] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def register(self, rt: Runtime) -> None:
+        with self._lock:
+            if rt not in self._runtimes:
+                self._runtimes.append(rt)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="slotkeeper-heartbeat",
+                                                daemon=True)
+                self._thread.start()
+        self._wake.set()  # a new, maybe shorter, TTL: recompute the interval now
+
+    def _loop(self) -> None:
+        last = time.monotonic()
+        while os.getpid() == self.pid:
+            with self._lock:
+                runtimes = [rt for rt in self._runtimes if not rt._closed]
+            interval = min([rt.interval() for rt in runtimes] or [MAX_INTERVAL])
+            due = last + interval - time.monotonic()
+            if due > 0:
+                if self._wake.wait(due):
+                    self._wake.clear()
+                continue  # re-check: a registration may have shortened the interval
+            last = time.monotonic()
+            for rt in runtimes:
+                try:
+                    rt.beat()
+                except Exception:
+                    log.exception("slotkeeper: heartbeat round failed")
+
+
+_HEARTBEAT: Heartbeat | None = None
+
+
+def heartbeat() -> Heartbeat:
+    global _HEARTBEAT
+    if _HEARTBEAT is None or _HEARTBEAT.pid != os.getpid():
+        _HEARTBEAT = Heartbeat()
+    return _HEARTBEAT
 
 
 _RUNTIMES: dict[tuple[str, str], Runtime] = {}

@@ -33,6 +33,9 @@ def contend(a: dict[str, Any]) -> None:
         names = rnd.sample(a["names"], k)
         occ = rnd.randint(1, a.get("max_occupy", 1))
         timeout = a.get("timeout")
+        if a.get("timeout_range"):
+            lo, hi = a["timeout_range"]
+            timeout = rnd.uniform(lo, hi)
         try:
             lease = lim.acquire(*names, occupy=occ, timeout=timeout)
         except AcquireTimeout:
