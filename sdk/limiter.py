@@ -215,8 +215,8 @@ class Limiter:
         failover right after cannot forget it; without a replica it raises BrokerUnavailable."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
+        flow = self._flow(req, on_lost)
         try:
-            flow = self._flow(req, on_lost)
             step = next(flow)
             while True:
                 w, pause = step
@@ -230,6 +230,10 @@ class Limiter:
             if strict:
                 raise
             return self._unthrottled(req, exc)
+        finally:
+            # interrupted outside the flow (KeyboardInterrupt, task cancellation): closing it
+            # withdraws the ticket now instead of whenever the generator is collected
+            flow.close()
 
     async def acquire_async(self, *names: str, occupy: int = 1, timeout: float | None = None,
                             priority: int = 0, ttl: float | None = None,
@@ -239,8 +243,8 @@ class Limiter:
         """Like :meth:`acquire`, waiting without blocking the event loop."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
+        flow = self._flow(req, on_lost, waiting_hook=Waiting.bind_loop)
         try:
-            flow = self._flow(req, on_lost, waiting_hook=Waiting.bind_loop)
             step = next(flow)
             while True:
                 w, pause = step
@@ -254,6 +258,10 @@ class Limiter:
             if strict:
                 raise
             return self._unthrottled(req, exc)
+        finally:
+            # interrupted outside the flow (KeyboardInterrupt, task cancellation): closing it
+            # withdraws the ticket now instead of whenever the generator is collected
+            flow.close()
 
     def _make_durable(self, lease: Lease, timeout_ms: int = 2000) -> None:
         if not lease.throttled:
