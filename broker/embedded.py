@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from slotkeeper.broker.errors import BrokerUnavailable
 
@@ -84,7 +86,8 @@ class Status:
 def _ping(sock: Path) -> redis.Redis | None:
     if not sock.exists():
         return None
-    client = redis.Redis(unix_socket_path=str(sock), socket_timeout=2, socket_connect_timeout=1)
+    client = redis.Redis(unix_socket_path=str(sock), socket_timeout=2, socket_connect_timeout=1,
+                         retry=Retry(NoBackoff(), 0))
     try:
         client.ping()
         return client

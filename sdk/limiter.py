@@ -92,7 +92,13 @@ class Limiter:
     @property
     def url(self) -> str:
         """The broker URL (starting the embedded broker if none is configured)."""
-        return self._url or embedded.ensure_running()
+        if self._url:
+            return self._url
+        resolved: str | None = getattr(self, "_embedded_url", None)
+        if resolved is None:
+            resolved = embedded.ensure_running()
+            self._embedded_url = resolved
+        return resolved
 
     @property
     def runtime(self) -> Runtime:

@@ -15,12 +15,11 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
 
 import redis
 
 from slotkeeper.broker.client import Broker
-from slotkeeper.broker.errors import BrokerUnavailable, SlotkeeperError
+from slotkeeper.broker.errors import SlotkeeperError
 from slotkeeper.lease import Lease
 
 log = logging.getLogger("slotkeeper")

@@ -413,3 +413,25 @@ def test_server_clock_only(limiter: Limiter, monkeypatch: pytest.MonkeyPatch) ->
     assert lease.renew()
     assert abs(lease.expires_at * 1000 - (real_ms + 2000)) < 3000
     lease.release()
+
+
+def test_holders_are_stored_records_not_counts(limiter: Limiter) -> None:
+    import os
+    import socket
+
+    import msgpack
+
+    limiter.create("rec", 3)
+    w = Limiter(limiter.url, limiter.namespace, worker="w-9")
+    lease = w.acquire("rec", occupy=2, label="job-42")
+    snap = limiter.broker.snapshot("rec")
+    assert snap.used == 2 and len(snap.holders) == 1
+    h = snap.holders[0]
+    assert (h.lease_id, h.occupy, h.names, h.token) == (lease.id, 2, ["rec"], lease.token)
+    assert (h.host, h.pid, h.worker, h.label) == (socket.gethostname(), os.getpid(), "w-9", "job-42")
+    assert h.acquired_ms <= h.renewed_ms < h.expires_ms
+    raw = limiter.broker.redis.hget(limiter.broker.keys.leases, lease.id)
+    assert isinstance(msgpack.unpackb(raw), dict)  # msgpack, never pickle
+    # usage is derived from the records: deleting the record's holder entries frees the slots
+    lease.release()
+    assert limiter.broker.snapshot("rec").used == 0

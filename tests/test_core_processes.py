@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from slotkeeper import Limiter, configure, limit
 from tests.support.redisproc import RedisProc
 from tests.support.stamps import max_concurrency, per_name
