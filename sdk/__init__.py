@@ -19,9 +19,11 @@ from slotkeeper.broker.errors import (
     OccupyExceedsLimit,
     SlotkeeperError,
 )
+from slotkeeper.executor import ThrottledExecutor
 from slotkeeper.lease import Lease
 from slotkeeper.limit import limit, limited
 from slotkeeper.limiter import Limiter, configure, get_limiter
+from slotkeeper.tags import tagged, tags
 
 __version__ = "0.1.0"
 
@@ -40,8 +42,11 @@ __all__ = [
     "Limiter",
     "OccupyExceedsLimit",
     "SlotkeeperError",
+    "ThrottledExecutor",
     "configure",
     "get_limiter",
     "limit",
     "limited",
+    "tagged",
+    "tags",
 ]
