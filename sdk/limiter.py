@@ -226,7 +226,12 @@ class Limiter:
             step = next(flow)
             while True:
                 w, pause = step
-                step = flow.send(w.wait(pause))
+                try:
+                    msg = w.wait(pause)
+                except BaseException as exc:  # KeyboardInterrupt etc.: withdraw the ticket
+                    flow.throw(exc)
+                    raise
+                step = flow.send(msg)
         except StopIteration as done:
             lease: Lease = done.value
             if durable:
@@ -254,7 +259,12 @@ class Limiter:
             step = next(flow)
             while True:
                 w, pause = step
-                step = flow.send(await w.await_msg(pause))
+                try:
+                    msg = await w.await_msg(pause)
+                except BaseException as exc:  # task cancelled: withdraw the ticket
+                    flow.throw(exc)
+                    raise
+                step = flow.send(msg)
         except StopIteration as done:
             lease: Lease = done.value
             if durable:

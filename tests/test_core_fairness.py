@@ -151,3 +151,27 @@ def test_cancel_returns_lease_if_granted_meanwhile(limiter: Limiter) -> None:
     assert res.status == R.GRANTED  # the caller owns it now and must release it
     assert b.release(["cx"], "tk1")
     assert b.snapshot("cx").used == 0
+
+
+def test_cancelled_async_waiter_withdraws_its_ticket(limiter: Limiter) -> None:
+    import asyncio
+
+    limiter.create("acx", 1)
+    holder = limiter.acquire("acx")
+
+    async def main() -> None:
+        task = asyncio.create_task(limiter.acquire_async("acx"))
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if limiter.broker.snapshot("acx").n_waiters == 1:
+                break
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(main())
+    assert limiter.broker.snapshot("acx").n_waiters == 0  # withdrawn at once, not by TTL
+    holder.release()
+    assert limiter.broker.snapshot("acx").used == 0
