@@ -1,0 +1,232 @@
+"""deploy/redis/users.acl: the ACL line for one namespace is sufficient (the SDK's whole flow runs
+under it against a real redis-server, with nothing refused in ACL LOG), confining (other namespaces
+and admin commands are refused) and tied to the code (every Lua command is granted, nothing unused).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from slotkeeper import Limiter, limit
+from slotkeeper.broker.client import Broker
+from slotkeeper.broker.errors import BrokerError, SlotkeeperError
+from tests.support.redisproc import RedisProc, redis_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+ACL_FILE = ROOT / "deploy" / "redis" / "users.acl"
+PASSWORD = "s3cret-" + uuid.uuid4().hex[:8]
+
+# Commands the client sends itself (not from Lua): why each one is in the line.
+CLIENT_COMMANDS = {
+    "evalsha": "every script call",
+    "eval": "script fallback",
+    "script|load": "NOSCRIPT after a restart or SCRIPT FLUSH",
+    "script|exists": "pipelined scripts",
+    "smembers": "list_limits",
+    "ping": "health checks (daemon /healthz, pub/sub keep-alive)",
+    "time": "server clock",
+    "info": "server facts (daemon, embedded checks)",
+    "wait": "durable=True acquires",
+    "subscribe": "grant wake-ups",
+    "unsubscribe": "listener shutdown",
+    "select": "a database other than 0 in the URL",
+}
+
+
+def acl_line() -> str:
+    lines = [ln for ln in ACL_FILE.read_text().splitlines() if ln.startswith("user ")]
+    assert len(lines) == 1, "users.acl holds exactly one user line"
+    return lines[0]
+
+
+def acl_for(namespace: str) -> str:
+    """The shipped line with its documented substitutions (namespace, password)."""
+    line = acl_line().replace("{default}", "{" + namespace + "}")
+    return line.replace(">CHANGE_ME", ">" + PASSWORD)
+
+
+def server_version(binary: str) -> tuple[int, ...]:
+    import subprocess
+
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
+    assert m, out
+    return tuple(int(x) for x in m.groups())
+
+
+def lua_commands() -> set[str]:
+    found: set[str] = set()
+    for f in (ROOT / "lua").glob("*.lua"):
+        found |= {
+            c.lower() for c in re.findall(r"redis\.p?call\(\s*['\"](\w+)['\"]", f.read_text())
+        }
+    return found
+
+
+def granted_commands(line: str) -> set[str]:
+    return {tok[1:].lower() for tok in line.split() if tok.startswith("+")}
+
+
+def binaries() -> list[str]:
+    """The PATH redis-server, plus the `embedded` extra's (an older Redis) when installed."""
+    out = [redis_binary()]
+    try:
+        emb = redis_binary(prefer_embedded=True)
+    except ImportError:
+        return out
+    return out if emb == out[0] else out + [emb]
+
+
+@pytest.fixture(params=binaries(), ids=lambda b: "redis-" + ".".join(map(str, server_version(b))))
+def acl_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[RedisProc, str]]:
+    ns = "acl" + uuid.uuid4().hex[:8]
+    aclfile = tmp_path / "users.acl"
+    aclfile.write_text(
+        acl_for(ns)
+        + "\n"
+        # the admin the test itself uses (RedisProc pings unauthenticated)
+        + "user default on nopass ~* &* +@all\n"
+    )
+    with RedisProc(args=["--aclfile", str(aclfile)], binary=request.param) as r:
+        yield r, ns
+
+
+def user_url(r: RedisProc) -> str:
+    return f"redis://slotkeeper:{PASSWORD}@127.0.0.1:{r.port}/0"
+
+
+def acl_log(r: RedisProc) -> list[str]:
+    admin = r.client()
+    entries = admin.acl_log()
+    admin.close()
+    return [
+        " ".join(str(e.get(k, "")) for k in ("reason", "context", "object"))
+        for e in entries
+        # redis-py's optional connect-time CLIENT SETINFO / MAINT_NOTIFICATIONS: refused on
+        # purpose (it ignores the refusal); slotkeeper itself never sends CLIENT.
+        if not (e.get("reason") == "command" and e.get("object") == "client")
+    ]
+
+
+def test_acl_line_grants_exactly_what_the_code_uses() -> None:
+    line = acl_line()
+    granted = granted_commands(line)
+    lua = lua_commands()
+    assert lua, "found no redis.call in lua/*.lua"
+    missing = lua - granted
+    assert not missing, f"Lua scripts call {sorted(missing)} but users.acl does not grant them"
+    unused = granted - lua - set(CLIENT_COMMANDS)
+    assert not unused, f"users.acl grants {sorted(unused)} that no code uses"
+    assert "-@all" in line.split() and "reset" in line.split()
+    assert "~sk:{default}:*" in line.split() and "&sk:{default}:*" in line.split()
+    assert not re.search(r"(^|\s)(~\*|&\*|\+@all|allkeys|allchannels|nopass)(\s|$)", line)
+
+
+def test_sdk_flow_runs_under_the_namespace_user(acl_redis: tuple[RedisProc, str]) -> None:
+    r, ns = acl_redis
+    url = user_url(r)
+    lim = Limiter(url, ns, ttl=2.0)
+    broker = Broker.from_url(url, ns)
+    stamps: list[tuple[str, float, float]] = []
+    errors: list[BaseException] = []
+    try:
+        lim.create("gpu", 1)
+        assert broker.list_limits() == ["gpu"]
+        assert broker.ping() and broker.server_time_ms() > 0
+        assert broker.wait_replicas(0, 10) == 0
+
+        held = threading.Event()
+        go = threading.Event()
+
+        def holder() -> None:
+            try:
+                with limit("gpu", timeout=5, limiter=lim):
+                    t0 = time.monotonic()
+                    held.set()
+                    go.wait(30)
+                    stamps.append(("holder", t0, time.monotonic()))
+            except BaseException as exc:  # noqa: B036 - reported to the main thread
+                errors.append(exc)
+
+        def waiter() -> None:
+            try:
+                lease = lim.acquire("gpu", timeout=30)  # blocks on the pub/sub wake-up
+                t0 = time.monotonic()
+                time.sleep(0.05)
+                stamps.append(("waiter", t0, time.monotonic()))
+                lease.release()
+            except BaseException as exc:  # noqa: B036 - reported to the main thread
+                errors.append(exc)
+
+        th = threading.Thread(target=holder)
+        th.start()
+        assert held.wait(10), errors
+        tw = threading.Thread(target=waiter)
+        tw.start()
+        deadline = time.monotonic() + 10
+        while broker.snapshot("gpu").n_waiters < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        snap = broker.snapshot("gpu")
+        assert (snap.used, snap.n_waiters) == (1, 1)
+        # renew explicitly (the background heartbeat does the same call; it only logs failures)
+        holder_id = snap.holders[0].lease_id
+        hb = broker.heartbeat([(holder_id, ["gpu"], 2000)], [])
+        assert hb.lost_leases == []
+        time.sleep(0.8)  # let the background heartbeat and listener threads run under the ACL too
+        go.set()
+        th.join(30)
+        tw.join(30)
+        assert not errors, errors
+        assert [s[0] for s in stamps] == ["holder", "waiter"]
+        assert stamps[0][2] <= stamps[1][1], "the waiter got the slot while the holder held it"
+
+        # admin paths: update (grants), revoke, reset, reclaim, NOSCRIPT reload, delete
+        lease = lim.acquire("gpu", timeout=5)
+        assert broker.revoke(lease.id)
+        assert broker.heartbeat([(lease.id, ["gpu"], 2000)], []).lost_leases == [lease.id]
+        lim.acquire("gpu", timeout=5, ttl=1.0)
+        assert broker.reset("gpu") == 1
+        lim.set("gpu", slots=3)
+        r.client().script_flush()
+        assert broker.reclaim_all("gpu") >= 0 and broker.reclaim_all(None) >= 0
+        lim.delete("gpu", force=True)
+        assert broker.list_limits() == []
+    finally:
+        lim.runtime.close()
+        broker.close()
+    refused = acl_log(r)
+    assert not refused, f"the ACL line refused commands the SDK needs: {refused}"
+
+
+def test_the_user_is_confined_to_its_namespace(acl_redis: tuple[RedisProc, str]) -> None:
+    r, ns = acl_redis
+    url = user_url(r)
+    other = Broker.from_url(url, ns + "x")
+    try:
+        with pytest.raises(BrokerError, match="NOPERM|permission"):
+            other.create_limit("gpu", 1)
+        with pytest.raises(SlotkeeperError):
+            other.list_limits()
+    finally:
+        other.close()
+    user = redis.Redis.from_url(url)
+    for cmd in (
+        ("FLUSHALL",),
+        ("KEYS", "*"),
+        ("CONFIG", "GET", "maxmemory"),
+        ("SCRIPT", "FLUSH"),
+        ("SET", f"sk:{{{ns}}}:x", "1"),
+        ("DEL", "other-key"),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            user.execute_command(*cmd)
+    user.close()
+    assert r.client().dbsize() == 0
