@@ -202,3 +202,17 @@ def check_classic(log_dir: str, case: str) -> None:
         assert overlap(s["chris"], s["alice"]) or overlap(s["chris"], s["bob"]), stamps
     else:
         raise AssertionError(case)
+
+
+def run_shared_executor(url: str, namespace: str, log_dir: str, who: str, n: int) -> None:
+    """One of several processes, each with its own ThrottledExecutor on the global limit "shared"."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from slotkeeper import Limiter, ThrottledExecutor, tags
+
+    lim = Limiter(url, namespace, ttl=5.0)
+    with ThrottledExecutor(ThreadPoolExecutor(4), {"shared": 2}, limiter=lim, scope="global") as ex:
+        with tags("shared"):
+            futs = [ex.submit(work, f"{who}-{i}", log_dir, 0.05) for i in range(n)]
+        for f in futs:
+            f.result(120)
