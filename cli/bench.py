@@ -1,0 +1,125 @@
+"""``slotkeeper bench``: slotkeeper vs a minimal Lua reference semaphore vs the raw round trip."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from slotkeeper.bench import ALL_WORKLOADS, BenchConfig, run_bench
+from slotkeeper.bench.report import render, targets, write_json
+from slotkeeper.bench.server import PrivateRedis
+from slotkeeper.broker.connection import redact
+
+
+def _ints(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(x.replace("_", "")) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+@click.command("bench")
+@click.option(
+    "--url",
+    default=None,
+    metavar="URL",
+    help="Redis to measure against (default: a private redis-server started for the run "
+    "and stopped after). Keys go to unique skbench-* namespaces and are deleted.",
+)
+@click.option("--quick", is_flag=True, help="Short runs (seconds, not minutes): a smoke check.")
+@click.option(
+    "--json",
+    "json_path",
+    default=None,
+    metavar="PATH",
+    help="Also write the full result as JSON to PATH ('-' = stdout, table to stderr).",
+)
+@click.option(
+    "--workloads",
+    default=",".join(ALL_WORKLOADS),
+    show_default=True,
+    help="Comma-separated subset of W1..W5.",
+)
+@click.option(
+    "--levels",
+    default=None,
+    metavar="N,N,...",
+    help="W5 live-lease levels (default 10,1000,10000; quick 10,1000).",
+)
+@click.option(
+    "--reclaim",
+    default=None,
+    metavar="N,N,...",
+    help="W5 expired leases to reclaim (default 10000; quick 2000).",
+)
+@click.option(
+    "--repeats",
+    default=None,
+    type=click.IntRange(1, 20),
+    help="W1 runs per implementation; the median run is reported (default 3).",
+)
+def bench(
+    url: str | None,
+    quick: bool,
+    json_path: str | None,
+    workloads: str,
+    levels: str | None,
+    reclaim: str | None,
+    repeats: int | None,
+) -> None:
+    """Measure slotkeeper next to a hand-written Lua ZSET semaphore (the reference) and raw
+    PING/EVALSHA round trips (the floor), on the same Redis, and check DESIGN.md's targets.
+
+    W1 uncontended cycles; W2 4 processes on 2 slots; W3 release->grant handoff; W4 a SIGKILLed
+    holder; W5 10..10,000 live leases over 100 limits, memory, reclaim of expired leases.
+    """
+    chosen = tuple(w.strip().upper() for w in workloads.split(",") if w.strip())
+    unknown = [w for w in chosen if w not in ALL_WORKLOADS]
+    if unknown or not chosen:
+        raise click.BadParameter(
+            f"unknown workloads {unknown}; choose from {','.join(ALL_WORKLOADS)}",
+            param_hint="--workloads",
+        )
+    config = BenchConfig.quick_config(chosen) if quick else BenchConfig(workloads=chosen)
+    lv, rc = _ints(levels), _ints(reclaim)
+    if lv:
+        config.w5_levels = lv
+    if rc:
+        config.w5_reclaim = rc
+    if repeats:
+        config.w1_repeats = repeats
+    to_stdout = json_path == "-"
+    out = sys.stderr if to_stdout else sys.stdout
+
+    def go(target: str, private: bool) -> dict[str, Any]:
+        click.echo(
+            f"slotkeeper bench against {redact(target)}"
+            f"{' (private redis-server)' if private else ''}",
+            err=True,
+        )
+        with click.progressbar(
+            length=config.steps(),
+            label="bench",
+            file=sys.stderr,
+            item_show_func=lambda s: s or "",
+            show_eta=False,
+        ) as bar:
+            return run_bench(target, config, tick=lambda what: bar.update(1, what), private=private)
+
+    if url:
+        result = go(url, private=False)
+    else:
+        with PrivateRedis() as private_url:
+            result = go(private_url, private=True)
+    click.echo(render(result), file=out)
+    if to_stdout:
+        result = dict(result, targets=targets(result))
+        click.echo(json.dumps(result, indent=2, default=str))
+    elif json_path:
+        write_json(result, json_path)
+        click.echo(f"results written to {json_path}", file=out)
