@@ -165,7 +165,8 @@ class Broker:
 
     def wait_replicas(self, replicas: int, timeout_ms: int) -> int:
         """WAIT until ``replicas`` replicas acknowledged our writes; returns how many did."""
-        return int(self._call(lambda: self.redis.execute_command("WAIT", replicas, timeout_ms)))
+        return int(self._call(lambda: self.redis.execute_command(  # type: ignore[no-untyped-call]
+            "WAIT", replicas, timeout_ms)))
 
     def server_time_ms(self) -> int:
         sec, usec = self._call(lambda: self.redis.time())

@@ -112,6 +112,6 @@ def _sentinel(url: str, **kwargs: Any) -> Redis:
     sentinel_kwargs: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT}
     if query.get("sentinel_password"):
         sentinel_kwargs["password"] = query["sentinel_password"]
-    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **opts)
-    client: Redis = sentinel.master_for(service, **opts)
+    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **opts)  # type: ignore[no-untyped-call]
+    client: Redis = sentinel.master_for(service, **opts)  # type: ignore[no-untyped-call]
     return client

