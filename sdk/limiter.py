@@ -226,12 +226,7 @@ class Limiter:
             step = next(flow)
             while True:
                 w, pause = step
-                try:
-                    msg = w.wait(pause)
-                except BaseException as exc:  # KeyboardInterrupt etc.: withdraw the ticket
-                    flow.throw(exc)
-                    raise
-                step = flow.send(msg)
+                step = flow.send(w.wait(pause))
         except StopIteration as done:
             lease: Lease = done.value
             if durable:
@@ -259,12 +254,7 @@ class Limiter:
             step = next(flow)
             while True:
                 w, pause = step
-                try:
-                    msg = await w.await_msg(pause)
-                except BaseException as exc:  # task cancelled: withdraw the ticket
-                    flow.throw(exc)
-                    raise
-                step = flow.send(msg)
+                step = flow.send(await w.await_msg(pause))
         except StopIteration as done:
             lease: Lease = done.value
             if durable:
