@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 def redis_binary(prefer_embedded: bool = False) -> str:
@@ -89,7 +91,9 @@ class RedisProc:
         if self.proc is not None and self.proc.poll() is None:
             if sig == signal.SIGTERM:
                 with contextlib.suppress(Exception):
-                    c = self.client()
+                    # no client-side retries: redis-py would otherwise spend seconds reconnecting
+                    # to the server that just (correctly) went away
+                    c = self.client(retry=Retry(NoBackoff(), 0))
                     c.shutdown(nosave=not self.aof)
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
