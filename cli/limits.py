@@ -1,0 +1,337 @@
+"""Limit commands: create, set, ls, show, rm, reset, revoke."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from slotkeeper.broker.errors import InvalidArgument, LimitHeld, LimitNotFound
+from slotkeeper.broker.metrics import LimitStats, read_limit, read_limits, wait_quantile
+from slotkeeper.broker.records import Holder, Snapshot, Waiter
+from slotkeeper.cli.context import App, json_option, pass_app
+from slotkeeper.cli.output import duration, emit, table, ttl_text, warn
+
+SHOW_MAX = 1000
+
+
+def _ts(ms: int) -> str:
+    if not ms:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask before a destructive change; without a terminal, --yes is required."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise click.UsageError(f"{question} -- refusing without confirmation: pass --yes")
+    click.confirm(question, abort=True, err=True)
+
+
+def _check_slots_opt(_ctx: click.Context, _p: click.Parameter, v: int | None) -> int | None:
+    if v is not None and v < 0:
+        raise click.BadParameter("must be >= 0")
+    return v
+
+
+def _check_ttl_opt(_ctx: click.Context, _p: click.Parameter, v: float | None) -> float | None:
+    if v is not None and v != 0 and not (0.05 <= v <= 86400 * 30):
+        raise click.BadParameter("must be 0 (use the client's default) or 0.05 s .. 30 days")
+    return v
+
+
+# -- create / set ---------------------------------------------------------------------------------
+
+@click.command()
+@click.argument("name")
+@click.option("--slots", "-s", type=int, required=True, callback=_check_slots_opt,
+              help="How many slots the limit has.")
+@click.option("--ttl", type=float, callback=_check_ttl_opt,
+              help="Lease TTL in seconds for this limit (renewed by heartbeats). "
+                   "Default: the client's (30 s).")
+@click.option("--disabled", is_flag=True, help="Create it disabled (admits everyone).")
+@click.option("--description", "-d", default="", help="Free text shown by ls/show.")
+@pass_app
+def create(app: App, name: str, slots: int, ttl: float | None, disabled: bool,
+           description: str) -> None:
+    """Create limit NAME with N slots."""
+    app.broker().create_limit(name, slots, ttl, not disabled, description)
+    emit(app, {"created": name, "slots": slots, "ttl": ttl or 0, "enabled": not disabled,
+               "description": description},
+         f"created limit {name!r}: {slots} slot(s)" + (" (disabled)" if disabled else ""))
+
+
+@click.command("set")
+@click.argument("name")
+@click.option("--slots", "-s", type=int, callback=_check_slots_opt, help="New number of slots.")
+@click.option("--ttl", type=float, callback=_check_ttl_opt,
+              help="Lease TTL in seconds (0: the client's default).")
+@click.option("--enable/--disable", "enabled", default=None,
+              help="Enforce the limit, or admit everyone (still counted).")
+@click.option("--description", "-d", default=None, help="Free text shown by ls/show.")
+@click.option("--create", "create_", is_flag=True,
+              help="Create the limit if it does not exist (needs --slots); also repairs a limit "
+                   "whose config is unreadable.")
+@pass_app
+def set_(app: App, name: str, slots: int | None, ttl: float | None, enabled: bool | None,
+         description: str | None, create_: bool) -> None:
+    """Change a limit. Lowering slots never evicts holders; raising them grants waiters now."""
+    if slots is None and ttl is None and enabled is None and description is None:
+        raise click.UsageError("nothing to change: give --slots, --ttl, --enable/--disable or "
+                               "--description")
+    try:
+        created, changed = app.broker().update_limit(
+            name, slots=slots, ttl=ttl, enabled=enabled, description=description, create=create_)
+    except LimitNotFound:
+        raise LimitNotFoundCli(name) from None
+    snap = app.broker().snapshot(name, 1)
+    cfg = _config_dict(snap)
+    if created:
+        msg = f"created limit {name!r}: {snap.config.slots} slot(s)"
+    elif changed:
+        fields = ", ".join(f"{_FIELD.get(f, f)}={cfg.get(_FIELD.get(f, f))}" for f in changed)
+        msg = f"updated limit {name!r}: {fields}"
+    else:
+        msg = f"limit {name!r} unchanged"
+    emit(app, {"name": name, "created": created,
+               "changed": [_FIELD.get(f, f) for f in changed], "config": cfg}, msg)
+
+
+class LimitNotFoundCli(LimitNotFound):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.args = (f"limit {name!r} does not exist (or its config is unreadable): "
+                     f"`slotkeeper set {name!r} --slots N --create` creates it",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+_FIELD = {"desc": "description", "slots": "slots", "ttl": "ttl", "enabled": "enabled"}
+
+
+def _config_dict(snap: Snapshot) -> dict[str, Any]:
+    c = snap.config
+    return {"name": c.name, "slots": c.slots, "ttl": c.ttl_s, "enabled": c.enabled,
+            "description": c.description}
+
+
+# -- ls -------------------------------------------------------------------------------------------
+
+def stats_dict(st: LimitStats) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": st.name}
+    if st.snapshot is not None:
+        snap = st.snapshot
+        p95 = wait_quantile(snap.counters, 0.95)
+        out.update({
+            "slots": snap.config.slots, "used": snap.used, "leases": st.leases,
+            "waiters": st.waiters, "enabled": snap.config.enabled, "ttl": snap.config.ttl_s,
+            "description": snap.config.description,
+            "acquired": snap.counters.acquired, "expired": snap.counters.expired,
+            "wait_p95_seconds": p95,
+        })
+    out["problems"] = st.messages()
+    return out
+
+
+def report_problems(stats: list[LimitStats]) -> None:
+    for st in stats:
+        for m in st.messages():
+            if "field '" in m:
+                m += f" (repair: slotkeeper set {st.name!r} --slots N --create)"
+            warn(m)
+
+
+@click.command("ls")
+@json_option
+@pass_app
+def ls(app: App) -> None:
+    """List every limit: slots, use, leases, waiters."""
+    stats = read_limits(app.broker())
+    report_problems(stats)
+
+    def text() -> None:
+        if not stats:
+            click.echo(f"no limits in namespace {app.namespace!r} "
+                       "(create one: slotkeeper create NAME --slots N)")
+            return
+        rows: list[list[Any]] = []
+        for st in stats:
+            s = st.snapshot
+            if s is None:
+                rows.append([st.name, "?", "?", "?", "?", "UNREADABLE", "", ""])
+                continue
+            state = "yes" if s.config.enabled else "no"
+            if st.problems:
+                state += " (!)"
+            rows.append([st.name, s.used, s.config.slots, st.leases, st.waiters, state,
+                         ttl_text(s.config.ttl_s), s.config.description])
+        click.echo(table(["NAME", "USED", "SLOTS", "LEASES", "WAITERS", "ENABLED", "TTL",
+                          "DESCRIPTION"], rows, right=(1, 2, 3, 4)))
+
+    emit(app, [stats_dict(st) for st in stats], text)
+
+
+# -- show -----------------------------------------------------------------------------------------
+
+def holder_dict(h: Holder, now_ms: int) -> dict[str, Any]:
+    return {"lease_id": h.lease_id, "occupy": h.occupy, "names": h.names, "host": h.host,
+            "pid": h.pid, "worker": h.worker, "label": h.label, "token": h.token,
+            "age_seconds": (now_ms - h.acquired_ms) / 1000 if h.acquired_ms else None,
+            "expires_in_seconds": (h.expires_ms - now_ms) / 1000 if h.expires_ms else None,
+            "unreadable": h.garbage}
+
+
+def waiter_dict(pos: int, w: Waiter, now_ms: int) -> dict[str, Any]:
+    return {"position": pos, "ticket_id": w.ticket_id, "occupy": w.occupy, "names": w.names,
+            "priority": w.priority, "host": w.host, "pid": w.pid, "worker": w.worker,
+            "label": w.label,
+            "waiting_seconds": (now_ms - w.arrived_ms) / 1000 if w.arrived_ms else None,
+            "expired": (not w.garbage) and w.expires_ms <= now_ms, "unreadable": w.garbage}
+
+
+@click.command()
+@click.argument("name")
+@click.option("--max", "max_items", type=click.IntRange(1, 100_000), default=SHOW_MAX,
+              show_default=True, help="At most this many holders and waiters.")
+@json_option
+@pass_app
+def show(app: App, name: str, max_items: int) -> None:
+    """Show a limit: config, counters, holders and waiters in queue order."""
+    st = read_limit(app.broker(), name, max_items)
+    if st.snapshot is None:
+        if st.error and "does not exist" in st.error:
+            raise LimitNotFound(name, app.namespace)
+        report_problems([st])
+        raise InvalidArgument(f"limit {name!r} cannot be read")
+    report_problems([st])
+    s = st.snapshot
+    c = s.counters
+    now = s.now_ms
+    data = {
+        **_config_dict(s),
+        "created": _ts(s.config.created_ms), "updated": _ts(s.config.updated_ms),
+        "used": s.used, "leases": st.leases, "waiters": st.waiters,
+        "counters": {"acquired": c.acquired, "released": c.released, "expired": c.expired,
+                     "revoked": c.revoked, "timed_out": c.timed_out,
+                     "wait_p50_seconds": wait_quantile(c, 0.5),
+                     "wait_p95_seconds": wait_quantile(c, 0.95),
+                     "wait_sum_seconds": c.wait_sum_s},
+        "holders": [holder_dict(h, now) for h in s.holders],
+        "queue": [waiter_dict(i + 1, w, now) for i, w in enumerate(s.waiters)],
+        "problems": st.messages(),
+    }
+
+    def text() -> None:
+        cfg = s.config
+        click.echo(f"limit:       {cfg.name}")
+        click.echo(f"slots:       {s.used}/{cfg.slots} in use by {st.leases} lease(s)"
+                   + ("" if cfg.enabled else "  [DISABLED: admits everyone]"))
+        click.echo(f"ttl:         {ttl_text(cfg.ttl_s)}")
+        if cfg.description:
+            click.echo(f"description: {cfg.description}")
+        click.echo(f"created:     {_ts(cfg.created_ms)}   updated: {_ts(cfg.updated_ms)}")
+        click.echo(f"counters:    acquired {c.acquired}, released {c.released}, expired "
+                   f"{c.expired}, revoked {c.revoked}, timed out {c.timed_out}")
+        click.echo(f"wait:        p50 {duration(wait_quantile(c, 0.5))}, "
+                   f"p95 {duration(wait_quantile(c, 0.95))}")
+        click.echo("")
+        if s.holders:
+            hrows: list[list[Any]] = [[h.lease_id, h.occupy, h.host, h.pid or "", h.worker, h.label,
+                     duration((now - h.acquired_ms) / 1000) if h.acquired_ms else "?",
+                     duration((h.expires_ms - now) / 1000) if h.expires_ms else "?", h.token]
+                    if not h.garbage else [h.lease_id, "?", "UNREADABLE RECORD", "", "", "", "",
+                                           "", ""]
+                    for h in s.holders]
+            click.echo(f"holders ({len(s.holders)}):")
+            click.echo(table(["LEASE", "OCCUPY", "HOST", "PID", "WORKER", "LABEL", "AGE",
+                              "EXPIRES IN", "TOKEN"], hrows, right=(1, 3, 8), indent="  "))
+        else:
+            click.echo("holders: none")
+        if s.waiters:
+            rows: list[list[Any]] = []
+            for i, w in enumerate(s.waiters):
+                if w.garbage:
+                    rows.append([i + 1, w.ticket_id, "?", "", "UNREADABLE RECORD", "", "", "", ""])
+                    continue
+                waited = duration((now - w.arrived_ms) / 1000) if w.arrived_ms else "?"
+                if w.expires_ms <= now:
+                    waited += " (expired)"
+                rows.append([i + 1, w.ticket_id, w.occupy, w.priority, w.host, w.pid or "",
+                             w.worker, w.label, waited])
+            click.echo(f"queue ({s.n_waiters}):")
+            click.echo(table(["#", "TICKET", "OCCUPY", "PRIO", "HOST", "PID", "WORKER", "LABEL",
+                              "WAITING"], rows, right=(0, 2, 3, 5), indent="  "))
+        else:
+            click.echo("queue: empty")
+        more_h = st.leases - len(s.holders)
+        if more_h > 0:
+            click.echo(f"({more_h} more holder(s) not shown; --max)")
+
+    emit(app, data, text)
+
+
+# -- rm / reset / revoke --------------------------------------------------------------------------
+
+@click.command("rm")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Revoke its leases first (asks unless --yes).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def rm(app: App, name: str, force: bool, yes: bool) -> None:
+    """Delete a limit. Refuses while it is held, unless --force. Waiters are told it is gone."""
+    broker = app.broker()
+    revoked = 0
+    for _ in range(10):
+        try:
+            broker.delete_limit(name)
+            break
+        except LimitHeld as exc:
+            if not force:
+                raise
+            if revoked == 0:
+                confirm(f"limit {name!r} has {exc.used} slot(s) in use: revoke its leases and "
+                        "delete it?", yes)
+            revoked += broker.reset(name)
+    else:
+        raise LimitHeld(name, broker.snapshot(name, 1).used)
+    emit(app, {"deleted": name, "revoked": revoked},
+         f"deleted limit {name!r}" + (f" (revoked {revoked} lease(s))" if revoked else ""))
+
+
+@click.command()
+@click.argument("name")
+@click.option("--yes", "-y", "--force", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def reset(app: App, name: str, yes: bool) -> None:
+    """Revoke every lease of a limit (holders learn at their next heartbeat)."""
+    broker = app.broker()
+    snap = broker.snapshot(name, 1)
+    confirm(f"revoke every lease of {name!r} ({snap.used} slot(s) in use)?", yes)
+    n = broker.reset(name)
+    emit(app, {"name": name, "revoked": n}, f"revoked {n} lease(s) of {name!r}")
+
+
+@click.command()
+@click.argument("lease_id")
+@click.option("--yes", "-y", "--force", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def revoke(app: App, lease_id: str, yes: bool) -> None:
+    """Revoke one lease by id (see `show NAME`); its holder learns at its next heartbeat."""
+    broker = app.broker()
+    rec = broker.lease_record(lease_id)
+    if rec is None:
+        raise InvalidArgument(f"lease {lease_id!r} is not held (unknown, released or expired)")
+    who = f"{rec.host} pid {rec.pid}" + (f" ({rec.label})" if rec.label else "")
+    confirm(f"revoke lease {lease_id} on {', '.join(rec.names) or '?'} held by {who}?", yes)
+    if not broker.revoke(lease_id):
+        raise InvalidArgument(f"lease {lease_id!r} is not held (unknown, released or expired)")
+    emit(app, {"revoked": lease_id, "names": rec.names},
+         f"revoked lease {lease_id} on {', '.join(rec.names)}")
+
+
+COMMANDS = (create, set_, ls, show, rm, reset, revoke)

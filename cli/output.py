@@ -1,0 +1,86 @@
+"""Printing: tables for people, JSON for scripts, one-line warnings on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+import unicodedata
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from slotkeeper.cli.context import App
+
+
+def emit(app: App, data: Any, text: Callable[[], None] | str | None = None) -> None:
+    """Print ``data`` as JSON with ``--json``, else call ``text()`` (or print the string)."""
+    if app.json:
+        click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+    elif callable(text):
+        text()
+    elif text is not None:
+        click.echo(text)
+
+
+def warn(msg: str) -> None:
+    click.echo(f"warning: {one_line(msg)}", err=True)
+
+
+def one_line(msg: str) -> str:
+    return " ".join(str(msg).split())
+
+
+def width(s: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in s)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[int] = (),
+          indent: str = "") -> str:
+    """A plain aligned table (``right`` = indexes of right-aligned numeric columns)."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(width(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for r in cells:
+        parts = []
+        for i, c in enumerate(r):
+            pad = " " * (widths[i] - width(c))
+            parts.append(pad + c if i in right else c + pad)
+        lines.append(indent + "  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def duration(seconds: float | None) -> str:
+    """1.2s, 3m04s, 2h05m, 3d04h; '-' for None."""
+    if seconds is None:
+        return "-"
+    neg = seconds < 0
+    s = abs(seconds)
+    if s < 10:
+        if s == 0 or s >= 0.1:
+            out = f"{s:.1f}s"
+        elif s >= 0.01:
+            out = f"{s * 1000:.0f}ms"
+        else:
+            out = f"{s * 1000:.1f}ms"
+    elif s < 60:
+        out = f"{s:.0f}s"
+    elif s < 3600:
+        out = f"{int(s // 60)}m{int(s % 60):02d}s"
+    elif s < 86400:
+        out = f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+    else:
+        out = f"{int(s // 86400)}d{int(s % 86400 // 3600):02d}h"
+    return ("-" if neg else "") + out
+
+
+def ttl_text(ttl_s: float) -> str:
+    return "default" if ttl_s <= 0 else duration(ttl_s)
+
+
+def is_tty(stream: Any = None) -> bool:
+    stream = stream or sys.stdout
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,134 @@
+"""``slotkeeper top``: a live view of every limit until Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from slotkeeper.broker.errors import BrokerUnavailable
+from slotkeeper.broker.metrics import LimitStats, read_limits, wait_quantile
+from slotkeeper.cli.context import App, json_option, pass_app
+from slotkeeper.cli.limits import stats_dict
+from slotkeeper.cli.output import duration, is_tty, table
+
+BAR = 12
+CLEAR = "\x1b[H\x1b[2J"
+
+
+def bar(used: int, slots: int, width: int = BAR) -> str:
+    if slots <= 0:
+        return "!" * width if used else "." * width
+    full = min(width, round(width * used / slots))
+    return "#" * full + "." * (width - full)
+
+
+@dataclass
+class Sample:
+    at: float
+    counters: dict[str, tuple[int, int]]  # name -> (acquired, expired)
+
+
+def sample(stats: list[LimitStats]) -> Sample:
+    return Sample(time.monotonic(), {
+        st.name: (st.snapshot.counters.acquired, st.snapshot.counters.expired)
+        for st in stats if st.snapshot is not None})
+
+
+def rates(prev: Sample | None, cur: Sample, name: str) -> tuple[float | None, float | None]:
+    if prev is None or name not in prev.counters or name not in cur.counters:
+        return None, None
+    dt = cur.at - prev.at
+    if dt <= 0:
+        return None, None
+    (a0, e0), (a1, e1) = prev.counters[name], cur.counters[name]
+    return max(0, a1 - a0) / dt, max(0, e1 - e0) / dt
+
+
+def _rate(r: float | None) -> str:
+    return "-" if r is None else f"{r:.1f}"
+
+
+def render(app: App, stats: list[LimitStats], prev: Sample | None, cur: Sample,
+           interval: float) -> str:
+    head = (f"slotkeeper top  {app.display_url}  namespace {app.namespace}  "
+            f"{time.strftime('%H:%M:%S')}  (every {interval:g}s, Ctrl-C quits)")
+    if not stats:
+        return head + "\n\nno limits (create one: slotkeeper create NAME --slots N)"
+    rows: list[list[Any]] = []
+    notes = []
+    for st in stats:
+        s = st.snapshot
+        if s is None:
+            rows.append([st.name, "?", "", "", "", "", "", "", "", "UNREADABLE"])
+            notes += st.messages()
+            continue
+        acq, exp = rates(prev, cur, st.name)
+        flags = []
+        if not s.config.enabled:
+            flags.append("disabled")
+        if st.problems:
+            flags.append(f"{len(st.problems)} problem(s)")
+            notes += st.messages()
+        rows.append([st.name, f"{s.used}/{s.config.slots}", bar(s.used, s.config.slots),
+                     st.leases, st.waiters, duration(wait_quantile(s.counters, 0.95)),
+                     _rate(acq), s.counters.expired, _rate(exp), " ".join(flags)])
+    out = head + "\n\n" + table(
+        ["LIMIT", "USED", "", "LEASES", "WAITERS", "WAIT p95", "ACQ/s", "EXPIRED", "EXP/s", ""],
+        rows, right=(1, 3, 4, 5, 6, 7, 8))
+    if notes:
+        out += "\n\n" + "\n".join(f"! {n}" for n in notes[:10])
+    return out
+
+
+@click.command()
+@click.option("--interval", "-i", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Print one view and exit.")
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help="Exit after this many refreshes.")
+@json_option
+@pass_app
+def top(app: App, interval: float, once: bool, iterations: int | None) -> None:
+    """Live view of all limits: use, waiters, wait p95, acquire and expiry rates (Ctrl-C quits).
+
+    With --json, one JSON object per refresh (a line each)."""
+    if once:
+        iterations = 1
+    broker = app.broker()
+    tty = is_tty() and not app.json
+    prev: Sample | None = None
+    n = 0
+    try:
+        while True:
+            try:
+                stats = read_limits(broker)
+                error = None
+            except BrokerUnavailable as exc:
+                if iterations == 1:
+                    raise
+                stats, error = [], str(exc)
+            cur = sample(stats)
+            if app.json:
+                limits = []
+                for st in stats:
+                    d = stats_dict(st)
+                    d["acquired_per_second"], d["expired_per_second"] = rates(prev, cur, st.name)
+                    limits.append(d)
+                click.echo(json.dumps({"time": time.time(), "namespace": app.namespace,
+                                       "error": error, "limits": limits}))
+            else:
+                text = render(app, stats, prev, cur, interval)
+                if error:
+                    text = text.split("\n\n")[0] + f"\n\nRedis unreachable: {error}"
+                click.echo((CLEAR if tty else "") + text + ("" if tty else "\n"))
+            prev = cur if stats else prev
+            n += 1
+            if iterations is not None and n >= iterations:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
