@@ -88,12 +88,10 @@ class ThrottledCall:
         *,
         limiter: Limiter | None = None,
         ensure: Mapping[str, int | None] | None = None,
-        timeout: float | None = None,
-        priority: int = 0,
-        ttl: float | None = None,
-        label: str | None = None,
         secede: bool = False,
         description: str = "",
+        raise_on_lost: bool = True,
+        **acquire: Any,
     ) -> None:
         if not callable(fn):
             raise InvalidType(f"{fn!r} is not callable")
@@ -101,12 +99,12 @@ class ThrottledCall:
         self.names = tuple(names)
         self.limiter = limiter
         self.ensure = dict(ensure or {})
-        self.timeout = timeout
-        self.priority = priority
-        self.ttl = ttl
-        self.label = label if label is not None else _fn_name(fn)
         self.secede = secede
         self.description = description
+        self.raise_on_lost = raise_on_lost
+        if acquire.get("label") is None:
+            acquire["label"] = _fn_name(fn)
+        self.acquire_kwargs = acquire  # for Limiter.acquire: timeout, priority, ttl, occupy...
         self.__name__ = _fn_name(fn)  # dask key names, reprs
 
     def __repr__(self) -> str:
@@ -136,9 +134,7 @@ class ThrottledCall:
         lim = self._limiter()
         if self.ensure:
             self._ensure_templated(lim)
-        kwargs: dict[str, Any] = dict(
-            timeout=self.timeout, priority=self.priority, ttl=self.ttl, label=self.label
-        )
+        kwargs = dict(self.acquire_kwargs)
         if self.secede and in_dask_task():
             from slotkeeper.dask import acquire_seceded
 
@@ -155,7 +151,7 @@ class ThrottledCall:
             failed = False
             return result
         finally:
-            finish(lease, failed)
+            finish(lease, failed, self.raise_on_lost)
 
 
 def _fn_name(fn: object) -> str:
@@ -333,7 +329,13 @@ class ThrottledExecutor(cf.Executor):
             for f in pending:
                 f.cancel()
         if self.shutdown_executor:
-            self.executor.shutdown(wait=wait, cancel_futures=cancel_futures)
+            if cancel_futures:
+                try:
+                    self.executor.shutdown(wait=wait, cancel_futures=True)
+                except TypeError:  # e.g. distributed's ClientExecutor: ours are cancelled above
+                    self.executor.shutdown(wait=wait)
+            else:
+                self.executor.shutdown(wait=wait)
         if wait:
             cf.wait(pending)
         with self._lock:
