@@ -27,6 +27,7 @@ log = logging.getLogger("slotkeeper")
 LISTEN_POLL = 1.0       # listener loop tick (s)
 MIN_INTERVAL = 0.05     # heartbeat interval bounds (s)
 MAX_INTERVAL = 10.0
+EARLY_MAX = 1000        # notifications kept for tickets not registered yet
 
 
 def new_id() -> str:
@@ -98,6 +99,9 @@ class Runtime:
         self._lock = threading.Lock()
         self._leases: dict[str, Lease] = {}
         self._waiting: dict[str, Waiting] = {}
+        # notifications that arrived before their ticket was registered (a grant can be published
+        # before the QUEUED reply of the same ticket has been read): handed over by add_waiting
+        self._early: dict[str, str] = {}
         self._last_ok = time.monotonic()
         self._listener: threading.Thread | None = None
         self._subscribed = threading.Event()
@@ -118,11 +122,15 @@ class Runtime:
     def add_waiting(self, w: Waiting) -> None:
         with self._lock:
             self._waiting[w.id] = w
+            early = self._early.pop(w.id, None)
+        if early is not None:
+            w.deliver(early)
         self._ensure_heartbeat()
 
     def drop_waiting(self, w: Waiting) -> None:
         with self._lock:
             self._waiting.pop(w.id, None)
+            self._early.pop(w.id, None)
 
     def held(self) -> list[Lease]:
         with self._lock:
@@ -244,9 +252,15 @@ class Runtime:
     def _dispatch(self, data: bytes | str) -> None:
         text = data.decode() if isinstance(data, bytes) else data
         tid, _, rest = text.partition(" ")
-        w = self._waiting.get(tid)
-        if w is not None:
-            w.deliver(rest)
+        with self._lock:
+            w = self._waiting.get(tid)
+            if w is None:  # not registered yet: keep it for add_waiting (bounded)
+                if rest[:1] in ("g", "x") or self._early.get(tid, "r")[:1] not in ("g", "x"):
+                    self._early[tid] = rest
+                while len(self._early) > EARLY_MAX:
+                    del self._early[next(iter(self._early))]
+                return
+        w.deliver(rest)
 
     def _nudge_all(self) -> None:
         with self._lock:
