@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import random
 import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Barrier, Event
+from multiprocessing.synchronize import Event
 from typing import Any
 
 import redis
@@ -117,7 +118,6 @@ def _w2_child(
     name: str,
     hold_s: float,
     duration_s: float,
-    barrier: Barrier,
     start_at: Any,
     out: Any,
 ) -> None:
@@ -125,7 +125,7 @@ def _w2_child(
     cm = impl.hold(name)
     with cm:  # warm up
         pass
-    barrier.wait()
+    out.put(("ready", os.getpid(), None))
     while start_at.value == 0:
         time.sleep(0.001)
     start = int(start_at.value)
@@ -141,8 +141,25 @@ def _w2_child(
         r = now_ns()
         cm.__exit__(None, None, None)
         stamps.append((a, r))
-    out.put((os.getpid(), stamps))
+    out.put(("done", os.getpid(), stamps))
     impl.close()
+
+
+def _collect(out: Any, children: list[Any], kind: str, timeout: float) -> list[Any]:
+    """One ``kind`` message per child; fails early when a child died."""
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < len(children):
+        try:
+            k, _, payload = out.get(timeout=0.5)
+        except queue.Empty:
+            dead = [c.exitcode for c in children if c.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                raise RuntimeError(f"W2: a child failed (exit codes {dead}) or hung") from None
+            continue
+        if k == kind:
+            got.append(payload)
+    return got
 
 
 def w2_contended(
@@ -152,33 +169,32 @@ def w2_contended(
     name = f"w2-{hold_ms:g}ms"
     impl = make_impl(spec, url, ns)
     impl.create(name, slots)
-    barrier = SPAWN.Barrier(procs + 1)
     start_at = SPAWN.Value("q", 0)
     out = SPAWN.Queue()
     children = [
         SPAWN.Process(
             target=_w2_child,
             daemon=True,
-            args=(spec, url, ns, name, hold_ms / 1000.0, duration_s, barrier, start_at, out),
+            args=(spec, url, ns, name, hold_ms / 1000.0, duration_s, start_at, out),
         )
         for _ in range(procs)
     ]
     for c in children:
         c.start()
     try:
-        barrier.wait(timeout=120)
+        _collect(out, children, "ready", 120)
         start = now_ns() + 20_000_000
         start_at.value = start
         end = start + int(duration_s * 1e9)
-        results = [out.get(timeout=duration_s + 120) for _ in children]
+        results = _collect(out, children, "done", duration_s + 120)
     finally:
         for c in children:
             c.join(10)
             if c.is_alive():
                 c.kill()
     impl.close()
-    intervals = [iv for _, st in results for iv in st]
-    counts = [sum(1 for a, _ in st if a < end) for _, st in results]
+    intervals = [iv for st in results for iv in st]
+    counts = [sum(1 for a, _ in st if a < end) for st in results]
     return {
         "processes": procs,
         "slots": slots,
