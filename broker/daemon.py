@@ -42,7 +42,7 @@ log = logging.getLogger("slotkeeper.daemon")
 DEFAULT_INTERVAL = 1.0
 DEFAULT_BATCH = 500
 MAX_CALLS_PER_LIMIT = 200  # per pass; the rest waits for the next pass (which starts at once)
-AUDIT_EVERY = 60.0         # s between full reads of every limit looking for unreadable entries
+AUDIT_EVERY = 60.0  # s between full reads of every limit looking for unreadable entries
 AUDIT_SAMPLE = 200
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -53,13 +53,13 @@ class PassResult:
 
     limits: int
     calls: int
-    expired: int          # expired holder entries (slots) removed
+    expired: int  # expired holder entries (slots) removed
     gc_leases: int
     gc_tickets: int
     granted: int
     seconds: float
     max_call_seconds: float
-    backlog: bool         # some limit still had expired entries when the pass ended
+    backlog: bool  # some limit still had expired entries when the pass ended
     errors: int
 
 
@@ -87,8 +87,9 @@ class DaemonStats:
             self.last_reclaimed = r.expired
             self.last_max_call = r.max_call_seconds
             self.last_pass_at = time.time()
-            i = next((i for i, b in enumerate(DURATION_BUCKETS) if r.seconds <= b),
-                     len(DURATION_BUCKETS))
+            i = next(
+                (i for i, b in enumerate(DURATION_BUCKETS) if r.seconds <= b), len(DURATION_BUCKETS)
+            )
             self.buckets[i] += 1
             self.duration_sum += r.seconds
 
@@ -123,27 +124,42 @@ class DaemonCollector(Collector):
         lbl = ("namespace",)
         dur = HistogramMetricFamily(
             "slotkeeper_daemon_reclaim_duration_seconds",
-            "Duration of one reclaim pass over every limit of the namespace.", labels=lbl)
+            "Duration of one reclaim pass over every limit of the namespace.",
+            labels=lbl,
+        )
         reclaimed = CounterMetricFamily(
             "slotkeeper_daemon_reclaimed_total",
-            "Expired holder entries (slots) this daemon reclaimed.", labels=lbl)
+            "Expired holder entries (slots) this daemon reclaimed.",
+            labels=lbl,
+        )
         last = GaugeMetricFamily(
             "slotkeeper_daemon_reclaimed_last_pass",
-            "Expired holder entries (slots) reclaimed by the last pass.", labels=lbl)
+            "Expired holder entries (slots) reclaimed by the last pass.",
+            labels=lbl,
+        )
         granted = CounterMetricFamily(
             "slotkeeper_daemon_granted_total",
-            "Waiting requests this daemon granted after reclaiming slots.", labels=lbl)
+            "Waiting requests this daemon granted after reclaiming slots.",
+            labels=lbl,
+        )
         passes = CounterMetricFamily(
-            "slotkeeper_daemon_passes_total", "Reclaim passes completed.", labels=lbl)
+            "slotkeeper_daemon_passes_total", "Reclaim passes completed.", labels=lbl
+        )
         errors = CounterMetricFamily(
             "slotkeeper_daemon_errors_total",
-            "Reclaim calls or passes that failed (Redis down, unreadable keys).", labels=lbl)
+            "Reclaim calls or passes that failed (Redis down, unreadable keys).",
+            labels=lbl,
+        )
         max_call = GaugeMetricFamily(
             "slotkeeper_daemon_reclaim_call_max_seconds",
-            "Longest single reclaim script call (round trip) in the last pass.", labels=lbl)
+            "Longest single reclaim script call (round trip) in the last pass.",
+            labels=lbl,
+        )
         last_at = GaugeMetricFamily(
             "slotkeeper_daemon_last_pass_timestamp_seconds",
-            "Unix time the last pass completed.", labels=lbl)
+            "Unix time the last pass completed.",
+            labels=lbl,
+        )
         fams: list[Metric] = [dur, reclaimed, last, granted, passes, errors, max_call, last_at]
         if empty:
             return fams
@@ -165,9 +181,16 @@ class DaemonCollector(Collector):
 class Daemon:
     """Reclaim loop for one namespace. ``stop()`` is safe to call from a signal handler."""
 
-    def __init__(self, broker: Broker, *, interval: float = DEFAULT_INTERVAL,
-                 batch: int = DEFAULT_BATCH, max_calls: int = MAX_CALLS_PER_LIMIT,
-                 audit_every: float = AUDIT_EVERY, health_broker: Broker | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        interval: float = DEFAULT_INTERVAL,
+        batch: int = DEFAULT_BATCH,
+        max_calls: int = MAX_CALLS_PER_LIMIT,
+        audit_every: float = AUDIT_EVERY,
+        health_broker: Broker | None = None,
+    ) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0")
         if batch < 1:
@@ -249,11 +272,22 @@ class Daemon:
                 backlog = True
         for gone in [n for n in self._bad_limits if n not in names]:
             del self._bad_limits[gone]
-        result = PassResult(len(names), calls, expired, gcl, gct, granted,
-                            time.monotonic() - t0, max_call, backlog, errors)
+        result = PassResult(
+            len(names),
+            calls,
+            expired,
+            gcl,
+            gct,
+            granted,
+            time.monotonic() - t0,
+            max_call,
+            backlog,
+            errors,
+        )
         self.stats.record(result)
-        if self.audit_every > 0 and (self._last_audit is None
-                                     or time.monotonic() - self._last_audit >= self.audit_every):
+        if self.audit_every > 0 and (
+            self._last_audit is None or time.monotonic() - self._last_audit >= self.audit_every
+        ):
             self.audit(names)
         return result
 
@@ -285,11 +319,18 @@ class Daemon:
             if self._redis_up is False:
                 log.warning("Redis at %s is reachable again", self.broker.url_redacted)
             else:
-                log.info("connected to Redis at %s, namespace %r", self.broker.url_redacted,
-                         self.broker.namespace)
+                log.info(
+                    "connected to Redis at %s, namespace %r",
+                    self.broker.url_redacted,
+                    self.broker.namespace,
+                )
         elif not up and self._redis_up is not False:
-            log.error("Redis at %s is unreachable (%s); retrying every %gs",
-                      self.broker.url_redacted, detail, self.interval)
+            log.error(
+                "Redis at %s is unreachable (%s); retrying every %gs",
+                self.broker.url_redacted,
+                detail,
+                self.interval,
+            )
         self._redis_up = up
 
     def run(self, once: bool = False) -> int:
@@ -301,9 +342,14 @@ class Daemon:
                 self._set_up(True)
                 backlog = r.backlog
                 if r.expired or r.granted:
-                    log.debug("pass: reclaimed %d, granted %d, %d calls in %.1f ms (max %.2f ms)",
-                              r.expired, r.granted, r.calls, r.seconds * 1000,
-                              r.max_call_seconds * 1000)
+                    log.debug(
+                        "pass: reclaimed %d, granted %d, %d calls in %.1f ms (max %.2f ms)",
+                        r.expired,
+                        r.granted,
+                        r.calls,
+                        r.seconds * 1000,
+                        r.max_call_seconds * 1000,
+                    )
             except BrokerUnavailable as exc:
                 self.stats.failed()
                 self._set_up(False, str(exc))
@@ -333,15 +379,18 @@ class Daemon:
             up = self.health_broker.ping()
         except SlotkeeperError:
             up = False
-        info: dict[str, object] = {"redis": "up" if up else "down",
-                                   "namespace": self.broker.namespace}
+        info: dict[str, object] = {
+            "redis": "up" if up else "down",
+            "namespace": self.broker.namespace,
+        }
         last = self.stats.last_pass_at
         stale_after = max(60.0, 20 * self.interval)
         if last:
             info["last_pass_age_seconds"] = round(time.time() - last, 3)
         stalled = up and (
             (last and time.time() - last > stale_after)
-            or (not last and time.monotonic() - self.started > stale_after))
+            or (not last and time.monotonic() - self.started > stale_after)
+        )
         if stalled:
             info["loop"] = "stalled"
         return bool(up and not stalled), info

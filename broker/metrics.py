@@ -80,8 +80,9 @@ def _count_live_leases(broker: Broker, name: str, now_ms: int) -> int:
     n, offset = 0, 0
     try:
         while True:
-            chunk = broker.redis.zrange(key, f"({now_ms}", "+inf", byscore=True, offset=offset,
-                                        num=COUNT_CHUNK)
+            chunk = broker.redis.zrange(
+                key, f"({now_ms}", "+inf", byscore=True, offset=offset, num=COUNT_CHUNK
+            )
             n += sum(1 for m in chunk if "#" not in _text(m))
             if len(chunk) < COUNT_CHUNK:
                 return n
@@ -152,7 +153,7 @@ def wait_histogram(counters: Counters) -> list[tuple[str, float]]:
     for i, bound in enumerate(WAIT_BUCKETS_MS):
         acc += buckets[i] if i < len(buckets) else 0
         out.append((_le(bound / 1000.0), float(acc)))
-    acc += sum(buckets[len(WAIT_BUCKETS_MS):])
+    acc += sum(buckets[len(WAIT_BUCKETS_MS) :])
     out.append(("+Inf", float(acc)))
     return out
 
@@ -201,18 +202,22 @@ def _families(namespace: str, stats: Sequence[LimitStats], up: bool) -> list[Met
     leases = gauge("slotkeeper_limit_leases", "Live leases holding slots of the limit.")
     waiters = gauge("slotkeeper_limit_waiters", "Waiting requests queued on the limit.")
     enabled = gauge("slotkeeper_limit_enabled", "1 if the limit is enforced, 0 if disabled.")
-    problems = gauge("slotkeeper_limit_problems",
-                     "Unreadable entries seen in the limit's keys (0 when healthy).")
+    problems = gauge(
+        "slotkeeper_limit_problems", "Unreadable entries seen in the limit's keys (0 when healthy)."
+    )
     acquired = counter("slotkeeper_acquired_total", "Leases granted.")
     released = counter("slotkeeper_released_total", "Leases released by their holder.")
-    expired = counter("slotkeeper_expired_total", "Leases that expired (holder gone) and were "
-                      "reclaimed.")
+    expired = counter(
+        "slotkeeper_expired_total", "Leases that expired (holder gone) and were reclaimed."
+    )
     revoked = counter("slotkeeper_revoked_total", "Leases revoked by an operator.")
     timed_out = counter("slotkeeper_timed_out_total", "Acquire requests that timed out waiting.")
-    wait = HistogramMetricFamily("slotkeeper_wait_seconds",
-                                 "Time from request to grant of each lease.", labels=LIMIT_LABELS)
-    redis_up = GaugeMetricFamily("slotkeeper_redis_up", "1 if Redis answered this scrape.",
-                                 labels=("namespace",))
+    wait = HistogramMetricFamily(
+        "slotkeeper_wait_seconds", "Time from request to grant of each lease.", labels=LIMIT_LABELS
+    )
+    redis_up = GaugeMetricFamily(
+        "slotkeeper_redis_up", "1 if Redis answered this scrape.", labels=("namespace",)
+    )
     redis_up.add_metric([namespace], 1.0 if up else 0.0)
     for st in stats:
         lv = [namespace, st.name]
@@ -232,15 +237,29 @@ def _families(namespace: str, stats: Sequence[LimitStats], up: bool) -> list[Met
         revoked.add_metric(lv, float(c.revoked))
         timed_out.add_metric(lv, float(c.timed_out))
         wait.add_metric(lv, wait_histogram(c), c.wait_sum_s)
-    return [slots, in_use, leases, waiters, enabled, acquired, released, expired, revoked,
-            timed_out, wait, problems, redis_up]
+    return [
+        slots,
+        in_use,
+        leases,
+        waiters,
+        enabled,
+        acquired,
+        released,
+        expired,
+        revoked,
+        timed_out,
+        wait,
+        problems,
+        redis_up,
+    ]
 
 
 class SlotkeeperCollector(Collector):
     """Reads every limit of the broker's namespace from Redis at scrape time."""
 
-    def __init__(self, broker: Broker, problems: ProblemLog | None = None,
-                 sample: int = SAMPLE) -> None:
+    def __init__(
+        self, broker: Broker, problems: ProblemLog | None = None, sample: int = SAMPLE
+    ) -> None:
         self.broker = broker
         self.problems = problems
         self.sample = sample
@@ -273,8 +292,13 @@ class MetricsServer:
     """``/metrics`` (Prometheus text or OpenMetrics, by Accept header) and ``/healthz`` (200 when
     ``health()`` says healthy, else 503; a JSON body either way), on a background thread."""
 
-    def __init__(self, registry: CollectorRegistry, health: HealthCheck, host: str = "127.0.0.1",
-                 port: int = 9808) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        health: HealthCheck,
+        host: str = "127.0.0.1",
+        port: int = 9808,
+    ) -> None:
         self.registry = registry
         self.health = health
         handler = _handler_for(self)
@@ -293,9 +317,12 @@ class MetricsServer:
         return f"http://{host}:{port}"
 
     def start(self) -> MetricsServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.2},
-                                        name="slotkeeper-metrics", daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="slotkeeper-metrics",
+            daemon=True,
+        )
         self._thread.start()
         return self
 

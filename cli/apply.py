@@ -24,15 +24,20 @@ class Change:
 
     def line(self) -> str:
         sign = {"create": "+", "update": "~", "delete": "-"}[self.action]
-        detail = ", ".join(f"{f}: {old!r} -> {new!r}" if self.action == "update" else
-                           f"{f}={new!r}" for f, old, new in self.fields)
+        detail = ", ".join(
+            f"{f}: {old!r} -> {new!r}" if self.action == "update" else f"{f}={new!r}"
+            for f, old, new in self.fields
+        )
         out = f"{sign} {self.action} {self.name}" + (f" ({detail})" if detail else "")
         return out + (f"  FAILED: {self.error}" if self.error else "")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "name": self.name,
-                "fields": {f: {"old": old, "new": new} for f, old, new in self.fields},
-                **({"error": self.error} if self.error else {})}
+        return {
+            "action": self.action,
+            "name": self.name,
+            "fields": {f: {"old": old, "new": new} for f, old, new in self.fields},
+            **({"error": self.error} if self.error else {}),
+        }
 
 
 def current_specs(broker: Broker, strict: bool = False) -> dict[str, LimitSpec | None]:
@@ -45,15 +50,18 @@ def current_specs(broker: Broker, strict: bool = False) -> dict[str, LimitSpec |
         if st.snapshot is None or cfg_problems:
             out[st.name] = None
             if strict:
-                raise SlotkeeperError(f"limit {st.name!r} is unreadable; not exporting a partial "
-                                      "file (fix it with `slotkeeper set NAME --slots N --create`)")
+                raise SlotkeeperError(
+                    f"limit {st.name!r} is unreadable; not exporting a partial "
+                    "file (fix it with `slotkeeper set NAME --slots N --create`)"
+                )
         else:
             out[st.name] = LimitSpec.from_config(st.snapshot.config)
     return out
 
 
-def plan(wanted: list[LimitSpec], current: dict[str, LimitSpec | None],
-         prune: bool) -> list[Change]:
+def plan(
+    wanted: list[LimitSpec], current: dict[str, LimitSpec | None], prune: bool
+) -> list[Change]:
     changes: list[Change] = []
     for spec in wanted:
         fields = [(f, None, v) for f, v in spec.as_dict().items() if f != "name"]
@@ -81,18 +89,31 @@ def execute(broker: Broker, wanted: list[LimitSpec], changes: list[Change]) -> N
                 broker.delete_limit(ch.name)
             else:
                 s = by_name[ch.name]
-                broker.update_limit(s.name, slots=s.slots, ttl=s.ttl, enabled=s.enabled,
-                                    description=s.description, create=True)
+                broker.update_limit(
+                    s.name,
+                    slots=s.slots,
+                    ttl=s.ttl,
+                    enabled=s.enabled,
+                    description=s.description,
+                    create=True,
+                )
         except LimitHeld as exc:
-            ch.error = (f"{exc.used} slot(s) in use; not removed "
-                        "(revoke with `slotkeeper rm --force`)")
+            ch.error = (
+                f"{exc.used} slot(s) in use; not removed (revoke with `slotkeeper rm --force`)"
+            )
         except SlotkeeperError as exc:
             ch.error = str(exc)
 
 
 @click.command()
-@click.option("-f", "--file", "path", type=click.File("r"), required=True,
-              help="YAML or JSON file ('-' for stdin).")
+@click.option(
+    "-f",
+    "--file",
+    "path",
+    type=click.File("r"),
+    required=True,
+    help="YAML or JSON file ('-' for stdin).",
+)
 @click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
 @click.option("--prune", is_flag=True, help="Also delete limits the file does not list.")
 @pass_app
@@ -117,19 +138,27 @@ def apply(app: App, path: Any, dry_run: bool, prune: bool) -> None:
         if not changes:
             click.echo(f"no changes ({len(wanted)} limit(s) up to date)")
         else:
-            click.echo(f"{verb} {len(changes) - len(failed)} limit(s)"
-                       + (" (dry run)" if dry_run else "")
-                       + (f", {len(failed)} failed" if failed else ""))
+            click.echo(
+                f"{verb} {len(changes) - len(failed)} limit(s)"
+                + (" (dry run)" if dry_run else "")
+                + (f", {len(failed)} failed" if failed else "")
+            )
 
     emit(app, {"dry_run": dry_run, "changes": [c.as_dict() for c in changes]}, text)
     if failed:
-        raise SlotkeeperError(f"{len(failed)} change(s) failed: "
-                              + "; ".join(f"{c.name}: {c.error}" for c in failed))
+        raise SlotkeeperError(
+            f"{len(failed)} change(s) failed: " + "; ".join(f"{c.name}: {c.error}" for c in failed)
+        )
 
 
 @click.command()
-@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default=None,
-              help="Output format (default yaml; json with --json).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["yaml", "json"]),
+    default=None,
+    help="Output format (default yaml; json with --json).",
+)
 @click.option("-o", "--output", type=click.File("w"), default="-", help="Write to a file.")
 @json_option
 @pass_app

@@ -64,5 +64,11 @@ def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
 
 def json_option(fn: F) -> F:
     """``--json`` on a read command (same as the global ``slotkeeper --json``)."""
-    return click.option("--json", "json_out", is_flag=True, expose_value=False, callback=_set_json,
-                        help="Print JSON instead of a table.")(fn)
+    return click.option(
+        "--json",
+        "json_out",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_json,
+        help="Print JSON instead of a table.",
+    )(fn)

@@ -17,28 +17,62 @@ LEVELS = ("debug", "info", "warning", "error")
 
 
 @click.command()
-@click.option("--interval", type=click.FloatRange(min=0.01), default=DEFAULT_INTERVAL,
-              show_default=True, help="Seconds between reclaim passes.")
-@click.option("--batch", type=click.IntRange(1, 100_000), default=DEFAULT_BATCH,
-              show_default=True, help="Entries per reclaim script call (bounds each call).")
-@click.option("--metrics-host", default="127.0.0.1", show_default=True,
-              help="Address for /metrics and /healthz (0.0.0.0: every interface).")
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=9808, show_default=True,
-              help="Port for /metrics and /healthz (0: any free port, logged).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.01),
+    default=DEFAULT_INTERVAL,
+    show_default=True,
+    help="Seconds between reclaim passes.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 100_000),
+    default=DEFAULT_BATCH,
+    show_default=True,
+    help="Entries per reclaim script call (bounds each call).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address for /metrics and /healthz (0.0.0.0: every interface).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=9808,
+    show_default=True,
+    help="Port for /metrics and /healthz (0: any free port, logged).",
+)
 @click.option("--no-metrics", is_flag=True, help="Do not serve HTTP at all.")
-@click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False), default="info",
-              show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+)
 @click.option("--once", is_flag=True, help="Run one reclaim pass and exit (cron, tests).")
 @pass_app
-def daemon(app: App, interval: float, batch: int, metrics_host: str, metrics_port: int,
-           no_metrics: bool, log_level: str, once: bool) -> None:
+def daemon(
+    app: App,
+    interval: float,
+    batch: int,
+    metrics_host: str,
+    metrics_port: int,
+    no_metrics: bool,
+    log_level: str,
+    once: bool,
+) -> None:
     """Reclaim expired leases and tickets promptly, wake waiters, export metrics.
 
     Any number of daemons may run against one Redis. SIGTERM/SIGINT finish the current batch and
     exit 0. Correctness never depends on the daemon: every script also reclaims lazily.
     """
-    logging.basicConfig(stream=sys.stderr, level=log_level.upper(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=log_level.upper(),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     log = logging.getLogger("slotkeeper.daemon")
     try:
         url = app.resolved_url()
@@ -58,8 +92,13 @@ def daemon(app: App, interval: float, batch: int, metrics_host: str, metrics_por
                 f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}"
             ) from None
         log.info("serving %s/metrics and %s/healthz", srv.url, srv.url)
-    log.info("reclaiming namespace %r on %s every %gs (batch %d)", app.namespace,
-             broker.url_redacted, interval, batch)
+    log.info(
+        "reclaiming namespace %r on %s every %gs (batch %d)",
+        app.namespace,
+        broker.url_redacted,
+        interval,
+        batch,
+    )
     try:
         d.run(once=once)
     finally:

@@ -2,32 +2,31 @@
 
 alice and bob are tagged "example" and "print", chris "print"; each prints "<name> was here" ten
 times with a random pause. They run under no throttle, {"print": 1}, {"print": 2} and
-{"example": 1}; each run ends with a timeline of who held a slot when, and a verdict measured from
-the tasks' own [start, end] stamps.
+{"example": 1} through ``ThrottledExecutor`` (run-scoped limits, deleted afterwards) with
+``tags(...)`` blocks; each run ends with a timeline of who held a slot when, and a verdict
+measured from the tasks' own [start, end] stamps.
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
 import secrets
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import click
 
-from slotkeeper.broker.client import Broker
-from slotkeeper.broker.errors import LimitHeld, SlotkeeperError
+from slotkeeper.broker.errors import SlotkeeperError
 from slotkeeper.cli.context import App, json_option, pass_app
 from slotkeeper.cli.output import emit
 from slotkeeper.cli.timeline import Stamp, chart, max_concurrent
-from slotkeeper.limit import limit
+from slotkeeper.executor import ThrottledExecutor
 from slotkeeper.limiter import Limiter
+from slotkeeper.tags import tags
 
 PEOPLE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("alice", ("example", "print")),
@@ -62,9 +61,14 @@ class RunResult:
         return "; ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"throttle": self.throttle, "ok": self.ok, "seconds": round(self.seconds, 3),
-                "max_concurrent": self.max_concurrent, "verdict": self.verdict(),
-                "stamps": [asdict(s) for s in self.stamps]}
+        return {
+            "throttle": self.throttle,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "max_concurrent": self.max_concurrent,
+            "verdict": self.verdict(),
+            "stamps": [asdict(s) for s in self.stamps],
+        }
 
 
 def throttle_text(throttle: dict[str, int]) -> str:
@@ -73,83 +77,86 @@ def throttle_text(throttle: dict[str, int]) -> str:
     return "throttle {" + ", ".join(f'"{k}": {v}' for k, v in throttle.items()) + "}"
 
 
+_PRINT_LOCK = threading.Lock()
+
+
+class Task:
+    """The body of one person's task: print "<name> was here" with pauses, stamping when it ran
+    (after its slots were granted, before they are released). A picklable callable class."""
+
+    def __init__(
+        self, who: str, tags: tuple[str, ...], pauses: list[float], t0: float, quiet: bool
+    ) -> None:
+        self.who = who
+        self.tags = tags
+        self.pauses = pauses
+        self.t0 = t0
+        self.quiet = quiet
+        self.__name__ = f"demo-{who}"
+
+    def __call__(self) -> Stamp:
+        start = time.time() - self.t0
+        for p in self.pauses:
+            if not self.quiet:
+                with _PRINT_LOCK:
+                    click.echo(f"{self.who} was here")
+            time.sleep(p)
+        return Stamp(self.who, self.tags, start, time.time() - self.t0)
+
+
 class Demo:
-    def __init__(self, broker: Broker, limiter: Limiter, pause: tuple[float, float],
-                 rng: random.Random, say: Callable[[str], None]) -> None:
-        self.broker = broker
+    """Runs the example through ``ThrottledExecutor`` (run-scoped limits, deleted afterwards)."""
+
+    def __init__(
+        self, limiter: Limiter, pause: tuple[float, float], rng: random.Random, quiet: bool
+    ) -> None:
         self.limiter = limiter
         self.pause = pause
         self.rng = rng
-        self.say = say
-        self.lock = threading.Lock()
-        self.run_id = secrets.token_hex(3)
-
-    def task(self, who: str, tags: tuple[str, ...], names: Sequence[str], pauses: list[float],
-             t0: float) -> Stamp:
-        guard = limit(*names, limiter=self.limiter, label=f"demo {who}") if names \
-            else contextlib.nullcontext()
-        with guard:
-            start = time.time() - t0
-            for p in pauses:
-                with self.lock:
-                    self.say(f"{who} was here")
-                time.sleep(p)
-            end = time.time() - t0
-        return Stamp(who, tags, start, end)
+        self.quiet = quiet
+        self.run_id = "demo-" + secrets.token_hex(3)
 
     def run(self, index: int, throttle: dict[str, int]) -> RunResult:
-        names = {tag: f"demo-{self.run_id}-{index}:{tag}" for tag in throttle}
-        for tag, slots in throttle.items():
-            self.broker.create_limit(names[tag], slots, ttl=10,
-                                     description=f"slotkeeper demo: tag {tag!r}")
-        try:
-            t0 = time.time()
-            with ThreadPoolExecutor(max_workers=len(PEOPLE)) as pool:
-                futures = []
-                for who, tags in PEOPLE:
-                    held = [names[t] for t in tags if t in names]
-                    pauses = [self.rng.uniform(*self.pause) for _ in range(LINES)]
-                    futures.append(pool.submit(self.task, who, tags, held, pauses, t0))
-                stamps = [f.result() for f in futures]
-            seconds = time.time() - t0
-        finally:
-            for n in names.values():
-                self._delete(n)
+        pool = ThreadPoolExecutor(max_workers=len(PEOPLE))
+        t0 = time.time()
+        with ThrottledExecutor(
+            pool, throttle=throttle, limiter=self.limiter, run_id=f"{self.run_id}-{index}"
+        ) as ex:
+            futures = []
+            for who, person_tags in PEOPLE:
+                pauses = [self.rng.uniform(*self.pause) for _ in range(LINES)]
+                with tags(*person_tags):
+                    futures.append(ex.submit(Task(who, person_tags, pauses, t0, self.quiet)))
+            stamps = [f.result() for f in futures]
+        seconds = time.time() - t0
         mc = {tag: max_concurrent(stamps, tag) for tag in TAGS}
         ok = all(mc[tag] <= bound for tag, bound in throttle.items())
         return RunResult(dict(throttle), stamps, mc, ok, seconds)
-
-    def _delete(self, name: str) -> None:
-        try:
-            self.broker.delete_limit(name)
-        except LimitHeld:
-            self.broker.reset(name)
-            with contextlib.suppress(SlotkeeperError):
-                self.broker.delete_limit(name)
-        except SlotkeeperError:
-            pass
 
 
 @click.command()
 @click.option("--quick", is_flag=True, help="Shorter pauses (a few seconds in all).")
 @click.option("--seed", type=int, default=None, help="Seed the random pauses.")
-@click.option("--width", type=click.IntRange(20, 200), default=60, show_default=True,
-              help="Width of the timeline charts.")
+@click.option(
+    "--width",
+    type=click.IntRange(20, 200),
+    default=60,
+    show_default=True,
+    help="Width of the timeline charts.",
+)
 @json_option
 @pass_app
 def demo(app: App, quick: bool, seed: int | None, width: int) -> None:
     """The classic throttling example: alice, bob and chris under four throttles."""
-    broker = app.broker()
     limiter = Limiter(app.resolved_url(), app.namespace, ttl=10)
-    rng = random.Random(seed)
-    say: Callable[[str], None] = (lambda _m: None) if app.json else click.echo
-    d = Demo(broker, limiter, QUICK_PAUSE if quick else PAUSE, rng, say)
+    d = Demo(limiter, QUICK_PAUSE if quick else PAUSE, random.Random(seed), quiet=app.json)
     enc = (getattr(sys.stdout, "encoding", "") or "").lower()
     unicode = "utf" in enc
     if not app.json:
         click.echo(f"slotkeeper demo on {app.display_url}, namespace {app.namespace!r}")
-        click.echo("alice and bob are tagged example+print, chris print; "
-                   f"each prints {LINES} lines.")
+        click.echo(
+            f"alice and bob are tagged example+print, chris print; each prints {LINES} lines."
+        )
     results = []
     for i, throttle in enumerate(THROTTLES, 1):
         if not app.json:
@@ -161,7 +168,10 @@ def demo(app: App, quick: bool, seed: int | None, width: int) -> None:
             click.echo(chart(r.stamps, width, unicode))
             click.echo(f"verdict: {r.verdict()}")
     ok = all(r.ok for r in results)
-    emit(app, {"namespace": app.namespace, "ok": ok, "runs": [r.as_dict() for r in results]},
-         "\nall bounds held" if ok else "\nA BOUND WAS VIOLATED")
+    emit(
+        app,
+        {"namespace": app.namespace, "ok": ok, "runs": [r.as_dict() for r in results]},
+        "\nall bounds held" if ok else "\nA BOUND WAS VIOLATED",
+    )
     if not ok:
         raise SlotkeeperError("a throttle bound was violated (see the verdicts)")

@@ -46,46 +46,87 @@ def _check_ttl_opt(_ctx: click.Context, _p: click.Parameter, v: float | None) ->
 
 # -- create / set ---------------------------------------------------------------------------------
 
+
 @click.command()
 @click.argument("name")
-@click.option("--slots", "-s", type=int, required=True, callback=_check_slots_opt,
-              help="How many slots the limit has.")
-@click.option("--ttl", type=float, callback=_check_ttl_opt,
-              help="Lease TTL in seconds for this limit (renewed by heartbeats). "
-                   "Default: the client's (30 s).")
+@click.option(
+    "--slots",
+    "-s",
+    type=int,
+    required=True,
+    callback=_check_slots_opt,
+    help="How many slots the limit has.",
+)
+@click.option(
+    "--ttl",
+    type=float,
+    callback=_check_ttl_opt,
+    help="Lease TTL in seconds for this limit (renewed by heartbeats). "
+    "Default: the client's (30 s).",
+)
 @click.option("--disabled", is_flag=True, help="Create it disabled (admits everyone).")
 @click.option("--description", "-d", default="", help="Free text shown by ls/show.")
 @pass_app
-def create(app: App, name: str, slots: int, ttl: float | None, disabled: bool,
-           description: str) -> None:
+def create(
+    app: App, name: str, slots: int, ttl: float | None, disabled: bool, description: str
+) -> None:
     """Create limit NAME with N slots."""
     app.broker().create_limit(name, slots, ttl, not disabled, description)
-    emit(app, {"created": name, "slots": slots, "ttl": ttl or 0, "enabled": not disabled,
-               "description": description},
-         f"created limit {name!r}: {slots} slot(s)" + (" (disabled)" if disabled else ""))
+    emit(
+        app,
+        {
+            "created": name,
+            "slots": slots,
+            "ttl": ttl or 0,
+            "enabled": not disabled,
+            "description": description,
+        },
+        f"created limit {name!r}: {slots} slot(s)" + (" (disabled)" if disabled else ""),
+    )
 
 
 @click.command("set")
 @click.argument("name")
 @click.option("--slots", "-s", type=int, callback=_check_slots_opt, help="New number of slots.")
-@click.option("--ttl", type=float, callback=_check_ttl_opt,
-              help="Lease TTL in seconds (0: the client's default).")
-@click.option("--enable/--disable", "enabled", default=None,
-              help="Enforce the limit, or admit everyone (still counted).")
+@click.option(
+    "--ttl",
+    type=float,
+    callback=_check_ttl_opt,
+    help="Lease TTL in seconds (0: the client's default).",
+)
+@click.option(
+    "--enable/--disable",
+    "enabled",
+    default=None,
+    help="Enforce the limit, or admit everyone (still counted).",
+)
 @click.option("--description", "-d", default=None, help="Free text shown by ls/show.")
-@click.option("--create", "create_", is_flag=True,
-              help="Create the limit if it does not exist (needs --slots); also repairs a limit "
-                   "whose config is unreadable.")
+@click.option(
+    "--create",
+    "create_",
+    is_flag=True,
+    help="Create the limit if it does not exist (needs --slots); also repairs a limit "
+    "whose config is unreadable.",
+)
 @pass_app
-def set_(app: App, name: str, slots: int | None, ttl: float | None, enabled: bool | None,
-         description: str | None, create_: bool) -> None:
+def set_(
+    app: App,
+    name: str,
+    slots: int | None,
+    ttl: float | None,
+    enabled: bool | None,
+    description: str | None,
+    create_: bool,
+) -> None:
     """Change a limit. Lowering slots never evicts holders; raising them grants waiters now."""
     if slots is None and ttl is None and enabled is None and description is None:
-        raise click.UsageError("nothing to change: give --slots, --ttl, --enable/--disable or "
-                               "--description")
+        raise click.UsageError(
+            "nothing to change: give --slots, --ttl, --enable/--disable or --description"
+        )
     try:
         created, changed = app.broker().update_limit(
-            name, slots=slots, ttl=ttl, enabled=enabled, description=description, create=create_)
+            name, slots=slots, ttl=ttl, enabled=enabled, description=description, create=create_
+        )
     except LimitNotFound:
         raise LimitNotFoundCli(name) from None
     snap = app.broker().snapshot(name, 1)
@@ -97,15 +138,25 @@ def set_(app: App, name: str, slots: int | None, ttl: float | None, enabled: boo
         msg = f"updated limit {name!r}: {fields}"
     else:
         msg = f"limit {name!r} unchanged"
-    emit(app, {"name": name, "created": created,
-               "changed": [_FIELD.get(f, f) for f in changed], "config": cfg}, msg)
+    emit(
+        app,
+        {
+            "name": name,
+            "created": created,
+            "changed": [_FIELD.get(f, f) for f in changed],
+            "config": cfg,
+        },
+        msg,
+    )
 
 
 class LimitNotFoundCli(LimitNotFound):
     def __init__(self, name: str) -> None:
         super().__init__(name)
-        self.args = (f"limit {name!r} does not exist (or its config is unreadable): "
-                     f"`slotkeeper set {name!r} --slots N --create` creates it",)
+        self.args = (
+            f"limit {name!r} does not exist (or its config is unreadable): "
+            f"`slotkeeper set {name!r} --slots N --create` creates it",
+        )
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -116,24 +167,37 @@ _FIELD = {"desc": "description", "slots": "slots", "ttl": "ttl", "enabled": "ena
 
 def _config_dict(snap: Snapshot) -> dict[str, Any]:
     c = snap.config
-    return {"name": c.name, "slots": c.slots, "ttl": c.ttl_s, "enabled": c.enabled,
-            "description": c.description}
+    return {
+        "name": c.name,
+        "slots": c.slots,
+        "ttl": c.ttl_s,
+        "enabled": c.enabled,
+        "description": c.description,
+    }
 
 
 # -- ls -------------------------------------------------------------------------------------------
+
 
 def stats_dict(st: LimitStats) -> dict[str, Any]:
     out: dict[str, Any] = {"name": st.name}
     if st.snapshot is not None:
         snap = st.snapshot
         p95 = wait_quantile(snap.counters, 0.95)
-        out.update({
-            "slots": snap.config.slots, "used": snap.used, "leases": st.leases,
-            "waiters": st.waiters, "enabled": snap.config.enabled, "ttl": snap.config.ttl_s,
-            "description": snap.config.description,
-            "acquired": snap.counters.acquired, "expired": snap.counters.expired,
-            "wait_p95_seconds": p95,
-        })
+        out.update(
+            {
+                "slots": snap.config.slots,
+                "used": snap.used,
+                "leases": st.leases,
+                "waiters": st.waiters,
+                "enabled": snap.config.enabled,
+                "ttl": snap.config.ttl_s,
+                "description": snap.config.description,
+                "acquired": snap.counters.acquired,
+                "expired": snap.counters.expired,
+                "wait_p95_seconds": p95,
+            }
+        )
     out["problems"] = st.messages()
     return out
 
@@ -156,8 +220,10 @@ def ls(app: App) -> None:
 
     def text() -> None:
         if not stats:
-            click.echo(f"no limits in namespace {app.namespace!r} "
-                       "(create one: slotkeeper create NAME --slots N)")
+            click.echo(
+                f"no limits in namespace {app.namespace!r} "
+                "(create one: slotkeeper create NAME --slots N)"
+            )
             return
         rows: list[list[Any]] = []
         for st in stats:
@@ -168,36 +234,75 @@ def ls(app: App) -> None:
             state = "yes" if s.config.enabled else "no"
             if st.problems:
                 state += " (!)"
-            rows.append([st.name, s.used, s.config.slots, st.leases, st.waiters, state,
-                         ttl_text(s.config.ttl_s), s.config.description])
-        click.echo(table(["NAME", "USED", "SLOTS", "LEASES", "WAITERS", "ENABLED", "TTL",
-                          "DESCRIPTION"], rows, right=(1, 2, 3, 4)))
+            rows.append(
+                [
+                    st.name,
+                    s.used,
+                    s.config.slots,
+                    st.leases,
+                    st.waiters,
+                    state,
+                    ttl_text(s.config.ttl_s),
+                    s.config.description,
+                ]
+            )
+        click.echo(
+            table(
+                ["NAME", "USED", "SLOTS", "LEASES", "WAITERS", "ENABLED", "TTL", "DESCRIPTION"],
+                rows,
+                right=(1, 2, 3, 4),
+            )
+        )
 
     emit(app, [stats_dict(st) for st in stats], text)
 
 
 # -- show -----------------------------------------------------------------------------------------
 
+
 def holder_dict(h: Holder, now_ms: int) -> dict[str, Any]:
-    return {"lease_id": h.lease_id, "occupy": h.occupy, "names": h.names, "host": h.host,
-            "pid": h.pid, "worker": h.worker, "label": h.label, "token": h.token,
-            "age_seconds": (now_ms - h.acquired_ms) / 1000 if h.acquired_ms else None,
-            "expires_in_seconds": (h.expires_ms - now_ms) / 1000 if h.expires_ms else None,
-            "unreadable": h.garbage}
+    return {
+        "lease_id": h.lease_id,
+        "occupy": h.occupy,
+        "names": h.names,
+        "host": h.host,
+        "pid": h.pid,
+        "worker": h.worker,
+        "label": h.label,
+        "token": h.token,
+        "age_seconds": (now_ms - h.acquired_ms) / 1000 if h.acquired_ms else None,
+        "expires_in_seconds": (h.expires_ms - now_ms) / 1000 if h.expires_ms else None,
+        "unreadable": h.garbage,
+    }
 
 
 def waiter_dict(pos: int, w: Waiter, now_ms: int) -> dict[str, Any]:
-    return {"position": pos, "ticket_id": w.ticket_id, "occupy": w.occupy, "names": w.names,
-            "priority": w.priority, "host": w.host, "pid": w.pid, "worker": w.worker,
-            "label": w.label,
-            "waiting_seconds": (now_ms - w.arrived_ms) / 1000 if w.arrived_ms else None,
-            "expired": (not w.garbage) and w.expires_ms <= now_ms, "unreadable": w.garbage}
+    return {
+        "position": pos,
+        "ticket_id": w.ticket_id,
+        "occupy": w.occupy,
+        "names": w.names,
+        "priority": w.priority,
+        "host": w.host,
+        "pid": w.pid,
+        "worker": w.worker,
+        "label": w.label,
+        "waiting_seconds": (now_ms - w.arrived_ms) / 1000 if w.arrived_ms else None,
+        "expired": (not w.garbage) and w.expires_ms <= now_ms,
+        "unreadable": w.garbage,
+    }
 
 
 @click.command()
 @click.argument("name")
-@click.option("--max", "max_items", type=click.IntRange(1, 100_000), default=SHOW_MAX,
-              show_default=True, help="At most this many holders and waiters.")
+@click.option(
+    "--max",
+    "max_items",
+    type=click.IntRange(1, 100_000),
+    default=SHOW_MAX,
+    show_default=True,
+    help="At most this many holders and waiters.",
+)
 @json_option
 @pass_app
 def show(app: App, name: str, max_items: int) -> None:
@@ -214,13 +319,21 @@ def show(app: App, name: str, max_items: int) -> None:
     now = s.now_ms
     data = {
         **_config_dict(s),
-        "created": _ts(s.config.created_ms), "updated": _ts(s.config.updated_ms),
-        "used": s.used, "leases": st.leases, "waiters": st.waiters,
-        "counters": {"acquired": c.acquired, "released": c.released, "expired": c.expired,
-                     "revoked": c.revoked, "timed_out": c.timed_out,
-                     "wait_p50_seconds": wait_quantile(c, 0.5),
-                     "wait_p95_seconds": wait_quantile(c, 0.95),
-                     "wait_sum_seconds": c.wait_sum_s},
+        "created": _ts(s.config.created_ms),
+        "updated": _ts(s.config.updated_ms),
+        "used": s.used,
+        "leases": st.leases,
+        "waiters": st.waiters,
+        "counters": {
+            "acquired": c.acquired,
+            "released": c.released,
+            "expired": c.expired,
+            "revoked": c.revoked,
+            "timed_out": c.timed_out,
+            "wait_p50_seconds": wait_quantile(c, 0.5),
+            "wait_p95_seconds": wait_quantile(c, 0.95),
+            "wait_sum_seconds": c.wait_sum_s,
+        },
         "holders": [holder_dict(h, now) for h in s.holders],
         "queue": [waiter_dict(i + 1, w, now) for i, w in enumerate(s.waiters)],
         "problems": st.messages(),
@@ -229,27 +342,59 @@ def show(app: App, name: str, max_items: int) -> None:
     def text() -> None:
         cfg = s.config
         click.echo(f"limit:       {cfg.name}")
-        click.echo(f"slots:       {s.used}/{cfg.slots} in use by {st.leases} lease(s)"
-                   + ("" if cfg.enabled else "  [DISABLED: admits everyone]"))
+        click.echo(
+            f"slots:       {s.used}/{cfg.slots} in use by {st.leases} lease(s)"
+            + ("" if cfg.enabled else "  [DISABLED: admits everyone]")
+        )
         click.echo(f"ttl:         {ttl_text(cfg.ttl_s)}")
         if cfg.description:
             click.echo(f"description: {cfg.description}")
         click.echo(f"created:     {_ts(cfg.created_ms)}   updated: {_ts(cfg.updated_ms)}")
-        click.echo(f"counters:    acquired {c.acquired}, released {c.released}, expired "
-                   f"{c.expired}, revoked {c.revoked}, timed out {c.timed_out}")
-        click.echo(f"wait:        p50 {duration(wait_quantile(c, 0.5))}, "
-                   f"p95 {duration(wait_quantile(c, 0.95))}")
+        click.echo(
+            f"counters:    acquired {c.acquired}, released {c.released}, expired "
+            f"{c.expired}, revoked {c.revoked}, timed out {c.timed_out}"
+        )
+        click.echo(
+            f"wait:        p50 {duration(wait_quantile(c, 0.5))}, "
+            f"p95 {duration(wait_quantile(c, 0.95))}"
+        )
         click.echo("")
         if s.holders:
-            hrows: list[list[Any]] = [[h.lease_id, h.occupy, h.host, h.pid or "", h.worker, h.label,
-                     duration((now - h.acquired_ms) / 1000) if h.acquired_ms else "?",
-                     duration((h.expires_ms - now) / 1000) if h.expires_ms else "?", h.token]
-                    if not h.garbage else [h.lease_id, "?", "UNREADABLE RECORD", "", "", "", "",
-                                           "", ""]
-                    for h in s.holders]
+            hrows: list[list[Any]] = [
+                [
+                    h.lease_id,
+                    h.occupy,
+                    h.host,
+                    h.pid or "",
+                    h.worker,
+                    h.label,
+                    duration((now - h.acquired_ms) / 1000) if h.acquired_ms else "?",
+                    duration((h.expires_ms - now) / 1000) if h.expires_ms else "?",
+                    h.token,
+                ]
+                if not h.garbage
+                else [h.lease_id, "?", "UNREADABLE RECORD", "", "", "", "", "", ""]
+                for h in s.holders
+            ]
             click.echo(f"holders ({len(s.holders)}):")
-            click.echo(table(["LEASE", "OCCUPY", "HOST", "PID", "WORKER", "LABEL", "AGE",
-                              "EXPIRES IN", "TOKEN"], hrows, right=(1, 3, 8), indent="  "))
+            click.echo(
+                table(
+                    [
+                        "LEASE",
+                        "OCCUPY",
+                        "HOST",
+                        "PID",
+                        "WORKER",
+                        "LABEL",
+                        "AGE",
+                        "EXPIRES IN",
+                        "TOKEN",
+                    ],
+                    hrows,
+                    right=(1, 3, 8),
+                    indent="  ",
+                )
+            )
         else:
             click.echo("holders: none")
         if s.waiters:
@@ -261,11 +406,28 @@ def show(app: App, name: str, max_items: int) -> None:
                 waited = duration((now - w.arrived_ms) / 1000) if w.arrived_ms else "?"
                 if w.expires_ms <= now:
                     waited += " (expired)"
-                rows.append([i + 1, w.ticket_id, w.occupy, w.priority, w.host, w.pid or "",
-                             w.worker, w.label, waited])
+                rows.append(
+                    [
+                        i + 1,
+                        w.ticket_id,
+                        w.occupy,
+                        w.priority,
+                        w.host,
+                        w.pid or "",
+                        w.worker,
+                        w.label,
+                        waited,
+                    ]
+                )
             click.echo(f"queue ({s.n_waiters}):")
-            click.echo(table(["#", "TICKET", "OCCUPY", "PRIO", "HOST", "PID", "WORKER", "LABEL",
-                              "WAITING"], rows, right=(0, 2, 3, 5), indent="  "))
+            click.echo(
+                table(
+                    ["#", "TICKET", "OCCUPY", "PRIO", "HOST", "PID", "WORKER", "LABEL", "WAITING"],
+                    rows,
+                    right=(0, 2, 3, 5),
+                    indent="  ",
+                )
+            )
         else:
             click.echo("queue: empty")
         more_h = st.leases - len(s.holders)
@@ -276,6 +438,7 @@ def show(app: App, name: str, max_items: int) -> None:
 
 
 # -- rm / reset / revoke --------------------------------------------------------------------------
+
 
 @click.command("rm")
 @click.argument("name")
@@ -294,13 +457,19 @@ def rm(app: App, name: str, force: bool, yes: bool) -> None:
             if not force:
                 raise
             if revoked == 0:
-                confirm(f"limit {name!r} has {exc.used} slot(s) in use: revoke its leases and "
-                        "delete it?", yes)
+                confirm(
+                    f"limit {name!r} has {exc.used} slot(s) in use: revoke its leases and "
+                    "delete it?",
+                    yes,
+                )
             revoked += broker.reset(name)
     else:
         raise LimitHeld(name, broker.snapshot(name, 1).used)
-    emit(app, {"deleted": name, "revoked": revoked},
-         f"deleted limit {name!r}" + (f" (revoked {revoked} lease(s))" if revoked else ""))
+    emit(
+        app,
+        {"deleted": name, "revoked": revoked},
+        f"deleted limit {name!r}" + (f" (revoked {revoked} lease(s))" if revoked else ""),
+    )
 
 
 @click.command()
@@ -330,8 +499,11 @@ def revoke(app: App, lease_id: str, yes: bool) -> None:
     confirm(f"revoke lease {lease_id} on {', '.join(rec.names) or '?'} held by {who}?", yes)
     if not broker.revoke(lease_id):
         raise InvalidArgument(f"lease {lease_id!r} is not held (unknown, released or expired)")
-    emit(app, {"revoked": lease_id, "names": rec.names},
-         f"revoked lease {lease_id} on {', '.join(rec.names)}")
+    emit(
+        app,
+        {"revoked": lease_id, "names": rec.names},
+        f"revoked lease {lease_id} on {', '.join(rec.names)}",
+    )
 
 
 COMMANDS = (create, set_, ls, show, rm, reset, revoke)

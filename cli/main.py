@@ -43,21 +43,33 @@ class SlotkeeperGroup(click.Group):
         except Exception as exc:
             if os.environ.get("SLOTKEEPER_DEBUG"):
                 raise
-            raise CliError(f"{type(exc).__name__}: {redact(str(exc))} "
-                           "(SLOTKEEPER_DEBUG=1 shows the traceback)") from None
+            raise CliError(
+                f"{type(exc).__name__}: {redact(str(exc))} (SLOTKEEPER_DEBUG=1 shows the traceback)"
+            ) from None
         finally:
             app = ctx.find_object(App)
             if app is not None:
                 app.close()
 
 
-@click.group(cls=SlotkeeperGroup, context_settings={"help_option_names": ["-h", "--help"],
-                                                    "max_content_width": 100})
-@click.option("--url", envvar=ENV_URL, metavar="URL",
-              help="Redis URL (redis://, rediss://, unix://, redis+sentinel://). Default: "
-                   "$SLOTKEEPER_URL, else the embedded broker.")
-@click.option("--namespace", "-n", envvar=ENV_NAMESPACE, metavar="NS",
-              help="Namespace of limits. Default: $SLOTKEEPER_NAMESPACE, else 'default'.")
+@click.group(
+    cls=SlotkeeperGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--url",
+    envvar=ENV_URL,
+    metavar="URL",
+    help="Redis URL (redis://, rediss://, unix://, redis+sentinel://). Default: "
+    "$SLOTKEEPER_URL, else the embedded broker.",
+)
+@click.option(
+    "--namespace",
+    "-n",
+    envvar=ENV_NAMESPACE,
+    metavar="NS",
+    help="Namespace of limits. Default: $SLOTKEEPER_NAMESPACE, else 'default'.",
+)
 @click.option("--json", "json_out", is_flag=True, help="Print JSON (read commands).")
 @click.version_option(package_name="slotkeeper", prog_name="slotkeeper")
 @click.pass_context
@@ -77,8 +89,16 @@ def cli(ctx: click.Context, url: str | None, namespace: str | None, json_out: bo
 def _register() -> None:
     from slotkeeper.cli import apply, daemon, demo, limits, run, server, top
 
-    for cmd in (*limits.COMMANDS, apply.apply, apply.export, run.run, top.top, demo.demo,
-                server.server, daemon.daemon):
+    for cmd in (
+        *limits.COMMANDS,
+        apply.apply,
+        apply.export,
+        run.run,
+        top.top,
+        demo.demo,
+        server.server,
+        daemon.daemon,
+    ):
         cli.add_command(cmd)
     try:
         from slotkeeper.cli.bench import bench  # type: ignore[import-not-found,unused-ignore]

@@ -35,8 +35,12 @@ def width(s: str) -> int:
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in s)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[int] = (),
-          indent: str = "") -> str:
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    right: Sequence[int] = (),
+    indent: str = "",
+) -> str:
     """A plain aligned table (``right`` = indexes of right-aligned numeric columns)."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(width(r[i]) for r in cells) for i in range(len(headers))]

@@ -31,8 +31,15 @@ from slotkeeper.limiter import Limiter
 from slotkeeper.naming import host_name
 
 CMD_KEY = "slotkeeper.run.command"
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-             signal.SIGUSR2, signal.SIGWINCH)
+FORWARDED = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
 PROGRESS_EVERY = 0.5
 TICK = 0.05
 
@@ -43,7 +50,7 @@ class RunCommand(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if "--" in args:
             i = args.index("--")
-            ctx.meta[CMD_KEY] = args[i + 1:]
+            ctx.meta[CMD_KEY] = args[i + 1 :]
             args = args[:i]
         else:
             ctx.meta[CMD_KEY] = []
@@ -78,8 +85,9 @@ class Progress:
         self.name = name
         self.tty = tty
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="slotkeeper-run-progress",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name="slotkeeper-run-progress", daemon=True
+        )
         self._last = ""
 
     def __enter__(self) -> Progress:
@@ -98,8 +106,10 @@ class Progress:
         me = os.getpid(), host_name()
         for i, w in enumerate(snap.waiters):
             if (w.pid, w.host) == me:
-                return (f"waiting for {self.name}: position {i + 1} of {snap.n_waiters} in the "
-                        f"queue, {snap.used}/{snap.config.slots} slot(s) in use")
+                return (
+                    f"waiting for {self.name}: position {i + 1} of {snap.n_waiters} in the "
+                    f"queue, {snap.used}/{snap.config.slots} slot(s) in use"
+                )
         return None
 
     def _loop(self) -> None:
@@ -130,8 +140,9 @@ def _in_terminal_foreground() -> bool:
         os.close(fd)
 
 
-def supervise(proc: subprocess.Popen[bytes], lost: threading.Event, keep_on_lost: bool,
-              kill_after: float) -> int:
+def supervise(
+    proc: subprocess.Popen[bytes], lost: threading.Event, keep_on_lost: bool, kill_after: float
+) -> int:
     """Wait for the command, forwarding signals and stopping it if the lease is lost."""
     pending: list[int] = []
     skip = {signal.SIGINT, signal.SIGQUIT} if _in_terminal_foreground() else set()
@@ -152,8 +163,10 @@ def supervise(proc: subprocess.Popen[bytes], lost: threading.Event, keep_on_lost
             if lost.is_set() and not warned:
                 warned = True
                 if keep_on_lost:
-                    warn("the lease was lost (expired or revoked); the command keeps running "
-                         "(--keep-on-lost) without holding a slot")
+                    warn(
+                        "the lease was lost (expired or revoked); the command keeps running "
+                        "(--keep-on-lost) without holding a slot"
+                    )
                 else:
                     warn("the lease was lost (expired or revoked); terminating the command")
                     terminated_at = time.monotonic()
@@ -168,27 +181,70 @@ def supervise(proc: subprocess.Popen[bytes], lost: threading.Event, keep_on_lost
 
 @click.command(cls=RunCommand, context_settings={"allow_interspersed_args": True})
 @click.argument("names", nargs=-1, required=True)
-@click.option("--occupy", type=click.IntRange(1, 10_000), default=1, show_default=True,
-              help="Slots to take of every limit.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=None,
-              help="Give up after waiting this many seconds (exit 1). Default: wait forever.")
-@click.option("--ttl", type=click.FloatRange(0.05, 86400 * 30), default=None,
-              help="Lease TTL in seconds (renewed while the command runs).")
-@click.option("--priority", type=click.IntRange(-1000, 1000), default=0, show_default=True,
-              help="Higher waits less.")
-@click.option("--default-slots", type=click.IntRange(min=0), default=None,
-              help="Create a missing limit with this many slots.")
+@click.option(
+    "--occupy",
+    type=click.IntRange(1, 10_000),
+    default=1,
+    show_default=True,
+    help="Slots to take of every limit.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Give up after waiting this many seconds (exit 1). Default: wait forever.",
+)
+@click.option(
+    "--ttl",
+    type=click.FloatRange(0.05, 86400 * 30),
+    default=None,
+    help="Lease TTL in seconds (renewed while the command runs).",
+)
+@click.option(
+    "--priority",
+    type=click.IntRange(-1000, 1000),
+    default=0,
+    show_default=True,
+    help="Higher waits less.",
+)
+@click.option(
+    "--default-slots",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Create a missing limit with this many slots.",
+)
 @click.option("--label", default=None, help="Shown by show/top (default: the command).")
-@click.option("--keep-on-lost", is_flag=True,
-              help="Let the command run on if the lease is lost (default: terminate it).")
-@click.option("--kill-after", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="After terminating the command for a lost lease, SIGKILL it after this long.")
-@click.option("--progress/--no-progress", default=None,
-              help="Show the queue position while waiting (default: when stderr is a terminal).")
+@click.option(
+    "--keep-on-lost",
+    is_flag=True,
+    help="Let the command run on if the lease is lost (default: terminate it).",
+)
+@click.option(
+    "--kill-after",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="After terminating the command for a lost lease, SIGKILL it after this long.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show the queue position while waiting (default: when stderr is a terminal).",
+)
 @pass_app
-def run(app: App, names: tuple[str, ...], occupy: int, timeout: float | None,
-        ttl: float | None, priority: int, default_slots: int | None, label: str | None,
-        keep_on_lost: bool, kill_after: float, progress: bool | None) -> None:
+def run(
+    app: App,
+    names: tuple[str, ...],
+    occupy: int,
+    timeout: float | None,
+    ttl: float | None,
+    priority: int,
+    default_slots: int | None,
+    label: str | None,
+    keep_on_lost: bool,
+    kill_after: float,
+    progress: bool | None,
+) -> None:
     """Hold slots of every NAME while CMD runs: slotkeeper run NAME... -- CMD ARGS..."""
     cmd: list[str] = click.get_current_context().meta.get(CMD_KEY, [])
     if not cmd:
@@ -204,16 +260,30 @@ def run(app: App, names: tuple[str, ...], occupy: int, timeout: float | None,
 
     try:
         with handlers((signal.SIGTERM, signal.SIGHUP), _raise_interrupted):
-            ctx = Progress(limiter.broker, limiter.request(names).names[0], tty) if show \
+            ctx = (
+                Progress(limiter.broker, limiter.request(names).names[0], tty)
+                if show
                 else contextlib.nullcontext()
+            )
             with ctx:
-                lease = limiter.acquire(*names, occupy=occupy, timeout=timeout,
-                                        priority=priority, ttl=ttl, default_slots=default_slots,
-                                        on_lost=on_lost, label=label)
+                lease = limiter.acquire(
+                    *names,
+                    occupy=occupy,
+                    timeout=timeout,
+                    priority=priority,
+                    ttl=ttl,
+                    default_slots=default_slots,
+                    on_lost=on_lost,
+                    label=label,
+                )
     except Interrupted as exc:
         raise click.exceptions.Exit(128 + exc.signum) from None
-    env = dict(os.environ, SLOTKEEPER_LEASE_ID=lease.id, SLOTKEEPER_LEASE_TOKEN=str(lease.token),
-               SLOTKEEPER_LEASE_NAMES=",".join(lease.names))
+    env = dict(
+        os.environ,
+        SLOTKEEPER_LEASE_ID=lease.id,
+        SLOTKEEPER_LEASE_TOKEN=str(lease.token),
+        SLOTKEEPER_LEASE_NAMES=",".join(lease.names),
+    )
     try:
         proc = subprocess.Popen(cmd, env=env)
     except OSError as exc:

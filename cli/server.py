@@ -13,15 +13,19 @@ from slotkeeper.cli.output import emit, warn
 
 def _note_url(app: App) -> None:
     if app.url is not None:
-        warn("a broker URL is configured (--url / SLOTKEEPER_URL): commands use it, "
-             "not the embedded broker")
+        warn(
+            "a broker URL is configured (--url / SLOTKEEPER_URL): commands use it, "
+            "not the embedded broker"
+        )
 
 
 def _status_text(st: embedded.Status) -> str:
     if not st.running:
         return f"embedded broker: not running (state in {st.state_dir})"
-    return (f"embedded broker: running, pid {st.pid}, redis {st.version}\n"
-            f"url:   {st.url}\nstate: {st.state_dir}")
+    return (
+        f"embedded broker: running, pid {st.pid}, redis {st.version}\n"
+        f"url:   {st.url}\nstate: {st.state_dir}"
+    )
 
 
 @click.group()
@@ -47,8 +51,11 @@ def stop(app: App) -> None:
     """Stop the embedded broker (limits persist in its AOF)."""
     _note_url(app)
     was = embedded.stop()
-    emit(app, {"stopped": was}, "embedded broker stopped" if was else
-         "embedded broker was not running")
+    emit(
+        app,
+        {"stopped": was},
+        "embedded broker stopped" if was else "embedded broker was not running",
+    )
 
 
 @server.command()

@@ -68,8 +68,9 @@ def parse(text: str, source: str = "<input>") -> list[LimitSpec]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise InvalidArgument(f"{source}:{where} not valid YAML/JSON: "
-                              f"{getattr(exc, 'problem', None) or exc}") from None
+        raise InvalidArgument(
+            f"{source}:{where} not valid YAML/JSON: {getattr(exc, 'problem', None) or exc}"
+        ) from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -88,9 +89,11 @@ def parse(text: str, source: str = "<input>") -> list[LimitSpec]:
         name = item.get("name")
         unknown = set(item) - set(FIELDS)
         if unknown:
-            raise InvalidArgument(f"{source}: {_where(i, name)}: unknown field(s) "
-                                  f"{', '.join(sorted(map(str, unknown)))}; allowed: "
-                                  f"{', '.join(FIELDS)}")
+            raise InvalidArgument(
+                f"{source}: {_where(i, name)}: unknown field(s) "
+                f"{', '.join(sorted(map(str, unknown)))}; allowed: "
+                f"{', '.join(FIELDS)}"
+            )
         try:
             name = check_name(name)
             if "slots" not in item:

@@ -33,9 +33,14 @@ class Sample:
 
 
 def sample(stats: list[LimitStats]) -> Sample:
-    return Sample(time.monotonic(), {
-        st.name: (st.snapshot.counters.acquired, st.snapshot.counters.expired)
-        for st in stats if st.snapshot is not None})
+    return Sample(
+        time.monotonic(),
+        {
+            st.name: (st.snapshot.counters.acquired, st.snapshot.counters.expired)
+            for st in stats
+            if st.snapshot is not None
+        },
+    )
 
 
 def rates(prev: Sample | None, cur: Sample, name: str) -> tuple[float | None, float | None]:
@@ -52,10 +57,13 @@ def _rate(r: float | None) -> str:
     return "-" if r is None else f"{r:.1f}"
 
 
-def render(app: App, stats: list[LimitStats], prev: Sample | None, cur: Sample,
-           interval: float) -> str:
-    head = (f"slotkeeper top  {app.display_url}  namespace {app.namespace}  "
-            f"{time.strftime('%H:%M:%S')}  (every {interval:g}s, Ctrl-C quits)")
+def render(
+    app: App, stats: list[LimitStats], prev: Sample | None, cur: Sample, interval: float
+) -> str:
+    head = (
+        f"slotkeeper top  {app.display_url}  namespace {app.namespace}  "
+        f"{time.strftime('%H:%M:%S')}  (every {interval:g}s, Ctrl-C quits)"
+    )
     if not stats:
         return head + "\n\nno limits (create one: slotkeeper create NAME --slots N)"
     rows: list[list[Any]] = []
@@ -73,23 +81,47 @@ def render(app: App, stats: list[LimitStats], prev: Sample | None, cur: Sample,
         if st.problems:
             flags.append(f"{len(st.problems)} problem(s)")
             notes += st.messages()
-        rows.append([st.name, f"{s.used}/{s.config.slots}", bar(s.used, s.config.slots),
-                     st.leases, st.waiters, duration(wait_quantile(s.counters, 0.95)),
-                     _rate(acq), s.counters.expired, _rate(exp), " ".join(flags)])
-    out = head + "\n\n" + table(
-        ["LIMIT", "USED", "", "LEASES", "WAITERS", "WAIT p95", "ACQ/s", "EXPIRED", "EXP/s", ""],
-        rows, right=(1, 3, 4, 5, 6, 7, 8))
+        rows.append(
+            [
+                st.name,
+                f"{s.used}/{s.config.slots}",
+                bar(s.used, s.config.slots),
+                st.leases,
+                st.waiters,
+                duration(wait_quantile(s.counters, 0.95)),
+                _rate(acq),
+                s.counters.expired,
+                _rate(exp),
+                " ".join(flags),
+            ]
+        )
+    out = (
+        head
+        + "\n\n"
+        + table(
+            ["LIMIT", "USED", "", "LEASES", "WAITERS", "WAIT p95", "ACQ/s", "EXPIRED", "EXP/s", ""],
+            rows,
+            right=(1, 3, 4, 5, 6, 7, 8),
+        )
+    )
     if notes:
         out += "\n\n" + "\n".join(f"! {n}" for n in notes[:10])
     return out
 
 
 @click.command()
-@click.option("--interval", "-i", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
-              help="Seconds between refreshes.")
+@click.option(
+    "--interval",
+    "-i",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes.",
+)
 @click.option("--once", is_flag=True, help="Print one view and exit.")
-@click.option("--iterations", type=click.IntRange(min=1), default=None,
-              help="Exit after this many refreshes.")
+@click.option(
+    "--iterations", type=click.IntRange(min=1), default=None, help="Exit after this many refreshes."
+)
 @json_option
 @pass_app
 def top(app: App, interval: float, once: bool, iterations: int | None) -> None:
@@ -118,8 +150,16 @@ def top(app: App, interval: float, once: bool, iterations: int | None) -> None:
                     d = stats_dict(st)
                     d["acquired_per_second"], d["expired_per_second"] = rates(prev, cur, st.name)
                     limits.append(d)
-                click.echo(json.dumps({"time": time.time(), "namespace": app.namespace,
-                                       "error": error, "limits": limits}))
+                click.echo(
+                    json.dumps(
+                        {
+                            "time": time.time(),
+                            "namespace": app.namespace,
+                            "error": error,
+                            "limits": limits,
+                        }
+                    )
+                )
             else:
                 text = render(app, stats, prev, cur, interval)
                 if error:

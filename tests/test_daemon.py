@@ -26,8 +26,9 @@ from tests.support.redisproc import RedisProc
 CLI = [sys.executable, "-m", "slotkeeper.cli"]
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition",
-             every: float = 0.02) -> Any:
+def wait_for(
+    cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition", every: float = 0.02
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         v = cond()
@@ -45,10 +46,14 @@ class DaemonProc:
         self.log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [*CLI, "--url", url, "--namespace", namespace, "daemon", "--metrics-port", "0",
-             *args], stdout=self._log, stderr=subprocess.STDOUT)
-        m = wait_for(lambda: re.search(r"serving (http://[\d.]+:\d+)/metrics", self.log()),
-                     what="the daemon's metrics address")
+            [*CLI, "--url", url, "--namespace", namespace, "daemon", "--metrics-port", "0", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        m = wait_for(
+            lambda: re.search(r"serving (http://[\d.]+:\d+)/metrics", self.log()),
+            what="the daemon's metrics address",
+        )
         self.base = m.group(1)
 
     def log(self) -> str:
@@ -103,8 +108,9 @@ def metric(samples: dict[Any, float], name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
 
 
-def make_expired(b: Broker, limits: int, per_limit: int, ttl_ms: int = 1000,
-                 occupy: int = 1) -> None:
+def make_expired(
+    b: Broker, limits: int, per_limit: int, ttl_ms: int = 1000, occupy: int = 1
+) -> None:
     """Leases that nobody renews, limit by limit (so no acquire purges another limit's holders),
     then wait until the server clock passes their expiry."""
     for i in range(limits):
@@ -128,8 +134,9 @@ def totals(b: Broker) -> dict[str, int]:
     return out
 
 
-def test_reclaims_expired_leases_and_records(redis_server: RedisProc, namespace: str,
-                                             daemons: Callable[..., DaemonProc]) -> None:
+def test_reclaims_expired_leases_and_records(
+    redis_server: RedisProc, namespace: str, daemons: Callable[..., DaemonProc]
+) -> None:
     b = Broker.from_url(redis_server.url, namespace)
     make_expired(b, limits=3, per_limit=200, occupy=2)
     before = totals(b)
@@ -137,18 +144,25 @@ def test_reclaims_expired_leases_and_records(redis_server: RedisProc, namespace:
     d = daemons(redis_server.url, namespace, "--interval", "0.1", "--batch", "50")
     wait_for(lambda: totals(b)["entries"] == 0, what="every expired holder entry reclaimed")
     r = redis_server.client()
-    wait_for(lambda: r.hlen(b.keys.leases) == 0 and r.zcard(b.keys.fixed()[2]) == 0,
-             what="lease records collected")
+    wait_for(
+        lambda: r.hlen(b.keys.leases) == 0 and r.zcard(b.keys.fixed()[2]) == 0,
+        what="lease records collected",
+    )
     t = totals(b)
     assert t["expired"] == 600 and t["acquired"] == 600 and t["used"] == 0
-    wait_for(lambda: metric(d.scrape(), "slotkeeper_daemon_reclaimed_total",
-                            namespace=namespace) == 1200, what="daemon counter")
+    wait_for(
+        lambda: (
+            metric(d.scrape(), "slotkeeper_daemon_reclaimed_total", namespace=namespace) == 1200
+        ),
+        what="daemon counter",
+    )
     assert d.stop() == 0
     assert "Traceback" not in d.log()
 
 
 def test_daemon_grants_waiter_after_expiry_and_notifies(
-        redis_server: RedisProc, namespace: str, daemons: Callable[..., DaemonProc]) -> None:
+    redis_server: RedisProc, namespace: str, daemons: Callable[..., DaemonProc]
+) -> None:
     b = Broker.from_url(redis_server.url, namespace)
     b.create_limit("one", 1)
     b.acquire(["one"], "holder", ttl_ms=500, wait=False)  # never renewed: it will expire
@@ -169,8 +183,9 @@ def test_daemon_grants_waiter_after_expiry_and_notifies(
     ps.close()
 
 
-def test_sigterm_and_sigint_exit_zero(redis_server: RedisProc, namespace: str,
-                                      daemons: Callable[..., DaemonProc]) -> None:
+def test_sigterm_and_sigint_exit_zero(
+    redis_server: RedisProc, namespace: str, daemons: Callable[..., DaemonProc]
+) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         d = daemons(redis_server.url, namespace, "--interval", "0.2")
         wait_for(lambda d=d: d.health()[0] == 200, what="healthy")
@@ -181,25 +196,35 @@ def test_sigterm_and_sigint_exit_zero(redis_server: RedisProc, namespace: str,
 def test_once_runs_one_pass(redis_server: RedisProc, namespace: str) -> None:
     b = Broker.from_url(redis_server.url, namespace)
     make_expired(b, limits=1, per_limit=30)
-    p = subprocess.run([*CLI, "--url", redis_server.url, "--namespace", namespace, "daemon",
-                        "--once"], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [*CLI, "--url", redis_server.url, "--namespace", namespace, "daemon", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     assert totals(b)["expired"] == 30 and totals(b)["entries"] == 0
 
 
-def test_redis_down_is_logged_once_and_recovers(fresh_redis: RedisProc, namespace: str,
-                                                daemons: Callable[..., DaemonProc]) -> None:
+def test_redis_down_is_logged_once_and_recovers(
+    fresh_redis: RedisProc, namespace: str, daemons: Callable[..., DaemonProc]
+) -> None:
     d = daemons(fresh_redis.url, namespace, "--interval", "0.1")
     wait_for(lambda: d.health()[0] == 200, what="healthy")
     fresh_redis.stop()
-    code, body = wait_for(lambda: (lambda h: h if h[0] == 503 else None)(d.health()),
-                          what="unhealthy")
+    code, body = wait_for(
+        lambda: (lambda h: h if h[0] == 503 else None)(d.health()), what="unhealthy"
+    )
     assert body["redis"] == "down"
     samples = d.scrape()  # /metrics still answers while Redis is down
     assert metric(samples, "slotkeeper_redis_up", namespace=namespace) == 0
     # let several passes fail: still one line for the state change
-    wait_for(lambda: (metric(d.scrape(), "slotkeeper_daemon_errors_total",
-                             namespace=namespace) or 0) >= 2, what="failing passes")
+    wait_for(
+        lambda: (
+            (metric(d.scrape(), "slotkeeper_daemon_errors_total", namespace=namespace) or 0) >= 2
+        ),
+        what="failing passes",
+    )
     fresh_redis.start()
     wait_for(lambda: d.health()[0] == 200, what="healthy again")
     wait_for(lambda: "reachable again" in d.log(), what="recovery line")
@@ -214,7 +239,8 @@ def test_redis_down_is_logged_once_and_recovers(fresh_redis: RedisProc, namespac
 
 
 def test_two_daemons_share_the_work_without_double_counting(
-        redis_server: RedisProc, namespace: str, daemons: Callable[..., DaemonProc]) -> None:
+    redis_server: RedisProc, namespace: str, daemons: Callable[..., DaemonProc]
+) -> None:
     b = Broker.from_url(redis_server.url, namespace)
     make_expired(b, limits=2, per_limit=1500)
     d1 = daemons(redis_server.url, namespace, "--interval", "0.05", "--batch", "5")
@@ -239,15 +265,19 @@ def test_two_daemons_share_the_work_without_double_counting(
 
 
 def test_sigkill_mid_reclaim_then_restart_loses_nothing(
-        redis_server: RedisProc, namespace: str, daemons: Callable[..., DaemonProc]) -> None:
+    redis_server: RedisProc, namespace: str, daemons: Callable[..., DaemonProc]
+) -> None:
     n_limits, per = 10, 2000
     total = n_limits * per
     b = Broker.from_url(redis_server.url, namespace)
     make_expired(b, limits=n_limits, per_limit=per)
     # tiny batches so the kill lands in the middle of the work
     d = daemons(redis_server.url, namespace, "--interval", "0.05", "--batch", "2")
-    at_kill = wait_for(lambda: (lambda t: t if t["expired"] >= 100 else None)(totals(b)),
-                       what="reclaim under way", every=0.005)
+    at_kill = wait_for(
+        lambda: (lambda t: t if t["expired"] >= 100 else None)(totals(b)),
+        what="reclaim under way",
+        every=0.005,
+    )
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait(10)
     t = totals(b)
@@ -260,13 +290,19 @@ def test_sigkill_mid_reclaim_then_restart_loses_nothing(
     t = totals(b)
     assert t == {"acquired": total, "expired": total, "released": 0, "used": 0, "entries": 0}
     samples = d2.scrape()
-    assert sum(metric(samples, "slotkeeper_expired_total", namespace=namespace,
-                      limit=f"L{i}") or 0 for i in range(n_limits)) == total
+    assert (
+        sum(
+            metric(samples, "slotkeeper_expired_total", namespace=namespace, limit=f"L{i}") or 0
+            for i in range(n_limits)
+        )
+        == total
+    )
     assert d2.stop() == 0
 
 
 def test_garbage_is_reported_and_the_rest_reclaimed(
-        redis_server: RedisProc, namespace: str, daemons: Callable[..., DaemonProc]) -> None:
+    redis_server: RedisProc, namespace: str, daemons: Callable[..., DaemonProc]
+) -> None:
     b = Broker.from_url(redis_server.url, namespace)
     r = redis_server.client()
     b.create_limit("badslots", 1)
@@ -281,14 +317,23 @@ def test_garbage_is_reported_and_the_rest_reclaimed(
     make_expired(b, limits=1, per_limit=50)  # L0: healthy, must still be reclaimed
     d = daemons(redis_server.url, namespace, "--interval", "0.1")
     wait_for(lambda: b.snapshot("L0", 1).counters.expired == 50, what="healthy limit reclaimed")
-    wait_for(lambda: all(s in d.log() for s in (
-        "limit 'badslots': field 'slots' is not a number", "'wrongtype': reclaim failed",
-        "lease gl has an unreadable record", "'bad{name}' has an unusable name")),
-        what="problems logged")
+    wait_for(
+        lambda: all(
+            s in d.log()
+            for s in (
+                "limit 'badslots': field 'slots' is not a number",
+                "'wrongtype': reclaim failed",
+                "lease gl has an unreadable record",
+                "'bad{name}' has an unusable name",
+            )
+        ),
+        what="problems logged",
+    )
     samples = d.scrape()
     for lim in ("badslots", "wrongtype", "garbagerec", "bad{name}"):
-        assert (metric(samples, "slotkeeper_limit_problems", namespace=namespace, limit=lim)
-                or 0) >= 1, lim
+        assert (
+            metric(samples, "slotkeeper_limit_problems", namespace=namespace, limit=lim) or 0
+        ) >= 1, lim
     assert metric(samples, "slotkeeper_limit_problems", namespace=namespace, limit="L0") == 0
     assert metric(samples, "slotkeeper_limit_slots", namespace=namespace, limit="L0") == 50
     time.sleep(0.5)  # more passes: each problem is still logged once
@@ -308,8 +353,12 @@ def test_bad_port_is_one_line_error(redis_server: RedisProc, namespace: str) -> 
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        p = subprocess.run([*CLI, "--url", redis_server.url, "daemon", "--metrics-port",
-                            str(port)], capture_output=True, text=True, timeout=30)
+        p = subprocess.run(
+            [*CLI, "--url", redis_server.url, "daemon", "--metrics-port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert p.returncode == 1
     assert "cannot serve metrics" in p.stderr and "Traceback" not in p.stderr
 
@@ -318,7 +367,8 @@ def test_daemon_env_configuration(redis_server: RedisProc, namespace: str) -> No
     env = dict(os.environ, SLOTKEEPER_URL=redis_server.url, SLOTKEEPER_NAMESPACE=namespace)
     b = Broker.from_url(redis_server.url, namespace)
     make_expired(b, limits=1, per_limit=5)
-    p = subprocess.run([*CLI, "daemon", "--once"], env=env, capture_output=True, text=True,
-                       timeout=60)
+    p = subprocess.run(
+        [*CLI, "daemon", "--once"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 0, p.stderr
     assert totals(b)["expired"] == 5
