@@ -34,11 +34,11 @@ from typing import Any, TypeVar
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from slotkeeper.broker.errors import AcquireTimeout, InvalidType
-from slotkeeper.executor import ThrottledCall
 from slotkeeper.lease import Lease
 from slotkeeper.limit import limit
 from slotkeeper.limiter import DEFAULT_TTL, Limiter, get_limiter
 from slotkeeper.naming import ENV_WORKER
+from slotkeeper.throttle import ThrottledCall
 
 F = TypeVar("F", bound=Callable[..., Any])
 
