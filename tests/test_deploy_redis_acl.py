@@ -27,16 +27,12 @@ PASSWORD = "s3cret-" + uuid.uuid4().hex[:8]
 # Commands the client sends itself (not from Lua): why each one is in the line.
 CLIENT_COMMANDS = {
     "evalsha": "every script call",
-    "eval": "script fallback",
-    "script|load": "NOSCRIPT after a restart or SCRIPT FLUSH",
-    "script|exists": "pipelined scripts",
+    "script|load": "NOSCRIPT after a restart or SCRIPT FLUSH (redis-py reloads the script)",
     "smembers": "list_limits",
     "ping": "health checks (daemon /healthz, pub/sub keep-alive)",
     "time": "server clock",
-    "info": "server facts (daemon, embedded checks)",
     "wait": "durable=True acquires",
     "subscribe": "grant wake-ups",
-    "unsubscribe": "listener shutdown",
     "select": "a database other than 0 in the URL",
 }
 
@@ -100,7 +96,7 @@ def acl_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
 
 
 def user_url(r: RedisProc) -> str:
-    return f"redis://slotkeeper:{PASSWORD}@127.0.0.1:{r.port}/0"
+    return f"redis://slotkeeper:{PASSWORD}@127.0.0.1:{r.port}/1"  # db 1: SELECT is exercised
 
 
 def acl_log(r: RedisProc) -> list[str]:
@@ -229,4 +225,26 @@ def test_the_user_is_confined_to_its_namespace(acl_redis: tuple[RedisProc, str])
         with pytest.raises(redis.exceptions.NoPermissionError):
             user.execute_command(*cmd)
     user.close()
-    assert r.client().dbsize() == 0
+    assert r.client(db=1).dbsize() == 0
+
+
+def test_daemon_runs_under_the_namespace_user(acl_redis: tuple[RedisProc, str]) -> None:
+    """The daemon (reclaim passes, /metrics, /healthz) needs nothing beyond the same line."""
+    from tests.test_deploy_metrics import make_activity, running_daemon, wait_for
+
+    r, ns = acl_redis
+    url = user_url(r)
+    make_activity(url, ns)  # includes a holder that never renews: the daemon must reclaim it
+    with running_daemon(url, ns) as d:
+        want = (
+            f'slotkeeper_expired_total{{limit="gpu",namespace="{ns}"}} 1.0',
+            f'slotkeeper_redis_up{{namespace="{ns}"}} 1.0',
+            f'slotkeeper_limit_problems{{limit="gpu",namespace="{ns}"}} 0.0',
+        )
+        wait_for(lambda: all(w in d.metrics() for w in want), "the daemon's reclaim and metrics")
+        passes = re.search(
+            rf'slotkeeper_daemon_errors_total{{namespace="{ns}"}} (\S+)', d.metrics()
+        )
+        assert passes and float(passes[1]) == 0.0
+    refused = acl_log(r)
+    assert not refused, f"the ACL line refused commands the daemon needs: {refused}"
