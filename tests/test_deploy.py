@@ -44,23 +44,30 @@ SUMS_PER_LIMIT = re.compile(
 # -- helpers shared with test_deploy_metrics ------------------------------------------------------
 
 
-def tool(name: str) -> str:
-    """Path of an external checker: PATH, else where deploy/ci-tools.sh unpacks it. Missing: skip
-    locally, fail in CI (CI runs deploy/ci-tools.sh first, so a missing tool is a broken setup)."""
-    found = shutil.which(name)
-    if found:
-        return found
-    tools = Path(
-        os.environ.get("SLOTKEEPER_TOOLS_DIR")
-        or Path.home() / ".cache" / "slotkeeper" / "deploy-tools"
-    )
-    cand = tools / "usr" / "bin" / name
-    if cand.is_file() and os.access(cand, os.X_OK):
-        return str(cand)
+def tools_dir() -> Path:
+    """Where deploy/ci-tools.sh installs the checkers."""
+    env = os.environ.get("SLOTKEEPER_TOOLS_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "slotkeeper" / "deploy-tools"
+
+
+def missing(name: str) -> None:
+    """Skip locally, fail in CI (CI runs deploy/ci-tools.sh first: a missing tool is a bug)."""
     msg = f"{name} not installed: run `bash deploy/ci-tools.sh`"
     if os.environ.get("CI") == "true":
         pytest.fail(msg)
     pytest.skip(msg)
+
+
+def tool(name: str) -> str:
+    """Path of an external checker: PATH, else where deploy/ci-tools.sh unpacks it."""
+    found = shutil.which(name)
+    if found:
+        return found
+    cand = tools_dir() / "usr" / "bin" / name
+    if cand.is_file() and os.access(cand, os.X_OK):
+        return str(cand)
+    missing(name)
+    raise AssertionError("unreachable")
 
 
 def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -450,6 +457,21 @@ def test_kubernetes_service_monitor_and_rules_agree() -> None:
     kust = load_yaml(K8S / "kustomization.yaml")
     assert all((K8S / r).is_file() for r in kust["resources"])
     assert "secret.example.yaml" not in kust["resources"], "never apply the example secret"
+
+
+def test_manifests_validate_against_the_kubernetes_schemas() -> None:
+    """Strict: an unknown or misspelt field fails (CRDs such as ServiceMonitor have no schema)."""
+    pip_dir = tools_dir() / "pip"
+    if not (pip_dir / "kubernetes_validate").is_dir():
+        missing("kubernetes-validate")
+    files = [str(p) for p in sorted(K8S.glob("*.yaml")) if p.name != "kustomization.yaml"]
+    res = run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", "1.30", *files],
+        env={**os.environ, "PYTHONPATH": str(pip_dir)},
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    for kind in ("deployment", "service", "poddisruptionbudget", "secret"):
+        assert re.search(rf"passed for resource {kind}/", res.stdout + res.stderr), kind
 
 
 def test_kustomize_renders_the_manifests() -> None:
