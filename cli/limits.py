@@ -453,6 +453,13 @@ def rm(app: App, name: str, force: bool, yes: bool) -> None:
         try:
             broker.delete_limit(name)
             break
+        except LimitNotFound:
+            if name in broker.list_limits():
+                raise InvalidArgument(
+                    f"limit {name!r} is listed but its config is unreadable: repair it with "
+                    f"`slotkeeper set {name!r} --slots N --create`, then rm it"
+                ) from None
+            raise
         except LimitHeld as exc:
             if not force:
                 raise

@@ -194,7 +194,9 @@ def test_garbage_is_reported_and_others_listed(
     assert shown.exit_code == 0 and "UNREADABLE" in shown.stdout
     assert "garbage-lease" in shown.stderr
     assert one_line_error(sk("show", "wrongtype"))
+    assert "repair it" in one_line_error(sk("rm", "badslots"))
     # the suggested repair works
     assert sk("set", "badslots", "--slots", "3", "--create").exit_code == 0
     assert broker.snapshot("badslots").config.slots == 3
     assert not broker.snapshot("badslots").problems
+    assert sk("rm", "badslots").exit_code == 0 and "badslots" not in broker.list_limits()

@@ -138,7 +138,7 @@ def test_reclaims_expired_leases_and_records(
     redis_server: RedisProc, namespace: str, daemons: Callable[..., DaemonProc]
 ) -> None:
     b = Broker.from_url(redis_server.url, namespace)
-    make_expired(b, limits=3, per_limit=200, occupy=2)
+    make_expired(b, limits=3, per_limit=200, occupy=2, ttl_ms=2000)
     before = totals(b)
     assert before["entries"] == 3 * 200 * 2 and before["expired"] == 0
     d = daemons(redis_server.url, namespace, "--interval", "0.1", "--batch", "50")
@@ -242,7 +242,7 @@ def test_two_daemons_share_the_work_without_double_counting(
     redis_server: RedisProc, namespace: str, daemons: Callable[..., DaemonProc]
 ) -> None:
     b = Broker.from_url(redis_server.url, namespace)
-    make_expired(b, limits=2, per_limit=1500)
+    make_expired(b, limits=2, per_limit=1500, ttl_ms=3000)  # none expires while being made
     d1 = daemons(redis_server.url, namespace, "--interval", "0.05", "--batch", "5")
     d2 = daemons(redis_server.url, namespace, "--interval", "0.05", "--batch", "5")
     wait_for(lambda: totals(b)["entries"] == 0, timeout=60, what="all reclaimed")
