@@ -393,6 +393,7 @@ def test_compose_stack_is_wired_together() -> None:
     jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
     targets = [t for sc in jobs["slotkeeper"]["static_configs"] for t in sc["targets"]]
     assert sorted(targets) == sorted(f"{n}:9808" for n in daemons)
+    assert jobs["slotkeeper"]["honor_labels"] is True
     assert prom["rule_files"] == [RULES.name]
     prom_mounts = [v.split(":")[0] for v in services["prometheus"]["volumes"]]
     assert "./prometheus/slotkeeper-rules.yml" in prom_mounts
