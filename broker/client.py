@@ -118,7 +118,7 @@ class Broker:
                 if attempt >= len(retries):
                     raise BrokerUnavailable(
                         f"Redis at {self.url_redacted} unreachable after {attempt + 1} tries: "
-                        f"{type(exc).__name__}: {redact(str(exc))}"
+                        f"{type(exc).__name__}: {redact(str(exc))[:300]}"
                     ) from exc
                 time.sleep(retries[attempt])
                 attempt += 1
