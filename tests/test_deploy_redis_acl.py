@@ -39,15 +39,16 @@ CLIENT_COMMANDS = {
 
 
 def acl_line() -> str:
-    lines = [ln for ln in ACL_FILE.read_text().splitlines() if ln.startswith("user ")]
-    assert len(lines) == 1, "users.acl holds exactly one user line"
+    lines = ACL_FILE.read_text().splitlines()
+    # an ACL file takes no comments or other directives: Redis refuses to start otherwise
+    assert len(lines) == 1 and lines[0].startswith("user slotkeeper "), "one user line only"
     return lines[0]
 
 
 def acl_for(namespace: str) -> str:
-    """The shipped line with its documented substitutions (namespace, password)."""
-    line = acl_line().replace("{default}", "{" + namespace + "}")
-    return line.replace(">CHANGE_ME", ">" + PASSWORD)
+    """The shipped file with its documented substitutions (namespace, password)."""
+    text = ACL_FILE.read_text().replace("{default}", "{" + namespace + "}")
+    return text.replace(">CHANGE_ME", ">" + PASSWORD)
 
 
 def server_version(binary: str) -> tuple[int, ...]:
@@ -88,7 +89,6 @@ def acl_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
     aclfile = tmp_path / "users.acl"
     aclfile.write_text(
         acl_for(ns)
-        + "\n"
         # the admin the test itself uses (RedisProc pings unauthenticated)
         + "user default on nopass ~* &* +@all\n"
     )
