@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from slotkeeper import Limiter, ThrottledExecutor, tags
+from slotkeeper import Limiter, ThrottledExecutor, configure, tags
 from tests.support.classic import (
     CLASSIC,
     check_classic,
+    default_limiter_task,
     hold_forever,
     max_concurrent,
     read_stamps,
@@ -106,3 +107,23 @@ def test_two_executors_in_two_processes_share_one_global_limit(
     assert max_concurrent(stamps) <= 2
     assert limiter.broker.list_limits() == ["shared"]
     assert limiter.broker.snapshot("shared").used == 0
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_configure_reaches_spawned_children(
+    limiter: Limiter, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import slotkeeper.limiter as limiter_module
+
+    monkeypatch.setattr(limiter_module, "_default", None)  # restored after the test
+    monkeypatch.setenv("SLOTKEEPER_URL", "placeholder")  # so monkeypatch restores the env too
+    monkeypatch.setenv("SLOTKEEPER_NAMESPACE", "placeholder")
+    configure(limiter.url, limiter.namespace)  # exports SLOTKEEPER_URL / _NAMESPACE
+    limiter.create("cfg", 1)
+    with ThrottledExecutor(pool(method, 2), {"print": 1}) as ex:  # no limiter: the default one
+        assert ex.limiter.namespace == limiter.namespace
+        with tags("print"):
+            futs = [ex.submit(default_limiter_task) for _ in range(3)]
+        assert [f.result(120) for f in futs] == [(limiter.namespace, limiter.namespace)] * 3
+    assert limiter.broker.snapshot("cfg").counters.acquired == 3
+    assert limiter.broker.list_limits() == ["cfg"]

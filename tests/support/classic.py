@@ -216,3 +216,13 @@ def run_shared_executor(url: str, namespace: str, log_dir: str, who: str, n: int
             futs = [ex.submit(work, f"{who}-{i}", log_dir, 0.05) for i in range(n)]
         for f in futs:
             f.result(120)
+
+
+def default_limiter_task() -> tuple[str, str]:
+    """Takes "cfg" with the process-default limiter: the configuration must have reached us."""
+    import os
+
+    from slotkeeper import get_limiter
+
+    with limit("cfg", timeout=60):
+        return get_limiter().namespace, os.environ.get("SLOTKEEPER_NAMESPACE", "")
