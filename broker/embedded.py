@@ -158,7 +158,9 @@ def _start(d: Path, sock: Path) -> None:
             client.close()
             return
         time.sleep(0.02)
-    raise BrokerUnavailable(f"embedded redis-server did not answer on {sock}; see {d / 'redis.log'}")
+    raise BrokerUnavailable(
+        f"embedded redis-server did not answer on {sock}; see {d / 'redis.log'}"
+    )
 
 
 def stop() -> bool:

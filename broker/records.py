@@ -143,7 +143,9 @@ def _int(v: Any, default: int = 0) -> int:
         return default
 
 
-def parse_config(name: str, flat: dict[str, str], problems: list[str]) -> tuple[LimitConfig, Counters]:
+def parse_config(
+    name: str, flat: dict[str, str], problems: list[str]
+) -> tuple[LimitConfig, Counters]:
     def num(key: str, default: int = 0) -> int:
         raw = flat.get(key)
         if raw is None:

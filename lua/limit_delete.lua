@@ -6,7 +6,9 @@
 local name = NAMES[1]
 local batch = tonumber(ARGV[A0 + 1])
 local L = LIM[name]
-if not cfg(name) then return {4} end
+if redis.call('EXISTS', L.cfg) == 0 and redis.call('SISMEMBER', K_LIMITS, name) == 0 then
+  return {4}   -- (a limit whose config is garbage can still be deleted)
+end
 purge_holders(name, batch)
 local u = used(name)
 if u > 0 then return {9, u} end

@@ -94,4 +94,6 @@ class Lease:
 
     def __repr__(self) -> str:
         state = "lost" if self.lost else ("released" if self._released else "held")
-        return f"<Lease {self.id} {list(self.names)} occupy={self.occupy} token={self.token} {state}>"
+        return (
+            f"<Lease {self.id} {list(self.names)} occupy={self.occupy} token={self.token} {state}>"
+        )

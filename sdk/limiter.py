@@ -44,7 +44,9 @@ def check_timeout(timeout: object) -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise InvalidType(f"timeout must be None or a number of seconds, not {type(timeout).__name__}")
+        raise InvalidType(
+            f"timeout must be None or a number of seconds, not {type(timeout).__name__}"
+        )
     if math.isnan(timeout) or timeout < 0:
         raise InvalidArgument(f"timeout must be None or >= 0, got {timeout}")
     return float(timeout)

@@ -1,7 +1,7 @@
 """Worker-scoped names: ``{worker}`` and ``{host}`` resolve where the body runs.
 
-Worker identity, in order: an explicit setting (``Limiter(worker=...)`` / ``configure(worker=...)``),
-env ``SLOTKEEPER_WORKER``, the Dask worker's name inside a Dask task, then the host name.
+Worker identity, in order: an explicit setting (``Limiter(worker=...)`` or
+``configure(worker=...)``), env ``SLOTKEEPER_WORKER``, the Dask worker's name inside a Dask task, then the host name.
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ def check_template(name: object) -> str:
         raise InvalidType(f"limit name must be a str, not {type(name).__name__}")
     for ph in _PLACEHOLDER.findall(name):
         if ph not in TEMPLATES:
-            raise InvalidName(f"limit name {name!r}: unknown template {ph} (use {{worker}} or {{host}})")
+            raise InvalidName(
+                f"limit name {name!r}: unknown template {ph} (use {{worker}} or {{host}})"
+            )
     check_name(_PLACEHOLDER.sub("x", name))
     return name
 
