@@ -1,7 +1,8 @@
 """Worker-scoped names: ``{worker}`` and ``{host}`` resolve where the body runs.
 
 Worker identity, in order: an explicit setting (``Limiter(worker=...)`` or
-``configure(worker=...)``), env ``SLOTKEEPER_WORKER``, the Dask worker's name inside a Dask task, then the host name.
+``configure(worker=...)``), env ``SLOTKEEPER_WORKER``, the Dask worker's name inside a Dask
+task, then the host name.
 """
 
 from __future__ import annotations
