@@ -42,7 +42,13 @@ class ThrottledExecutor(cf.Executor):
     acquire; ``secede`` (Dask: release the worker thread while waiting);
     ``shutdown_executor`` (shut the wrapped executor down with this one, default True).
 
-    ``submit``/``map`` return the wrapped executor's own futures."""
+    ``submit``/``map`` return the wrapped executor's own futures (``map`` submits one task per
+    item, so ProcessPoolExecutor's ``chunksize`` does not apply). Tasks carry the Limiter's URL
+    and namespace with them; code inside a task that uses the *default* limiter needs the
+    configuration in the worker: spawn children inherit the SLOTKEEPER_* variables exported by
+    :func:`slotkeeper.configure`, forkserver children those of the fork server (pass
+    ``initializer=slotkeeper.configure, initargs=(url, namespace)`` to the pool), Dask workers
+    get it from :func:`slotkeeper.dask.install`."""
 
     def __init__(
         self,

@@ -113,6 +113,9 @@ def test_two_executors_in_two_processes_share_one_global_limit(
 def test_configure_reaches_spawned_children(
     limiter: Limiter, method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """spawn children inherit the environment configure() exported. forkserver children inherit
+    the environment of the fork server, started once per process (maybe before configure()):
+    the documented way there is the pool initializer."""
     import slotkeeper.limiter as limiter_module
 
     monkeypatch.setattr(limiter_module, "_default", None)  # restored after the test
@@ -120,7 +123,14 @@ def test_configure_reaches_spawned_children(
     monkeypatch.setenv("SLOTKEEPER_NAMESPACE", "placeholder")
     configure(limiter.url, limiter.namespace)  # exports SLOTKEEPER_URL / _NAMESPACE
     limiter.create("cfg", 1)
-    with ThrottledExecutor(pool(method, 2), {"print": 1}) as ex:  # no limiter: the default one
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        inner = ProcessPoolExecutor(
+            2, mp_context=ctx, initializer=configure, initargs=(limiter.url, limiter.namespace)
+        )
+    else:
+        inner = ProcessPoolExecutor(2, mp_context=ctx)
+    with ThrottledExecutor(inner, {"print": 1}) as ex:  # no limiter: the default one
         assert ex.limiter.namespace == limiter.namespace
         with tags("print"):
             futs = [ex.submit(default_limiter_task) for _ in range(3)]
