@@ -1,8 +1,13 @@
-"""Redis connections from URLs: redis://, rediss://, unix:// and redis+sentinel://.
+"""Redis connections from URLs: redis://, rediss://, unix://, redis+sentinel:// and redis+cluster://.
 
 ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]`` follows the master that
-the sentinels name (and re-resolves it after a failover). Query options pass through to redis-py
-(e.g. ``rediss://host:6380/0?ssl_ca_certs=/ca.pem&ssl_certfile=...&ssl_keyfile=...``).
+the sentinels name (and re-resolves it after a failover); ``?sentinel_password=`` authenticates
+to the sentinels. ``redis+cluster://[user:password@]host:port[,host:port...]`` talks to a Redis
+Cluster (any reachable node will do; the rest are discovered). The ``rediss`` forms use TLS.
+Query options: ``socket_timeout``, ``socket_connect_timeout`` (seconds) and the TLS files
+``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` (plus ``ssl_password``, ``ssl_cert_reqs``,
+``ssl_check_hostname``), e.g. ``rediss://host:6380/0?ssl_ca_certs=/ca.pem&ssl_certfile=/c.pem&
+ssl_keyfile=/c.key``.
 Passwords never leave this module in clear text: use :func:`redact` for anything printed.
 """
 
@@ -10,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redis import Redis
@@ -22,7 +27,8 @@ ENV_URL = "SLOTKEEPER_URL"
 ENV_NAMESPACE = "SLOTKEEPER_NAMESPACE"
 DEFAULT_NAMESPACE = "default"
 
-_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster",
+            "rediss+cluster")
 _PW_RE = re.compile(r"(?P<pre>://[^:/@]*:)(?P<pw>[^@]*)(?P<post>@)")
 _QS_PW_RE = re.compile(r"(?P<k>(?:^|[?&])password=)[^&]*")
 
@@ -66,19 +72,47 @@ def connect(url: str, **kwargs: Any) -> Redis:
     scheme = url.split("://", 1)[0].lower()
     if scheme not in _SCHEMES:
         raise InvalidArgument(
-            f"unsupported URL scheme {scheme!r} in {redact(url)!r}: use one of {', '.join(_SCHEMES)}"
+            f"unsupported URL scheme {scheme!r} in {redact(url)!r}: "
+            f"use one of {', '.join(_SCHEMES)}"
         )
     if scheme.endswith("+sentinel"):
         return _sentinel(url, **kwargs)
+    if scheme.endswith("+cluster"):
+        return _cluster(url, **kwargs)
     try:
         return Redis.from_url(url, **_common(kwargs))
     except ValueError as exc:
         raise InvalidArgument(f"bad Redis URL {redact(url)!r}: {exc}") from None
 
 
-def _sentinel(url: str, **kwargs: Any) -> Redis:
-    parts = urlsplit(url)
-    netloc = parts.netloc
+# Query options understood for redis+sentinel:// and redis+cluster:// URLs (plain redis://,
+# rediss:// and unix:// URLs go through redis-py's own parser, which takes the same names).
+_FLOAT_OPTS = ("socket_timeout", "socket_connect_timeout")
+_BOOL_OPTS = ("ssl_check_hostname",)
+_STR_OPTS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_cert_reqs",
+             "ssl_ca_path")
+
+
+def _query_options(url: str, query: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    for k, v in parse_qsl(query):
+        try:
+            if k in _FLOAT_OPTS:
+                opts[k] = float(v)
+            elif k in _BOOL_OPTS:
+                opts[k] = v.lower() in ("1", "true", "yes", "on")
+            elif k in _STR_OPTS or k in extra:
+                opts[k] = v
+            else:
+                raise InvalidArgument(f"unknown option {k!r} in Redis URL {redact(url)!r}")
+        except ValueError:
+            raise InvalidArgument(f"bad value for {k!r} in Redis URL {redact(url)!r}") from None
+    return opts
+
+
+def _split_netloc(url: str, netloc: str, default_port: int,
+                  ) -> tuple[str | None, str | None, list[tuple[str, int]]]:
+    """``[user[:password]@]host:port[,host:port...]`` -> (username, password, addresses)."""
     username = password = None
     if "@" in netloc:
         cred, netloc = netloc.rsplit("@", 1)
@@ -91,27 +125,61 @@ def _sentinel(url: str, **kwargs: Any) -> Redis:
     for hp in netloc.split(","):
         host, _, port = hp.rpartition(":")
         if not host:
-            host, port = port, "26379"
+            host, port = port, str(default_port)
         try:
             hosts.append((host.strip("[]"), int(port)))
         except ValueError:
-            raise InvalidArgument(f"bad sentinel address {hp!r} in {redact(url)!r}") from None
+            raise InvalidArgument(f"bad address {hp!r} in {redact(url)!r}") from None
+        if not host.strip("[]"):
+            raise InvalidArgument(f"bad address {hp!r} in {redact(url)!r}")
+    return username, password, hosts
+
+
+def _sentinel(url: str, **kwargs: Any) -> Redis:
+    parts = urlsplit(url)
+    username, password, hosts = _split_netloc(url, parts.netloc, 26379)
     path = [p for p in parts.path.split("/") if p]
     if not path:
         raise InvalidArgument(f"sentinel URL {redact(url)!r} needs a service name: .../mymaster")
     service = path[0]
-    db = int(path[1]) if len(path) > 1 else 0
-    query = dict(parse_qsl(parts.query))
+    try:
+        db = int(path[1]) if len(path) > 1 else 0
+    except ValueError:
+        raise InvalidArgument(f"bad database number in {redact(url)!r}") from None
+    query = _query_options(url, parts.query, extra=("sentinel_password",))
+    sentinel_password = query.pop("sentinel_password", None)
     opts = _common(kwargs)
+    opts.update(query)
     opts.update({"db": db, "username": username, "password": password})
     if parts.scheme.startswith("rediss"):
         opts["ssl"] = True
-    for k, v in query.items():
-        if k.startswith("ssl_"):
-            opts[k] = v
     sentinel_kwargs: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT}
-    if query.get("sentinel_password"):
-        sentinel_kwargs["password"] = query["sentinel_password"]
+    if sentinel_password:
+        sentinel_kwargs["password"] = sentinel_password
     sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **opts)  # type: ignore[no-untyped-call]
     client: Redis = sentinel.master_for(service, **opts)  # type: ignore[no-untyped-call]
     return client
+
+
+def _cluster(url: str, **kwargs: Any) -> Redis:
+    """A RedisCluster from ``redis+cluster://[user:password@]host:port[,host:port...]``.
+
+    Every key of a namespace shares one hash tag, so each script runs on the one node that owns the
+    namespace's slot; the client discovers the rest of the cluster from any startup node."""
+    from redis.cluster import ClusterNode, RedisCluster
+
+    parts = urlsplit(url)
+    username, password, hosts = _split_netloc(url, parts.netloc, 6379)
+    if parts.path.strip("/") not in ("", "0"):
+        raise InvalidArgument(f"Redis Cluster has only database 0: {redact(url)!r}")
+    opts = _common(kwargs)
+    opts.pop("retry_on_timeout", None)  # RedisCluster: deprecated (timeouts always retried)
+    opts.update(_query_options(url, parts.query))
+    opts.update({"username": username, "password": password})
+    if parts.scheme.startswith("rediss"):
+        opts["ssl"] = True
+    nodes = [ClusterNode(h, p) for h, p in hosts]  # type: ignore[no-untyped-call]
+    client = RedisCluster(startup_nodes=nodes, **opts)
+    # RedisCluster offers the subset of the Redis API that slotkeeper uses (scripts with keys,
+    # hashes, sets, pubsub, TIME); the Broker treats it as a Redis client.
+    return cast(Redis, client)
