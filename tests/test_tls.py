@@ -1,0 +1,117 @@
+"""TLS: a redis-server that speaks TLS only and requires client certificates, with certificates the
+suite makes (openssl). The SDK acquires, waits (pub/sub wake-ups), renews and releases over
+rediss://; a client without the right certificates is refused with a clear BrokerUnavailable."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from slotkeeper import BrokerUnavailable, Lease, Limiter, limit
+from slotkeeper.broker.client import Broker
+from tests.support.chaos import Pool
+from tests.support.observer import check
+from tests.support.tls import Certs, TlsRedisProc, make_certs
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def tls_redis(certs: Certs) -> Iterator[TlsRedisProc]:
+    with TlsRedisProc(certs) as r:
+        yield r
+
+
+def test_sdk_over_tls_with_client_certificates(tls_redis: TlsRedisProc, namespace: str) -> None:
+    url = tls_redis.url
+    assert url.startswith("rediss://") and "ssl_certfile=" in url
+    lim = Limiter(url, namespace, ttl=1.5)
+    lim.create("tls", 1)
+    holder = lim.acquire("tls")
+    granted: list[Lease] = []
+
+    def waiter() -> None:
+        with limit("tls", limiter=lim, timeout=30) as lease:
+            granted.append(lease)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    deadline = time.monotonic() + 20
+    while lim.broker.snapshot("tls").n_waiters == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(2.0)  # > TTL: renewed over TLS by the heartbeat
+    assert not holder.lost and holder.renew()
+    assert holder.release()
+    t.join(30)
+    assert len(granted) == 1 and not granted[0].lost
+    c = lim.broker.snapshot("tls").counters
+    assert (c.acquired, c.released, c.expired) == (2, 2, 0)
+    # plain TCP is not served at all
+    assert tls_redis.client().config_get("port")["port"] == "0"
+
+
+def test_worker_processes_over_tls(tls_redis: TlsRedisProc, namespace: str, tmp_path: Path) -> None:
+    limits = {"ta": 1, "tb": 2}
+    lim = Limiter(tls_redis.url, namespace, ttl=2)
+    for name, slots in limits.items():
+        lim.create(name, slots)
+    pool = Pool(
+        tmp_path / "run",
+        3,
+        {
+            "url": tls_redis.url,
+            "ns": namespace,
+            "ttl": 2,
+            "limits": limits,
+            "max_occupy": 1,
+            "timeouts": [None, 0, 0.2],
+            "hold": [0.0, 0.03],
+        },
+    )
+    try:
+        pool.start()
+        time.sleep(3)
+        forced, failed = pool.stop()
+    finally:
+        pool.close()
+    rep = check(pool.dir, limits)
+    assert failed == [] and forced == 0 and rep.violations == [] and rep.counts["S"] > 10
+
+
+@pytest.mark.parametrize(
+    "variant", ["no-client-cert", "untrusted-client-cert", "untrusted-server", "plain-tcp"]
+)
+def test_wrong_credentials_are_refused_clearly(
+    tls_redis: TlsRedisProc, certs: Certs, namespace: str, variant: str
+) -> None:
+    url = {
+        "no-client-cert": tls_redis.url_with(certs.ca, None, None),
+        "untrusted-client-cert": tls_redis.url_with(
+            certs.ca, certs.cert("rogue"), certs.key("rogue")
+        ),
+        "untrusted-server": tls_redis.url_with(
+            certs.dir / "rogue-ca.crt", certs.cert("client"), certs.key("client")
+        ),
+        "plain-tcp": f"redis://127.0.0.1:{tls_redis.port}/0",
+    }[variant]
+    b = Broker.from_url(url, namespace)
+    with pytest.raises(BrokerUnavailable) as err:
+        b.ping()
+    assert "unreachable" in str(err.value)
+    if variant == "untrusted-server":
+        assert "certificate verify failed" in str(err.value)
+
+
+def test_sdk_refused_without_client_certificate(
+    tls_redis: TlsRedisProc, certs: Certs, namespace: str
+) -> None:
+    lim = Limiter(tls_redis.url_with(certs.ca, None, None), namespace, ttl=2)
+    with pytest.raises(BrokerUnavailable, match="unreachable after 7 tries"):
+        lim.acquire("anything", timeout=0)
