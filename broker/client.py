@@ -196,6 +196,7 @@ class Broker:
     def create_limit(self, name: str, slots: int, ttl: float | None = None,
                      enabled: bool = True, description: str = "") -> None:
         name = check_name(name)
+        check_slots(slots)  # required here (None would mean "unchanged" to _config_args)
         args = self._config_args(slots, ttl if ttl is not None else 0, enabled, description)
         reply = self._run("limit_config", [name], ["create", *args])
         self.raise_for(reply)
