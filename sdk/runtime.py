@@ -113,7 +113,7 @@ class Runtime:
     def add_lease(self, lease: Lease) -> None:
         with self._lock:
             self._leases[lease.id] = lease
-        self._ensure_heartbeat()
+        self._ensure_heartbeat(lease.ttl_ms)
 
     def drop_lease(self, lease: Lease) -> None:
         with self._lock:
@@ -125,7 +125,7 @@ class Runtime:
             early = self._early.pop(w.id, None)
         if early is not None:
             w.deliver(early)
-        self._ensure_heartbeat()
+        self._ensure_heartbeat(w.ttl_ms)
 
     def drop_waiting(self, w: Waiting) -> None:
         with self._lock:
@@ -153,8 +153,8 @@ class Runtime:
 
     # -- heartbeat ----------------------------------------------------------------------------
 
-    def _ensure_heartbeat(self) -> None:
-        heartbeat().register(self)
+    def _ensure_heartbeat(self, ttl_ms: int | None = None) -> None:
+        heartbeat().register(self, ttl_ms)
 
     def interval(self) -> float:
         """Heartbeat period this runtime needs: a third of its shortest TTL (bounded)."""
@@ -282,23 +282,32 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._interval = MAX_INTERVAL  # what the loop currently waits on (under _lock)
 
-    def register(self, rt: Runtime) -> None:
+    def register(self, rt: Runtime, ttl_ms: int | None = None) -> None:
+        """``rt`` gained a lease or ticket of ``ttl_ms``. The thread is woken to recompute its
+        interval only when that TTL needs a shorter one (not on every acquire)."""
         with self._lock:
+            wake = ttl_ms is None or rt not in self._runtimes
             if rt not in self._runtimes:
                 self._runtimes.append(rt)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="slotkeeper-heartbeat",
                                                 daemon=True)
                 self._thread.start()
-        self._wake.set()  # a new, maybe shorter, TTL: recompute the interval now
+            elif ttl_ms is not None:
+                needed = min(MAX_INTERVAL, max(MIN_INTERVAL, ttl_ms / 3000.0))
+                wake = wake or needed < self._interval
+        if wake:
+            self._wake.set()  # a new, shorter TTL: recompute the interval now
 
     def _loop(self) -> None:
         last = time.monotonic()
         while os.getpid() == self.pid:
-            with self._lock:
+            with self._lock:  # computed and published together: see register()
                 runtimes = [rt for rt in self._runtimes if not rt._closed]
-            interval = min([rt.interval() for rt in runtimes] or [MAX_INTERVAL])
+                interval = min([rt.interval() for rt in runtimes] or [MAX_INTERVAL])
+                self._interval = interval
             due = last + interval - time.monotonic()
             if due > 0:
                 if self._wake.wait(due):
