@@ -81,10 +81,9 @@ class WorkerLimiter(Limiter):
 
 
 def _set_default(lim: Limiter) -> None:
-    import slotkeeper.limiter as limiter_module
+    from slotkeeper.limiter import set_default_limiter
 
-    with limiter_module._default_lock:
-        limiter_module._default = lim
+    set_default_limiter(lim)
 
 
 def from_env(worker: Any) -> str:

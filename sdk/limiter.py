@@ -325,6 +325,13 @@ def configure(url: str | None = None, namespace: str | None = None, ttl: float =
     return lim
 
 
+def set_default_limiter(lim: Limiter) -> None:
+    """Make ``lim`` the process-wide default without touching the environment (worker plugins)."""
+    global _default
+    with _default_lock:
+        _default = lim
+
+
 def get_limiter() -> Limiter:
     """The process-wide default limiter (from the environment unless configure() was called)."""
     global _default
