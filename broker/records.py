@@ -37,7 +37,21 @@ def decode_record(raw: bytes | str | None) -> dict[str, Any] | None:
         return None
     if not isinstance(rec, dict) or not isinstance(rec.get("n"), list):
         return None
+    if not (_numeric(rec.get("e")) and _numeric(rec.get("o"))):
+        return None  # what the scripts treat as absent (lua/_lib.lua load())
     return rec
+
+
+def _numeric(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int | float):
+        return True
+    try:
+        float(_s(v))
+        return bool(_s(v).strip())
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -152,7 +166,7 @@ def parse_config(
             return default
         try:
             return int(float(raw))
-        except ValueError:
+        except (ValueError, OverflowError):
             problems.append(f"limit {name!r}: field {key!r} is not a number: {raw[:40]!r}")
             return default
 

@@ -71,8 +71,13 @@ local function cfg(name)
   local c = CFG[name]
   if c ~= nil then return c or nil end
   local raw = redis.call('HMGET', LIM[name].cfg, 'slots', 'ttl', 'enabled')
-  if not raw[1] or tonumber(raw[1]) == nil then CFG[name] = false; return nil end
-  c = {slots = tonumber(raw[1]), ttl = tonumber(raw[2]) or 0, enabled = raw[3] ~= '0'}
+  -- only plain decimal integers count: garbage ('nan', 'inf', '1e400', '0x10', '-1') is absent
+  if not raw[1] or #raw[1] > 10 or not string.match(raw[1], '^%d+$') then
+    CFG[name] = false
+    return nil
+  end
+  local ttl = raw[2] and #raw[2] <= 10 and string.match(raw[2], '^%d+$') and tonumber(raw[2]) or 0
+  c = {slots = tonumber(raw[1]), ttl = ttl, enabled = raw[3] ~= '0'}
   CFG[name] = c
   return c
 end
@@ -88,8 +93,14 @@ local function used(name)
   return redis.call('ZCOUNT', LIM[name].holders, '(' .. fmt(NOW), '+inf')
 end
 
+-- HINCRBY that survives a counter another client overwrote with a non-integer: it restarts.
+local function hincr(key, field, by)
+  local r = redis.pcall('HINCRBY', key, field, by)
+  if type(r) == 'table' and r.err then redis.call('HSET', key, field, by) end
+end
+
 local function count(name, field, by)
-  if cfg(name) then redis.call('HINCRBY', LIM[name].cfg, field, by) end
+  if cfg(name) then hincr(LIM[name].cfg, field, by) end
 end
 
 local function notify(rec, id, msg)
@@ -166,9 +177,9 @@ local function make_lease(id, names, occ, meta, ttl, waited)
   for _, name in ipairs(names) do
     local k = LIM[name].cfg
     redis.call('ZADD', LIM[name].holders, unpack(zargs))
-    redis.call('HINCRBY', k, 'c_acquired', 1)
-    redis.call('HINCRBY', k, bucket, 1)
-    if waited > 0 then redis.call('HINCRBY', k, 'w_sum', waited) end
+    hincr(k, 'c_acquired', 1)
+    hincr(k, bucket, 1)
+    if waited > 0 then hincr(k, 'w_sum', waited) end
   end
   return token, exp
 end
