@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from redis import Redis
 from redis.sentinel import Sentinel
 
-from slotkeeper.broker.errors import InvalidArgument
+from slotkeeper.broker.errors import BrokerUnavailable, InvalidArgument
 
 ENV_URL = "SLOTKEEPER_URL"
 ENV_NAMESPACE = "SLOTKEEPER_NAMESPACE"
@@ -29,8 +29,10 @@ DEFAULT_NAMESPACE = "default"
 
 _SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster",
             "rediss+cluster")
-_PW_RE = re.compile(r"(?P<pre>://[^:/@]*:)(?P<pw>[^@]*)(?P<post>@)")
-_QS_PW_RE = re.compile(r"(?P<k>(?:^|[?&])password=)[^&]*")
+# user:password@ -- up to the LAST '@' before the query (a raw '@' may sit inside a password)
+_PW_RE = re.compile(r"(?P<pre>://[^:/@]*:)(?P<pw>[^?#]*)(?P<post>@)")
+# password=, sentinel_password=, ssl_password= ... in the query string
+_QS_PW_RE = re.compile(r"(?P<k>(?:^|[?&])[A-Za-z_]*password=)[^&#]*")
 
 # Client-side socket settings: a bounded wait for Redis, never a hang (see Broker retries).
 CONNECT_TIMEOUT = 2.0
@@ -167,6 +169,7 @@ def _cluster(url: str, **kwargs: Any) -> Redis:
     Every key of a namespace shares one hash tag, so each script runs on the one node that owns the
     namespace's slot; the client discovers the rest of the cluster from any startup node."""
     from redis.cluster import ClusterNode, RedisCluster
+    from redis.exceptions import RedisClusterException, RedisError
 
     parts = urlsplit(url)
     username, password, hosts = _split_netloc(url, parts.netloc, 6379)
@@ -179,7 +182,13 @@ def _cluster(url: str, **kwargs: Any) -> Redis:
     if parts.scheme.startswith("rediss"):
         opts["ssl"] = True
     nodes = [ClusterNode(h, p) for h, p in hosts]  # type: ignore[no-untyped-call]
-    client = RedisCluster(startup_nodes=nodes, **opts)
+    try:  # RedisCluster connects at once, to learn the slot map
+        client = RedisCluster(startup_nodes=nodes, **opts)
+    except (RedisError, RedisClusterException) as exc:
+        raise BrokerUnavailable(
+            f"Redis Cluster at {redact(url)} unreachable: {type(exc).__name__}: "
+            f"{redact(str(exc))[:300]}"
+        ) from exc
     # RedisCluster offers the subset of the Redis API that slotkeeper uses (scripts with keys,
     # hashes, sets, pubsub, TIME); the Broker treats it as a Redis client.
     return cast(Redis, client)
