@@ -150,11 +150,11 @@ class Limiter:
                 channel=rt.channel, meta=meta, default_slots=req.default_slots)
 
         started = time.monotonic()
-        res = ask()
-        if res.status == R.BUSY:
-            raise AcquireTimeout(f"no free slot on {', '.join(req.names)} (timeout=0)")
         w: Waiting | None = None
         try:
+            res = ask()  # from here on a ticket may exist (when wait): withdraw it if interrupted
+            if res.status == R.BUSY:
+                raise AcquireTimeout(f"no free slot on {', '.join(req.names)} (timeout=0)")
             while res.status != R.GRANTED:
                 if res.status == R.LOST:  # our ticket expired (e.g. we were paused): ask anew
                     lid = new_id()
@@ -197,7 +197,7 @@ class Limiter:
                 res = ask()
         except BaseException:
             # interrupted while waiting (timeout error, KeyboardInterrupt, cancellation): withdraw
-            if w is not None:
+            if wait:
                 try:
                     c = broker.cancel(req.names, lid, timed_out=False)
                     if c.status == R.GRANTED:
