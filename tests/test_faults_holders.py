@@ -105,3 +105,23 @@ def test_holders_killed_and_paused_at_every_phase(
     assert rep.counts["S"] > 20 and rep.counts["ok"] > 10
     time.sleep(TTL + 0.3)  # every lease of a killed holder has expired by now
     assert_all_free(lim, LIMITS)
+
+
+def test_observer_catches_over_admission(tmp_path: Path) -> None:
+    """The observer itself: overlapping stamps beyond a limit's slots are reported; a lost lease
+    and a kill end are accounted as documented."""
+    from tests.support.observer import StampWriter
+
+    w = StampWriter(tmp_path / "1.stamps")
+    w.write("S", "a1", "x|y", 1, t=1.0)
+    w.write("E", "a1", "ok", t=3.0)
+    w.write("S", "a2", "x", 1, t=2.0)  # overlaps a1 on x: 2 > 1 slot
+    w.write("E", "a2", "ok", t=2.5)
+    w.write("S", "a3", "y", 1, t=5.0)
+    w.write("E", "a3", "lost", t=9.0)  # lost: excluded, but counted
+    w.write("S", "a4", "y", 1, t=6.0)
+    w.parent("K", w.pid)  # a kill stamp ends a4 (t = now, after every stamp above)
+    w.close()
+    rep = check(tmp_path, {"x": 1, "y": 1})
+    assert len(rep.violations) == 1 and "'x'" in rep.violations[0]
+    assert rep.counts["lost"] == 1 and rep.counts["killed"] == 1 and rep.max_use == {"x": 2, "y": 1}

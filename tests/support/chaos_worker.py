@@ -58,13 +58,13 @@ class Worker:
         self.phase = Phase(a["phase_file"], a["index"])
         self.stop = Path(a["stop_file"])
 
-    def watch_waiting(self) -> None:
+    def watch_waiting(self, every: float) -> None:
         """Flip ACQUIRING to WAITING while this process has a ticket queued."""
         rt = self.lim.runtime
         while True:
             if rt._waiting:
                 self.phase.set(WAITING, only_if=ACQUIRING)
-            time.sleep(0.001)
+            time.sleep(every)
 
     def pick(self) -> tuple[list[str], int, float | None, float]:
         a, rnd = self.a, self.rnd
@@ -76,7 +76,9 @@ class Worker:
         return names, occ, timeout, hold
 
     def run(self) -> None:
-        threading.Thread(target=self.watch_waiting, daemon=True).start()
+        watch = self.a.get("watch_waiting", 0.001)  # 0: don't tell waiting from acquiring
+        if watch:
+            threading.Thread(target=self.watch_waiting, args=(watch,), daemon=True).start()
         cancel_p = self.a.get("cancel_p", 0.0)
         while not self.stop.exists():
             names, occ, timeout, hold = self.pick()
