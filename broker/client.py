@@ -168,6 +168,39 @@ class Broker:
         return int(self._call(lambda: self.redis.execute_command(  # type: ignore[no-untyped-call]
             "WAIT", replicas, timeout_ms)))
 
+    def renew_and_wait(self, lease_id: str, names: Sequence[str], ttl_ms: int, replicas: int,
+                       timeout_ms: int) -> tuple[bool, int]:
+        """Renew one lease, then WAIT for ``replicas`` acknowledgements, on ONE connection.
+
+        WAIT only covers the writes of the connection it runs on, and a queued lease was granted
+        by whichever client released the slot. The renewal is a write of ours made after the
+        grant; replication is ordered, so once it is acknowledged the grant is on the replicas.
+        Returns (the lease is still held, how many replicas acknowledged)."""
+        keys = self.keys.for_limits(list(names))
+        argv: list[Any] = [len(names), *names, 1, lease_id, ttl_ms, 0]
+        target: Any = self.redis
+        if hasattr(target, "get_node_from_key"):  # Redis Cluster: the namespace's node
+            target = target.get_redis_connection(target.get_node_from_key(keys[0]))
+
+        def go() -> tuple[list[Any], int]:
+            for _ in range(2):
+                pipe = target.pipeline(transaction=False)
+                pipe.execute_command("EVALSHA", self._scripts.sha("heartbeat"), len(keys), *keys,
+                                     *argv)
+                pipe.execute_command("WAIT", replicas, timeout_ms)
+                hb, acked = pipe.execute(raise_on_error=False)
+                if isinstance(hb, redis.exceptions.NoScriptError):
+                    self._scripts.run("heartbeat", keys, argv)  # loads the script (and renews)
+                    continue
+                for res in (hb, acked):
+                    if isinstance(res, Exception):
+                        raise res
+                return hb, int(acked)
+            raise BrokerError("internal: the heartbeat script could not be loaded")
+
+        hb, acked = self._call(go)
+        return lease_id not in {_s(x) for x in hb[0]}, acked
+
     def server_time_ms(self) -> int:
         sec, usec = self._call(lambda: self.redis.time())
         return int(sec) * 1000 + int(usec) // 1000

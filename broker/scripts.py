@@ -41,3 +41,7 @@ class Scripts:
 
     def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return self._scripts[name](keys=keys, args=args)
+
+    def sha(self, name: str) -> str:
+        """SHA1 of a script (for EVALSHA inside a pipeline)."""
+        return str(self._scripts[name].sha)

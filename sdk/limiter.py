@@ -26,6 +26,7 @@ from slotkeeper.broker.errors import (
     BrokerUnavailable,
     InvalidArgument,
     InvalidType,
+    LeaseLost,
     LimitNotFound,
     OccupyExceedsLimit,
 )
@@ -274,7 +275,13 @@ class Limiter:
     def _make_durable(self, lease: Lease, timeout_ms: int = 2000) -> None:
         if not lease.throttled:
             return
-        acked = self.broker.wait_replicas(1, timeout_ms)
+        # renew + WAIT on one connection: WAIT alone would only cover this connection's own
+        # earlier writes, not a grant made by the client that released the slot to us
+        held, acked = self.broker.renew_and_wait(lease.id, lease.names, lease.ttl_ms, 1,
+                                                 timeout_ms)
+        if not held:
+            lease.release()
+            raise LeaseLost(lease.id, lease.names)
         if acked < 1:
             lease.release()
             raise BrokerUnavailable(

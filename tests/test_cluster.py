@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from slotkeeper import Lease, Limiter, limit
+from slotkeeper import BrokerUnavailable, Lease, Limiter, limit
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.keys import Keys
 from tests.support.chaos import Pool
@@ -77,6 +77,10 @@ def exercise(cluster: ClusterSetup, port: int, ns: str) -> None:
     for name in ("gpu", "db"):
         snap = lim.broker.snapshot(name)
         assert snap.used == 0 and snap.counters.acquired == snap.counters.released == 2
+    # durable=True asks the namespace's own node for a replica ack: none here, so it refuses
+    with pytest.raises(BrokerUnavailable, match="no replica acknowledged"):
+        lim.acquire("gpu", durable=True)
+    assert lim.broker.snapshot("gpu").used == 0
 
 
 def test_namespaces_spread_over_shards_and_everything_works(cluster: ClusterSetup) -> None:

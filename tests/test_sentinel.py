@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from slotkeeper import BrokerUnavailable, Lease, Limiter, limit
+from tests.support.proxy import TcpProxy
 from tests.support.redisproc import RedisProc
 from tests.support.sentinel import FAST_SYNC, SentinelSetup, wait_until
 
@@ -163,3 +164,41 @@ def test_durable_without_any_replica_refuses(redis_server: RedisProc, namespace:
     assert lim.broker.snapshot("solo").used == 0
     with limit("solo", limiter=lim) as lease:  # non-durable still works on a lone Redis
         assert lease.renew()
+
+
+def test_durable_covers_a_grant_made_by_another_client(namespace: str) -> None:
+    """A queued waiter is granted inside the releasing client's script. WAIT on the waiter's own
+    connection would only cover the waiter's earlier writes (its enqueue, long replicated) and
+    pass at once; durable=True must prove the grant itself reached the replica."""
+    with (
+        RedisProc(args=FAST_SYNC) as master,
+        TcpProxy("127.0.0.1", master.port) as link,
+        RedisProc(args=["--replicaof", "127.0.0.1", str(link.port)]) as replica,
+    ):
+        wait_until(lambda: replica.client().info("replication")["master_link_status"] == "up")
+        releaser = Limiter(master.url, namespace, ttl=5)
+        # another runtime (own connections), long TTL: no heartbeat writes while it waits
+        waiter = Limiter(master.url + "?socket_timeout=5", namespace, ttl=30)
+        releaser.create("dq", 1)
+        holder = releaser.acquire("dq")
+        out: list[BaseException | Lease] = []
+
+        def wait_durably() -> None:
+            try:
+                out.append(waiter.acquire("dq", durable=True))
+            except BaseException as exc:  # noqa: BLE001 - inspected below
+                out.append(exc)
+
+        t = threading.Thread(target=wait_durably)
+        t.start()
+        wait_until(lambda: releaser.broker.snapshot("dq").n_waiters == 1)
+        leases = releaser.broker.keys.tickets
+        # the enqueue has been replicated and acknowledged (replicas ack every second)
+        wait_until(lambda: replica.client().hlen(leases) == 1)
+        time.sleep(1.5)
+        link.blackhole = True  # from now on nothing reaches the replica
+        holder.release()  # grants the waiter, on the master only
+        t.join(30)
+        assert len(out) == 1 and isinstance(out[0], BrokerUnavailable), out
+        assert releaser.broker.snapshot("dq").used == 0  # the unconfirmed grant was given back
+        link.blackhole = False
