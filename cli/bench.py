@@ -49,13 +49,13 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
     "--levels",
     default=None,
     metavar="N,N,...",
-    help="W5 live-lease levels (default 10,1000,10000; quick 10,1000).",
+    help="W5 live-lease levels (default 10,1000,10000,100000; quick 10,1000).",
 )
 @click.option(
     "--reclaim",
     default=None,
     metavar="N,N,...",
-    help="W5 expired leases to reclaim (default 10000; quick 2000).",
+    help="W5 expired leases to reclaim (default 10000,100000; quick 2000).",
 )
 @click.option(
     "--repeats",
@@ -76,7 +76,7 @@ def bench(
     PING/EVALSHA round trips (the floor), on the same Redis, and check DESIGN.md's targets.
 
     W1 uncontended cycles; W2 4 processes on 2 slots; W3 release->grant handoff; W4 a SIGKILLed
-    holder; W5 10..10,000 live leases over 100 limits, memory, reclaim of expired leases.
+    holder; W5 10..100,000 live leases over 100 limits, memory, reclaim of expired leases.
     """
     chosen = tuple(w.strip().upper() for w in workloads.split(",") if w.strip())
     unknown = [w for w in chosen if w not in ALL_WORKLOADS]

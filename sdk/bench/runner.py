@@ -42,9 +42,9 @@ class BenchConfig:
     w3_rounds: int = 300
     w4_ttl_s: float = 5.0
     w4_runs: int = 3
-    w5_levels: tuple[int, ...] = (10, 1000, 10000)
+    w5_levels: tuple[int, ...] = (10, 1000, 10000, 100000)
     w5_samples: int = 300
-    w5_reclaim: tuple[int, ...] = (10000,)
+    w5_reclaim: tuple[int, ...] = (10000, 100000)
     specs: tuple[str, ...] = SPECS
     extra: dict[str, Any] = field(default_factory=dict)
 
