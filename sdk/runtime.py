@@ -1,5 +1,6 @@
 """Per-process machinery of one (URL, namespace): the broker connection, ONE heartbeat thread that
-renews every lease and waiting ticket of the process in one round trip, and ONE listener thread that
+renews every lease and waiting ticket of the process there in one round trip per interval (a second
+Redis gets its own, so a hung server cannot starve another's renewals), and ONE listener thread that
 receives grant notifications (pub/sub) and wakes the waiting threads or tasks at once.
 
 A forked child gets fresh runtimes (new connections, no leases, no threads): it never renews or
@@ -103,6 +104,7 @@ class Runtime:
         # before the QUEUED reply of the same ticket has been read): handed over by add_waiting
         self._early: dict[str, str] = {}
         self._last_ok = time.monotonic()
+        self._heartbeat = Heartbeat(self)
         self._listener: threading.Thread | None = None
         self._subscribed = threading.Event()
         self._closed = False
@@ -154,7 +156,7 @@ class Runtime:
     # -- heartbeat ----------------------------------------------------------------------------
 
     def _ensure_heartbeat(self, ttl_ms: int | None = None) -> None:
-        heartbeat().register(self, ttl_ms)
+        self._heartbeat.register(ttl_ms)
 
     def interval(self) -> float:
         """Heartbeat period this runtime needs: a third of its shortest TTL (bounded)."""
@@ -273,40 +275,39 @@ class Runtime:
 
 
 class Heartbeat:
-    """THE heartbeat thread of this process: renews every runtime's leases and tickets, one round
-    trip per runtime (i.e. per Redis namespace) per interval."""
+    """The heartbeat thread of one runtime (one Redis namespace of this process): renews every lease
+    and waiting ticket of the process there in ONE round trip per interval. A runtime has its own
+    thread so that an unreachable Redis cannot starve the renewals of another."""
 
-    def __init__(self) -> None:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
         self.pid = os.getpid()
-        self._runtimes: list[Runtime] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._interval = MAX_INTERVAL  # what the loop currently waits on (under _lock)
 
-    def register(self, rt: Runtime, ttl_ms: int | None = None) -> None:
-        """``rt`` gained a lease or ticket of ``ttl_ms``. The thread is woken to recompute its
-        interval only when that TTL needs a shorter one (not on every acquire)."""
+    def register(self, ttl_ms: int | None = None) -> None:
+        """The runtime gained a lease or ticket of ``ttl_ms``. The thread is woken to recompute
+        its interval only when that TTL needs a shorter one (not on every acquire)."""
+        wake = ttl_ms is None
         with self._lock:
-            wake = ttl_ms is None or rt not in self._runtimes
-            if rt not in self._runtimes:
-                self._runtimes.append(rt)
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="slotkeeper-heartbeat",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._loop, name=f"slotkeeper-heartbeat-{self.rt.namespace}",
+                    daemon=True)
                 self._thread.start()
             elif ttl_ms is not None:
                 needed = min(MAX_INTERVAL, max(MIN_INTERVAL, ttl_ms / 3000.0))
-                wake = wake or needed < self._interval
+                wake = needed < self._interval
         if wake:
             self._wake.set()  # a new, shorter TTL: recompute the interval now
 
     def _loop(self) -> None:
         last = time.monotonic()
-        while os.getpid() == self.pid:
+        while os.getpid() == self.pid and not self.rt._closed:
             with self._lock:  # computed and published together: see register()
-                runtimes = [rt for rt in self._runtimes if not rt._closed]
-                interval = min([rt.interval() for rt in runtimes] or [MAX_INTERVAL])
+                interval = self.rt.interval()
                 self._interval = interval
             due = last + interval - time.monotonic()
             if due > 0:
@@ -314,21 +315,10 @@ class Heartbeat:
                     self._wake.clear()
                 continue  # re-check: a registration may have shortened the interval
             last = time.monotonic()
-            for rt in runtimes:
-                try:
-                    rt.beat()
-                except Exception:
-                    log.exception("slotkeeper: heartbeat round failed")
-
-
-_HEARTBEAT: Heartbeat | None = None
-
-
-def heartbeat() -> Heartbeat:
-    global _HEARTBEAT
-    if _HEARTBEAT is None or _HEARTBEAT.pid != os.getpid():
-        _HEARTBEAT = Heartbeat()
-    return _HEARTBEAT
+            try:
+                self.rt.beat()
+            except Exception:
+                log.exception("slotkeeper: heartbeat round failed")
 
 
 _RUNTIMES: dict[tuple[str, str], Runtime] = {}
