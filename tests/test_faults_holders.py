@@ -74,8 +74,11 @@ def test_holders_killed_and_paused_at_every_phase(
                     time.sleep(0.02)
                     pool.resume_due()
                 assert not pool.dead(), "a worker crashed"
-                i = rnd.choice([j for j in range(pool.n) if not pool.is_paused(j)])
-                if not pool.wait_phase(i, target, timeout=3.0):
+                for _ in range(5):  # a few workers in turn until one is caught in that phase
+                    i = rnd.choice([j for j in range(pool.n) if not pool.is_paused(j)])
+                    if pool.wait_phase(i, target, timeout=2.0):
+                        break
+                else:
                     continue
                 if action == "kill":
                     pool.kill(i)

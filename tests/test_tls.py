@@ -77,7 +77,7 @@ def test_worker_processes_over_tls(tls_redis: TlsRedisProc, namespace: str, tmp_
     )
     try:
         pool.start()
-        time.sleep(3)
+        pool.run_until(acquisitions=20, at_least=2)
         forced, failed = pool.stop()
     finally:
         pool.close()

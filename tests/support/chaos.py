@@ -130,6 +130,26 @@ class Pool:
                 forced += 1
         return forced, failed
 
+    def count(self, kind: str = "S") -> int:
+        """Stamps of one kind written so far by every worker (S: acquisitions)."""
+        prefix = kind + "\t"
+        return sum(
+            1
+            for p in self.dir.glob("*.stamps")
+            for line in p.read_text().splitlines()
+            if line.startswith(prefix)
+        )
+
+    def run_until(self, acquisitions: int, at_least: float, at_most: float = 120.0) -> None:
+        """Let the workers run for ``at_least`` seconds and until they made ``acquisitions``
+        (a loaded machine starts processes slowly), but never longer than ``at_most``."""
+        start = time.monotonic()
+        while time.monotonic() - start < at_most:
+            if time.monotonic() - start >= at_least and self.count("S") >= acquisitions:
+                return
+            assert not self.dead(), "a worker crashed"
+            time.sleep(0.1)
+
     def dead(self) -> list[int]:
         """Workers that exited while they should be running (a crash)."""
         return [i for i, p in enumerate(self.procs) if p is not None and p.poll() is not None]
