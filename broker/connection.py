@@ -27,8 +27,15 @@ ENV_URL = "SLOTKEEPER_URL"
 ENV_NAMESPACE = "SLOTKEEPER_NAMESPACE"
 DEFAULT_NAMESPACE = "default"
 
-_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster",
-            "rediss+cluster")
+_SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+)
 # user:password@ -- up to the LAST '@' before the query (a raw '@' may sit inside a password)
 _PW_RE = re.compile(r"(?P<pre>://[^:/@]*:)(?P<pw>[^?#]*)(?P<post>@)")
 # password=, sentinel_password=, ssl_password= ... in the query string
@@ -70,7 +77,9 @@ def _common(kwargs: dict[str, Any]) -> dict[str, Any]:
 def connect(url: str, **kwargs: Any) -> Redis:
     """A redis-py client for ``url``; raises InvalidArgument for a URL it cannot use."""
     if not isinstance(url, str) or "://" not in url:
-        raise InvalidArgument(f"bad Redis URL {redact(str(url))!r}: expected e.g. redis://host:6379/0")
+        raise InvalidArgument(
+            f"bad Redis URL {redact(str(url))!r}: expected e.g. redis://host:6379/0"
+        )
     scheme = url.split("://", 1)[0].lower()
     if scheme not in _SCHEMES:
         raise InvalidArgument(
@@ -91,8 +100,14 @@ def connect(url: str, **kwargs: Any) -> Redis:
 # rediss:// and unix:// URLs go through redis-py's own parser, which takes the same names).
 _FLOAT_OPTS = ("socket_timeout", "socket_connect_timeout")
 _BOOL_OPTS = ("ssl_check_hostname",)
-_STR_OPTS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_cert_reqs",
-             "ssl_ca_path")
+_STR_OPTS = (
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_password",
+    "ssl_cert_reqs",
+    "ssl_ca_path",
+)
 
 
 def _query_options(url: str, query: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -112,8 +127,11 @@ def _query_options(url: str, query: str, extra: tuple[str, ...] = ()) -> dict[st
     return opts
 
 
-def _split_netloc(url: str, netloc: str, default_port: int,
-                  ) -> tuple[str | None, str | None, list[tuple[str, int]]]:
+def _split_netloc(
+    url: str,
+    netloc: str,
+    default_port: int,
+) -> tuple[str | None, str | None, list[tuple[str, int]]]:
     """``[user[:password]@]host:port[,host:port...]`` -> (username, password, addresses)."""
     username = password = None
     if "@" in netloc:
