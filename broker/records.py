@@ -192,40 +192,39 @@ def parse_config(
     return conf, counters
 
 
+def _common(rec: dict[str, Any]) -> dict[str, Any]:
+    """The fields lease and ticket records share (holder metadata, names, occupy, expiry)."""
+    m = rec.get("m") if isinstance(rec.get("m"), dict) else {}
+    assert isinstance(m, dict)
+    return {
+        "occupy": _int(rec.get("o"), 1),
+        "names": [_s(x) for x in rec.get("n", [])],
+        "host": _s(m.get("h")),
+        "pid": _int(m.get("p")),
+        "worker": _s(m.get("w")),
+        "label": _s(m.get("l")),
+        "expires_ms": _int(rec.get("e")),
+    }
+
+
 def holder_from(lease_id: str, rec: dict[str, Any] | None) -> Holder:
     if rec is None:
         return Holder(lease_id, 0, [], "?", 0, "?", "", 0, 0, 0, 0, garbage=True)
-    m = rec.get("m") if isinstance(rec.get("m"), dict) else {}
-    assert isinstance(m, dict)
     return Holder(
         lease_id=lease_id,
-        occupy=_int(rec.get("o"), 1),
-        names=[_s(x) for x in rec.get("n", [])],
-        host=_s(m.get("h")),
-        pid=_int(m.get("p")),
-        worker=_s(m.get("w")),
-        label=_s(m.get("l")),
         acquired_ms=_int(rec.get("a")),
         renewed_ms=_int(rec.get("r")),
-        expires_ms=_int(rec.get("e")),
         token=_int(rec.get("t")),
+        **_common(rec),
     )
 
 
 def waiter_from(ticket_id: str, rec: dict[str, Any] | None) -> Waiter:
     if rec is None:
         return Waiter(ticket_id, 0, [], 0, "?", 0, "?", "", 0, 0, garbage=True)
-    m = rec.get("m") if isinstance(rec.get("m"), dict) else {}
-    assert isinstance(m, dict)
     return Waiter(
         ticket_id=ticket_id,
-        occupy=_int(rec.get("o"), 1),
-        names=[_s(x) for x in rec.get("n", [])],
         priority=_int(rec.get("p")),
-        host=_s(m.get("h")),
-        pid=_int(m.get("p")),
-        worker=_s(m.get("w")),
-        label=_s(m.get("l")),
         arrived_ms=_int(rec.get("a")),
-        expires_ms=_int(rec.get("e")),
+        **_common(rec),
     )

@@ -225,24 +225,12 @@ class Limiter:
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
         flow = self._flow(req, on_lost)
-        try:
+        with _Outcome(self, req, flow, strict, durable) as out:
             step = next(flow)
             while True:
                 w, pause = step
                 step = flow.send(w.wait(pause))
-        except StopIteration as done:
-            lease: Lease = done.value
-            if durable:
-                self._make_durable(lease)
-            return lease
-        except LimitNotFound as exc:
-            if strict:
-                raise
-            return self._unthrottled(req, exc)
-        finally:
-            # interrupted outside the flow (KeyboardInterrupt, task cancellation): closing it
-            # withdraws the ticket now instead of whenever the generator is collected
-            flow.close()
+        return out.lease
 
     async def acquire_async(self, *names: str, occupy: int = 1, timeout: float | None = None,
                             priority: int = 0, ttl: float | None = None,
@@ -253,24 +241,12 @@ class Limiter:
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
         flow = self._flow(req, on_lost, waiting_hook=Waiting.bind_loop)
-        try:
+        with _Outcome(self, req, flow, strict, durable) as out:
             step = next(flow)
             while True:
                 w, pause = step
                 step = flow.send(await w.await_msg(pause))
-        except StopIteration as done:
-            lease: Lease = done.value
-            if durable:
-                self._make_durable(lease)
-            return lease
-        except LimitNotFound as exc:
-            if strict:
-                raise
-            return self._unthrottled(req, exc)
-        finally:
-            # interrupted outside the flow (KeyboardInterrupt, task cancellation): closing it
-            # withdraws the ticket now instead of whenever the generator is collected
-            flow.close()
+        return out.lease
 
     def _make_durable(self, lease: Lease, timeout_ms: int = 2000) -> None:
         if not lease.throttled:
@@ -289,7 +265,7 @@ class Limiter:
                 f"{timeout_ms} ms (released it)")
 
     def _unthrottled(self, req: Request, exc: LimitNotFound) -> Lease:
-        warnings.warn(f"{exc} -- running unthrottled (strict=False)", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"{exc} -- running unthrottled (strict=False)", RuntimeWarning, stacklevel=4)
         return Lease(None, "unthrottled-" + new_id(), req.names, req.occupy, 0, 0, 0)
 
     # -- admin shortcuts ----------------------------------------------------------------------
@@ -309,6 +285,39 @@ class Limiter:
         if force:
             self.broker.reset(name)
         self.broker.delete_limit(name)
+
+
+class _Outcome:
+    """Ends the drive of an acquire flow (sync or async): the flow's return value is the lease
+    (made durable if asked), an unknown limit with strict=False runs unthrottled, and the flow is
+    always closed — if the caller was interrupted outside it (KeyboardInterrupt, task
+    cancellation), closing withdraws the ticket now instead of whenever it is collected."""
+
+    lease: Lease
+
+    def __init__(self, limiter: Limiter, req: Request,
+                 flow: Generator[tuple[Waiting, float], str | None, Lease], strict: bool,
+                 durable: bool) -> None:
+        self.limiter, self.req, self.flow = limiter, req, flow
+        self.strict, self.durable = strict, durable
+
+    def __enter__(self) -> _Outcome:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: object) -> bool:
+        try:
+            if isinstance(ev, StopIteration):
+                self.lease = ev.value
+                if self.durable:
+                    self.limiter._make_durable(self.lease)
+                return True
+            if isinstance(ev, LimitNotFound) and not self.strict:
+                self.lease = self.limiter._unthrottled(self.req, ev)
+                return True
+            return False
+        finally:
+            self.flow.close()
 
 
 _default: Limiter | None = None
