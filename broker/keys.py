@@ -14,7 +14,6 @@ key                                    type    holds
 ``sk:{ns}:holders:<name>``             ZSET    lease id (plus ``id#2``..``id#occupy``) -> expiry ms
 ``sk:{ns}:queue:<name>``               ZSET    waiting ticket id -> -priority*1e12 + arrival seq
 ``sk:{ns}:leases``                     HASH    lease id -> msgpack lease record
-``sk:{ns}:lease_exp``                  ZSET    lease id -> expiry ms (garbage collection)
 ``sk:{ns}:tickets``                    HASH    ticket id -> msgpack ticket record
 ``sk:{ns}:ticket_exp``                 ZSET    ticket id -> expiry ms
 ``sk:{ns}:fence``                      STRING  fencing token / arrival sequence counter
@@ -84,7 +83,6 @@ class Keys:
         return [
             f"{b}:limits",
             f"{b}:leases",
-            f"{b}:lease_exp",
             f"{b}:tickets",
             f"{b}:ticket_exp",
             f"{b}:fence",

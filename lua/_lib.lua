@@ -3,14 +3,13 @@
 -- KEYS layout (every script):
 --   KEYS[1] limits      SET   names of every limit in the namespace
 --   KEYS[2] leases      HASH  lease id  -> msgpack lease record
---   KEYS[3] lease_exp   ZSET  lease id  -> expiry (ms, server clock)
---   KEYS[4] tickets     HASH  ticket id -> msgpack ticket record (a waiting request)
---   KEYS[5] ticket_exp  ZSET  ticket id -> expiry (ms)
---   KEYS[6] fence       STRING monotonic counter: fencing tokens and queue arrival order
+--   KEYS[3] tickets     HASH  ticket id -> msgpack ticket record (a waiting request)
+--   KEYS[4] ticket_exp  ZSET  ticket id -> expiry (ms, server clock)
+--   KEYS[5] fence       STRING monotonic counter: fencing tokens and queue arrival order
 --   then, for the i-th limit named in ARGV (i = 1..n), three keys:
---   KEYS[6+3i-2] limit:<name>   HASH  config (slots, ttl, enabled, desc, created, updated) + counters
---   KEYS[6+3i-1] holders:<name> ZSET  lease id (and id#2..id#occupy) -> lease expiry (ms)
---   KEYS[6+3i]   queue:<name>   ZSET  ticket id -> order score (-priority * 1e12 + arrival seq)
+--   KEYS[5+3i-2] limit:<name>   HASH  config (slots, ttl, enabled, desc, created, updated) + counters
+--   KEYS[5+3i-1] holders:<name> ZSET  lease id (and id#2..id#occupy) -> lease expiry (ms)
+--   KEYS[5+3i]   queue:<name>   ZSET  ticket id -> order score (-priority * 1e12 + arrival seq)
 -- ARGV[1] = n, ARGV[2..n+1] = limit names (aligned with the per-limit keys); script arguments follow,
 -- ARGV[A0 + k] being the k-th one.
 --
@@ -20,12 +19,14 @@
 --   ticket: n=names, o=occupy, m=meta, p=priority, c=notify channel, a=arrival ms, e=expiry ms,
 --           l=lease ttl ms
 -- Usage of a limit is derived, never counted: ZCOUNT of its holders with expiry > now.
+-- An expired lease's record is deleted when any of its limits purges its holder entry (the record
+-- is garbage once expired; the other limits purge their own entries by score, without it).
 -- Every time comes from redis TIME. Status codes returned by scripts (first element of the reply):
 --   0 OK, 1 GRANTED, 2 QUEUED, 3 BUSY, 4 NOT_FOUND, 5 OCCUPY_EXCEEDS, 6 LOST, 7 CANCELLED,
 --   8 EXISTS, 9 HELD, 10 REJECTED, 11 NEED_KEYS, 12 MORE
 
-local K_LIMITS, K_LEASES, K_LEASE_EXP = KEYS[1], KEYS[2], KEYS[3]
-local K_TICKETS, K_TICKET_EXP, K_FENCE = KEYS[4], KEYS[5], KEYS[6]
+local K_LIMITS, K_LEASES = KEYS[1], KEYS[2]
+local K_TICKETS, K_TICKET_EXP, K_FENCE = KEYS[3], KEYS[4], KEYS[5]
 
 local _t = redis.call('TIME')
 local NOW = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
@@ -34,7 +35,7 @@ local NAMES, LIM = {}, {}
 local NLIM = tonumber(ARGV[1])
 for i = 1, NLIM do
   local name = ARGV[1 + i]
-  local base = 6 + 3 * (i - 1)
+  local base = 5 + 3 * (i - 1)
   NAMES[i] = name
   LIM[name] = {cfg = KEYS[base + 1], holders = KEYS[base + 2], queue = KEYS[base + 3]}
 end
@@ -67,6 +68,7 @@ local function members(id, occ)
 end
 
 local CFG = {}
+local RECORDS_DELETED = 0   -- expired lease records deleted by purge_holders in this call
 local function cfg(name)
   local c = CFG[name]
   if c ~= nil then return c or nil end
@@ -107,17 +109,21 @@ local function notify(rec, id, msg)
   if type(rec.c) == 'string' and rec.c ~= '' then redis.call('PUBLISH', rec.c, id .. ' ' .. msg) end
 end
 
--- Remove expired holder entries of one limit (bounded); counts each expired lease once.
+-- Remove expired holder entries of one limit (bounded); counts each expired lease once and
+-- deletes its (now garbage) record.
 local function purge_holders(name, batch)
   local h = LIM[name].holders
   local dead = redis.call('ZRANGE', h, '-inf', fmt(NOW), 'BYSCORE', 'LIMIT', 0, batch)
   if #dead == 0 then return 0 end
   redis.call('ZREM', h, unpack(dead))
-  local leases = 0
+  local ids = {}
   for _, m in ipairs(dead) do
-    if not string.find(m, '#', 1, true) then leases = leases + 1 end
+    if not string.find(m, '#', 1, true) then table.insert(ids, m) end
   end
-  if leases > 0 then count(name, 'c_expired', leases) end
+  if #ids > 0 then
+    count(name, 'c_expired', #ids)
+    RECORDS_DELETED = RECORDS_DELETED + redis.call('HDEL', K_LEASES, unpack(ids))
+  end
   return #dead
 end
 
@@ -132,17 +138,13 @@ local function drop_ticket(id, rec)
   end
 end
 
--- Collect expired lease and ticket records namespace-wide (bounded).
+-- Collect expired ticket records namespace-wide (bounded). (Expired lease records go with their
+-- holder entries: see purge_holders.)
 local function gc(batch)
-  local dead = redis.call('ZRANGE', K_LEASE_EXP, '-inf', fmt(NOW), 'BYSCORE', 'LIMIT', 0, batch)
-  if #dead > 0 then
-    redis.call('ZREM', K_LEASE_EXP, unpack(dead))
-    redis.call('HDEL', K_LEASES, unpack(dead))
-  end
   local tdead = redis.call('ZRANGE', K_TICKET_EXP, '-inf', fmt(NOW), 'BYSCORE', 'LIMIT', 0, batch)
   for _, id in ipairs(tdead) do drop_ticket(id, load(K_TICKETS, id)) end
   if #tdead > 0 then redis.call('ZREM', K_TICKET_EXP, unpack(tdead)) end
-  return #dead, #tdead
+  return #tdead
 end
 
 -- First live ticket of a limit's queue; dead entries at the head are dropped (bounded).
@@ -170,7 +172,6 @@ local function make_lease(id, names, occ, meta, ttl, waited)
   local exp = NOW + ttl
   redis.call('HSET', K_LEASES, id, cmsgpack.pack(
     {n = names, o = occ, m = meta, a = NOW, r = NOW, e = exp, t = token, l = ttl}))
-  redis.call('ZADD', K_LEASE_EXP, exp, id)
   local zargs = {}
   for j, m in ipairs(members(id, occ)) do zargs[2 * j - 1] = exp; zargs[2 * j] = m end
   local bucket = 'w' .. wait_bucket(waited)

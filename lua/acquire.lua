@@ -1,5 +1,5 @@
 -- acquire.lua — take `occupy` slots of every named limit at once, or join their wait queues.
--- KEYS: the fixed six + three per limit (see _lib.lua).
+-- KEYS: the fixed five + three per limit (see _lib.lua).
 -- ARGV: n, names..., id, occupy, ttl_ms (0 = limit's ttl, else default), default_ttl_ms, priority,
 --       wait (1 enqueue / 0 try once), channel, meta (msgpack map), default_slots (-1 = none)
 -- Returns: {1 GRANTED, token, expiry_ms, ttl_ms} | {2 QUEUED, position, ms_until_next_holder_expiry}

@@ -1,5 +1,5 @@
 -- cancel.lua — withdraw a waiting ticket (on timeout or by the caller).
--- KEYS: the fixed six + three per limit of the ticket (see _lib.lua).
+-- KEYS: the fixed five + three per limit of the ticket (see _lib.lua).
 -- ARGV: n, names..., id, timed_out (1 counts a timeout on each limit)
 -- Returns: {1 GRANTED, token, expiry_ms, ttl_ms} if the ticket was granted in the meantime (the caller now
 --          holds the lease) | {7 CANCELLED} | {6 LOST} (no such ticket or lease)

@@ -1,5 +1,5 @@
 -- heartbeat.lua — renew every lease and waiting ticket of one process in one round trip.
--- KEYS: the fixed six + three per limit held or awaited by any of them (see _lib.lua).
+-- KEYS: the fixed five + three per limit held or awaited by any of them (see _lib.lua).
 -- ARGV: n, names..., L, then L pairs (lease id, ttl_ms), T, then T pairs (ticket id, ttl_ms)
 -- Returns: {lost_lease_ids, lost_ticket_ids, granted_ticket_ids, now_ms}
 --   A lease is lost when its record is gone or expired: renew never resurrects it.
@@ -23,7 +23,6 @@ for _ = 1, L do
     rec.r = NOW
     rec.l = ttl
     redis.call('HSET', K_LEASES, id, cmsgpack.pack(rec))
-    redis.call('ZADD', K_LEASE_EXP, exp, id)
     local zargs = {}
     for j, m in ipairs(members(id, tonumber(rec.o))) do zargs[2 * j - 1] = exp; zargs[2 * j] = m end
     for _, name in ipairs(rec.n) do redis.call('ZADD', LIM[name].holders, 'XX', unpack(zargs)) end

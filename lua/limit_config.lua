@@ -1,6 +1,6 @@
 -- limit_config.lua — create, update or upsert one limit's configuration, then grant waiters that
 -- now fit (slots raised, limit enabled).
--- KEYS: the fixed six + three for the one limit.
+-- KEYS: the fixed five + three for the one limit.
 -- ARGV: 1, name, mode ('create' | 'update' | 'upsert'), then field/value pairs among
 --       slots, ttl (ms), enabled (1/0), desc
 -- Returns: {0 OK, created (1/0), changed field names...} | {8 EXISTS, name} | {4 NOT_FOUND, name}

@@ -1,5 +1,5 @@
 -- limit_delete.lua — delete one limit that nobody holds; its waiters are told it is gone.
--- KEYS: the fixed six + three for the one limit.
+-- KEYS: the fixed five + three for the one limit.
 -- ARGV: 1, name, batch
 -- Returns: {0 OK} | {4 NOT_FOUND} | {9 HELD, used} | {12 MORE} (a batch of waiters was rejected;
 --          call again — keeps every call bounded)
@@ -9,7 +9,7 @@ local L = LIM[name]
 if redis.call('EXISTS', L.cfg) == 0 and redis.call('SISMEMBER', K_LIMITS, name) == 0 then
   return {4}   -- (a limit whose config is garbage can still be deleted)
 end
-purge_holders(name, batch)
+if purge_holders(name, batch) >= batch then return {12} end   -- expired records first, bounded
 local u = used(name)
 if u > 0 then return {9, u} end
 local ids = redis.call('ZRANGE', L.queue, 0, batch - 1)

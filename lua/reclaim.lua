@@ -1,18 +1,20 @@
--- reclaim.lua — bounded reclaim for the daemon: expired holders of the named limits, expired and
--- orphaned waiting tickets in their queues, namespace-wide record garbage; then grant passes.
--- KEYS: the fixed six + three per limit (zero limits = record garbage collection only).
+-- reclaim.lua — bounded reclaim for the daemon: expired holders of the named limits (and their
+-- lease records), expired and orphaned waiting tickets in their queues, namespace-wide ticket
+-- garbage; then grant passes.
+-- KEYS: the fixed five + three per limit (zero limits = ticket garbage collection only).
 -- ARGV: n, names..., batch
--- Returns: {expired_holder_entries, gc_leases, gc_tickets, granted, more (1 if a batch was full)}
+-- Returns: {expired_holder_entries, lease_records_deleted, gc_tickets, granted,
+--           more (1 if a batch was full)}
 -- Complexity: O(batch * log N) per limit; the batch bounds the time of one call.
 local batch = tonumber(ARGV[A0 + 1])
 local purged, granted, more = 0, 0, 0
-local gl, gt = gc(batch)
-if gl >= batch or gt >= batch then more = 1 end
+local gt = gc(batch)
+if gt >= batch then more = 1 end
 for _, name in ipairs(NAMES) do
+  local p = purge_holders(name, batch)   -- even when the config is garbage: slots come back
+  if p >= batch then more = 1 end
+  purged = purged + p
   if cfg(name) then
-    local p = purge_holders(name, batch)
-    if p >= batch then more = 1 end
-    purged = purged + p
     -- queue entries whose ticket record is gone or expired (owner died, or cleaned elsewhere)
     local q = LIM[name].queue
     local ids = redis.call('ZRANGE', q, 0, batch - 1)
@@ -32,4 +34,4 @@ for _, name in ipairs(NAMES) do
     granted = granted + grant_pass(name)
   end
 end
-return {purged, gl, gt, granted, more}
+return {purged, RECORDS_DELETED, gt, granted, more}

@@ -1,5 +1,5 @@
 -- release.lua — give a lease's slots back (or revoke it), then grant waiters that now fit.
--- KEYS: the fixed six + three per limit the lease holds (see _lib.lua).
+-- KEYS: the fixed five + three per limit the lease holds (see _lib.lua).
 -- ARGV: n, names..., id, kind ('release' | 'revoke')
 -- Returns: {0 OK} | {6 LOST} (expired, revoked or unknown: frees nothing)
 --        | {11 NEED_KEYS, name} (the caller did not pass every limit the lease holds; nothing done)
@@ -14,7 +14,6 @@ local miss = missing_key(rec.n)
 if miss then return {11, miss} end
 
 redis.call('HDEL', K_LEASES, id)
-redis.call('ZREM', K_LEASE_EXP, id)
 local mem = members(id, tonumber(rec.o))
 local field = kind == 'revoke' and 'c_revoked' or 'c_released'
 for _, name in ipairs(rec.n) do

@@ -1,5 +1,5 @@
 -- snapshot.lua — read-only view of one limit: config and counters, live holders, live waiters.
--- KEYS: the fixed six + three for the one limit.
+-- KEYS: the fixed five + three for the one limit.
 -- ARGV: 1, name, max_items
 -- Returns: {4 NOT_FOUND} or {0, config_and_counters (flat HGETALL), used, now_ms,
 --           holders {id, raw record, ...}, waiters {id, raw record, score, ...}, n_holders, n_waiters}

@@ -29,7 +29,7 @@ def raw(redis_server: RedisProc):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(
-    "which", ["leases", "lease_exp", "tickets", "fence", "limit", "holders", "queue"]
+    "which", ["leases", "ticket_exp", "tickets", "fence", "limit", "holders", "queue"]
 )
 def test_wrong_key_types_raise_broker_error(
     redis_server: RedisProc, lim: Limiter, which: str
@@ -38,9 +38,9 @@ def test_wrong_key_types_raise_broker_error(
     keys = lim.broker.keys
     key = {
         "leases": keys.leases,
-        "lease_exp": keys.fixed()[2],
+        "ticket_exp": keys.fixed()[3],
         "tickets": keys.tickets,
-        "fence": keys.fixed()[5],
+        "fence": keys.fixed()[4],
         "limit": keys.limit("wt")[0],
         "holders": keys.limit("wt")[1],
         "queue": keys.limit("wt")[2],

@@ -171,8 +171,10 @@ def reclaim(url: str, ns: str, leases: int, private: bool, batch: int = 500) -> 
     client = planter.client
     planted = int(client.hlen(broker.keys.leases))
     time.sleep(max(0.0, ttl_ms / 1000 - plant_s) + 0.05)
-    lease_exp = broker.keys.base + ":lease_exp"
-    while int(client.zcount(lease_exp, f"({broker.server_time_ms()}", "+inf")) > 0:
+    while any(
+        int(client.zcount(broker.keys.limit(n)[1], f"({broker.server_time_ms()}", "+inf")) > 0
+        for n in names
+    ):
         time.sleep(0.05)
     threshold = None
     if private:
