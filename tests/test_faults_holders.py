@@ -16,7 +16,7 @@ from tests.support.observer import check
 from tests.support.proxy import TcpProxy
 from tests.support.redisproc import RedisProc
 
-TTL = 1.5
+TTL = 2.0
 LIMITS = {"fa": 2, "fb": 1, "fc": 3}
 
 
@@ -123,8 +123,13 @@ def test_observer_catches_over_admission(tmp_path: Path) -> None:
     w.write("S", "a3", "y", 1, t=5.0)
     w.write("E", "a3", "lost", t=9.0)  # lost: excluded, but counted
     w.write("S", "a4", "y", 1, t=6.0)
-    w.parent("K", w.pid)  # a kill stamp ends a4 (t = now, after every stamp above)
+    w.write("S", "a5", "z", 1, t=10.0)
+    w.write("R", "a5", t=11.0)  # killed while releasing: its body was over at 11
+    w.write("S", "a6", "z", 1, t=12.0)
+    w.write("E", "a6", "ok", t=13.0)
+    w.parent("K", w.pid)  # a kill stamp ends a4 and a5 (t = now, after every stamp above)
     w.close()
-    rep = check(tmp_path, {"x": 1, "y": 1})
+    rep = check(tmp_path, {"x": 1, "y": 1, "z": 1})
     assert len(rep.violations) == 1 and "'x'" in rep.violations[0]
-    assert rep.counts["lost"] == 1 and rep.counts["killed"] == 1 and rep.max_use == {"x": 2, "y": 1}
+    assert rep.counts["lost"] == 1 and rep.counts["killed"] == 2
+    assert rep.max_use == {"x": 2, "y": 1, "z": 1}

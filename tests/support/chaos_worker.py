@@ -102,6 +102,7 @@ class Worker:
                     time.sleep(hold)
                 finally:
                     entered[1] = time.monotonic()
+                    self.stamps.write("R", lease.id, t=entered[1])  # body over
                     self.phase.set(RELEASING)
         except AcquireTimeout:
             self.stamps.write("T")
@@ -126,6 +127,7 @@ class Worker:
                         await asyncio.sleep(hold)
                     finally:
                         entered[1] = time.monotonic()
+                        self.stamps.write("R", lease.id, t=entered[1])  # body over
                         self.phase.set(RELEASING)
                 outcome.append("ok")
             except LeaseLost:

@@ -2,6 +2,7 @@
 
 Lines (tab-separated, one ``os.write`` each, so a SIGKILL never leaves half a line):
     S  t  pid  lease_id  name|name  occupy      acquire returned (t taken after it returned)
+    R  t  pid  lease_id                          body ended: the release call comes next
     E  t  pid  lease_id  ok|lost                 body ended (t taken BEFORE the release call);
                                                  written after release, with its outcome
     T  t  pid                                    an acquire timed out
@@ -12,7 +13,8 @@ Lines (tab-separated, one ``os.write`` each, so a SIGKILL never leaves half a li
 ``t`` is ``time.monotonic()`` (CLOCK_MONOTONIC is one clock for every process of the machine).
 The interval [S, E] of a lease released with outcome ``ok`` lies inside the lease's life in Redis,
 so at no instant may such intervals occupy more than a limit's slots. A killed holder's interval
-ends at its K stamp. Leases reported lost (the SDK told the holder) and killed holders that were
+ends at its R stamp (killed while releasing: the release may have gone through already), else at
+its K stamp. Leases reported lost (the SDK told the holder) and killed holders that were
 paused while holding (they could not be told) are excluded and counted separately.
 """
 
@@ -91,6 +93,7 @@ def check(directory: Path, slots: dict[str, int]) -> Report:
     rows = read_stamps(directory)
     starts: dict[str, list[str]] = {}
     ends: dict[str, list[str]] = {}
+    body_ends: dict[str, float] = {}
     kills: dict[int, list[float]] = {}
     pauses: dict[int, list[float]] = {}
     for r in rows:
@@ -102,6 +105,8 @@ def check(directory: Path, slots: dict[str, int]) -> Report:
             starts[r[3]] = r
         elif kind == "E":
             ends[r[3]] = r
+        elif kind == "R":
+            body_ends[r[3]] = float(r[1])
         elif kind == "K":
             kills.setdefault(int(r[2]), []).append(float(r[1]))
         elif kind == "P":
@@ -118,6 +123,8 @@ def check(directory: Path, slots: dict[str, int]) -> Report:
                 rep.violations.append(f"lease {lid} of pid {pid} has no end and no kill")
                 continue
             end = min(k)
+            if lid in body_ends:  # killed while releasing: the body was over at R
+                end = min(end, body_ends[lid])
             paused = any(start <= t <= end for t in pauses.get(pid, []))
             iv = Interval(lid, pid, names, occ, start, end, "killed-paused" if paused else "killed")
         rep.counts[iv.outcome] += 1
