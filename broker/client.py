@@ -290,11 +290,15 @@ class Broker:
     def acquire(self, names: Sequence[str], lease_id: str, *, occupy: int = 1, ttl_ms: int = 0,
                 default_ttl_ms: int = 30000, priority: int = 0, wait: bool = True,
                 channel: str = "", meta: bytes = b"\x80", default_slots: int | None = None,
-                ) -> R.AcquireResult:
-        """Take slots or join the queues. Raises LimitNotFound / OccupyExceedsLimit."""
+                recheck: bool = False) -> R.AcquireResult:
+        """Take slots or join the queues. Raises LimitNotFound / OccupyExceedsLimit.
+
+        ``recheck=True`` re-asks about an id already sent: LOST if its ticket and lease are gone
+        (the caller then asks with a new id), never a fresh start under the old id."""
         ds = -1 if default_slots is None else check_slots(default_slots)
+        mode = (2 if recheck else 1) if wait else 0
         reply = self._run("acquire", names, [
-            lease_id, occupy, ttl_ms, default_ttl_ms, priority, 1 if wait else 0, channel, meta, ds,
+            lease_id, occupy, ttl_ms, default_ttl_ms, priority, mode, channel, meta, ds,
         ])
         return self._acquire_result(reply, occupy)
 

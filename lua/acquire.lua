@@ -1,7 +1,10 @@
 -- acquire.lua — take `occupy` slots of every named limit at once, or join their wait queues.
 -- KEYS: the fixed five + three per limit (see _lib.lua).
 -- ARGV: n, names..., id, occupy, ttl_ms (0 = limit's ttl, else default), default_ttl_ms, priority,
---       wait (1 enqueue / 0 try once), channel, meta (msgpack map), default_slots (-1 = none)
+--       wait (1 enqueue / 0 try once / 2 re-ask about an id sent before: LOST if neither its
+--       lease nor its ticket exists any more -- an id is never started anew, so a late grant
+--       notification of its lost incarnation can never pass for a grant of a new one),
+--       channel, meta (msgpack map), default_slots (-1 = none)
 -- Returns: {1 GRANTED, token, expiry_ms, ttl_ms} | {2 QUEUED, position, ms_until_next_holder_expiry}
 --        | {3 BUSY} | {4 NOT_FOUND, name} | {5 OCCUPY_EXCEEDS, name, slots} | {6 LOST}
 --        | {10 REJECTED, reason, name}
@@ -13,7 +16,8 @@ local occ = tonumber(ARGV[A0 + 2])
 local ttl = tonumber(ARGV[A0 + 3])
 local default_ttl = tonumber(ARGV[A0 + 4])
 local prio = tonumber(ARGV[A0 + 5])
-local wait = ARGV[A0 + 6] == '1'
+local wait = ARGV[A0 + 6] ~= '0'
+local recheck = ARGV[A0 + 6] == '2'
 local channel = ARGV[A0 + 7]
 local meta = cmsgpack.unpack(ARGV[A0 + 8])
 local default_slots = tonumber(ARGV[A0 + 9])
@@ -52,6 +56,8 @@ if ticket then
   local pos, next_exp = queue_info(id)
   return {2, pos, next_exp}
 end
+
+if recheck then return {6} end  -- its ticket is gone (expired, or granted and that lease lost)
 
 if ttl <= 0 then
   for _, name in ipairs(NAMES) do

@@ -144,11 +144,18 @@ class Limiter:
             rt.ensure_listener()
         lid = new_id()
 
+        asked: set[str] = set()
+
         def ask() -> R.AcquireResult:
+            # an id is asked about afresh once; later asks only re-check it (LOST if it is gone),
+            # so a late notification for a lost grant can never pose as a grant of a new request
+            recheck = lid in asked
+            asked.add(lid)
             return broker.acquire(
                 req.names, lid, occupy=req.occupy, ttl_ms=req.ttl_ms,
                 default_ttl_ms=default_ttl_ms, priority=req.priority, wait=wait,
-                channel=rt.channel, meta=meta, default_slots=req.default_slots)
+                channel=rt.channel, meta=meta, default_slots=req.default_slots,
+                recheck=recheck)
 
         started = time.monotonic()
         w: Waiting | None = None

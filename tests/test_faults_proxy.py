@@ -9,10 +9,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from slotkeeper import AcquireTimeout, Limiter, limit
+from slotkeeper import AcquireTimeout, LeaseLost, Limiter, limit
 from tests.support.chaos import Pool
 from tests.support.observer import check
 from tests.support.proxy import TcpProxy
@@ -177,3 +178,48 @@ def test_drops_delays_and_cuts_under_load(
         c = snap.counters
         assert snap.used == 0 and snap.n_holder_entries == 0, name
         assert c.expired == 0 and c.acquired == c.released, (name, c)
+
+
+def test_late_grant_notification_never_admits_a_second_holder(
+    redis_server: RedisProc, proxy: TcpProxy, namespace: str
+) -> None:
+    """A waiter cut off from Redis (its traffic held back, as by a long GC pause or a stalled
+    link) is granted a slot; that lease expires unrenewed and someone else takes the slot. When
+    the waiter's traffic flows again, the late grant notification must not let its body run while
+    the other holder still holds the only slot (a re-ask never restarts an id under its old name)."""
+    direct = Limiter(redis_server.url, namespace, ttl=2)
+    cut_off = Limiter(proxy.url, namespace, ttl=2)
+    direct.create("late", 1)
+    holder = direct.acquire("late")
+    seen: dict[str, Any] = {}
+
+    def waiter() -> None:
+        try:
+            with limit("late", limiter=cut_off, timeout=20) as lease:
+                seen["enter"] = time.monotonic()
+                seen["token"] = lease.token
+                time.sleep(0.3)
+            seen["outcome"] = "ok"
+        except LeaseLost:
+            seen["outcome"] = "lost"
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    deadline = time.monotonic() + 10
+    while direct.broker.snapshot("late").n_waiters == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proxy.paused = True  # from here the waiter's requests and notifications are held back
+    assert holder.release()  # grants the waiter; the notification waits in the proxy
+    time.sleep(2.3)  # that lease expires: nobody renews it
+    second = direct.acquire("late", timeout=5)
+    proxy.paused = False  # the stale traffic arrives
+    time.sleep(0.1)
+    second_end = time.monotonic()
+    assert second.release()
+    t.join(30)
+    # either the waiter was told its (stale) lease was lost, or it ran only after `second` left,
+    # under a newer fencing token
+    if seen["outcome"] == "ok":
+        assert seen["enter"] >= second_end and seen["token"] > second.token, seen
+    snap = direct.broker.snapshot("late")
+    assert snap.used == 0 and snap.n_waiters == 0

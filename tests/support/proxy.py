@@ -7,6 +7,7 @@
                                              # replies are dropped and the connection is cut
         proxy.cut_request(b"EVALSHA")        # the next script call never reaches Redis (cut)
         proxy.blackhole = True               # swallow everything, keep sockets open (a freeze)
+        proxy.paused = True                  # hold everything back, deliver it when unpaused
         proxy.refuse = True                  # accept and close at once (Redis unreachable)
         proxy.cut_all()                      # reset every open connection now
         proxy.accepted                       # connection attempts seen so far
@@ -65,6 +66,7 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.delay = 0.0
         self.blackhole = False
+        self.paused = False
         self.refuse = False
         self.accepted = 0
         self.forwarded_requests = 0
@@ -168,6 +170,10 @@ class TcpProxy:
                     return True
         return False
 
+    def _hold(self) -> None:
+        while self.paused and not self._closed:
+            time.sleep(0.002)
+
     def _pump_up(self, conn: _Conn) -> None:
         """client -> Redis"""
         try:
@@ -177,6 +183,7 @@ class TcpProxy:
                     break
                 if self.blackhole:
                     continue
+                self._hold()
                 if self.delay:
                     time.sleep(self.delay)
                 if self._take(self._request_rules, chunk):
@@ -205,6 +212,7 @@ class TcpProxy:
                     break
                 if self.blackhole:
                     continue
+                self._hold()
                 if self.delay:
                     time.sleep(self.delay)
                 conn.client.sendall(chunk)
