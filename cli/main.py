@@ -60,7 +60,7 @@ class SlotkeeperGroup(click.Group):
     "--url",
     envvar=ENV_URL,
     metavar="URL",
-    help="Redis URL (redis://, rediss://, unix://, redis+sentinel://). Default: "
+    help="Redis URL (redis://, rediss://, unix://, redis+sentinel://, redis+cluster://). Default: "
     "$SLOTKEEPER_URL, else the embedded broker.",
 )
 @click.option(
