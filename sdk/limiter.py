@@ -203,9 +203,11 @@ class Limiter:
                             f"no slot on {', '.join(req.names)} within {req.timeout:g} s")
                     break
                 res = ask()
-        except BaseException:
-            # interrupted while waiting (timeout error, KeyboardInterrupt, cancellation): withdraw
-            if wait:
+        except BaseException as exc:
+            # interrupted while waiting (timeout error, KeyboardInterrupt, cancellation) or the
+            # broker became unreachable after a request went out: withdraw the ticket, and give
+            # back a lease granted to a reply we never saw (else it would only expire by TTL)
+            if wait or (asked and isinstance(exc, BrokerUnavailable)):
                 try:
                     c = broker.cancel(req.names, lid, timed_out=False)
                     if c.status == R.GRANTED:
