@@ -72,19 +72,28 @@ class limit:  # noqa: N801 - reads like a function at the call site
     def _limiter(self) -> Limiter:
         return self.limiter or get_limiter()
 
-    def _stack(self) -> list[Lease]:
-        key = "stack"
+    def _stack_key(self) -> str:
         try:
             task = asyncio.current_task()
         except RuntimeError:
             task = None
-        if task is not None:
-            key = f"stack-{id(task)}"
+        return "stack" if task is None else f"stack-{id(task)}"
+
+    def _push(self, lease: Lease) -> None:
+        key = self._stack_key()
         st: list[Lease] | None = getattr(self._local, key, None)
         if st is None:
             st = []
             setattr(self._local, key, st)
-        return st
+        st.append(lease)
+
+    def _pop(self) -> Lease:
+        key = self._stack_key()
+        st: list[Lease] = getattr(self._local, key)
+        lease = st.pop()
+        if not st:
+            delattr(self._local, key)  # no per-task entries left behind by finished tasks
+        return lease
 
     def acquire(self) -> Lease:
         return self._limiter().acquire(*self.names, **self.kwargs)
@@ -99,21 +108,21 @@ class limit:  # noqa: N801 - reads like a function at the call site
 
     def __enter__(self) -> Lease:
         lease = self.acquire()
-        self._stack().append(lease)
+        self._push(lease)
         return lease
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._finish(self._stack().pop(), et is not None)
+        self._finish(self._pop(), et is not None)
 
     async def __aenter__(self) -> Lease:
         lease = await self.acquire_async()
-        self._stack().append(lease)
+        self._push(lease)
         return lease
 
     async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
                         tb: TracebackType | None) -> None:
-        self._finish(self._stack().pop(), et is not None)
+        self._finish(self._pop(), et is not None)
 
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
         if inspect.iscoroutinefunction(fn):

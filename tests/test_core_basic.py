@@ -435,3 +435,19 @@ def test_holders_are_stored_records_not_counts(limiter: Limiter) -> None:
     # usage is derived from the records: deleting the record's holder entries frees the slots
     lease.release()
     assert limiter.broker.snapshot("rec").used == 0
+
+
+def test_shared_limit_object_across_many_tasks_leaves_nothing_behind(limiter: Limiter) -> None:
+    limiter.create("many", 3)
+    guard = limit("many", limiter=limiter)
+
+    async def job() -> None:
+        async with guard:
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        await asyncio.gather(*(job() for _ in range(50)))
+
+    asyncio.run(main())
+    assert vars(guard._local) == {}  # no per-task stacks left behind
+    assert limiter.broker.snapshot("many").used == 0
