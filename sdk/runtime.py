@@ -28,6 +28,11 @@ log = logging.getLogger("slotkeeper")
 LISTEN_POLL = 1.0       # listener loop tick (s)
 MIN_INTERVAL = 0.05     # heartbeat interval bounds (s)
 MAX_INTERVAL = 10.0
+
+
+def renew_interval(ttl_ms: int) -> float:
+    """Heartbeat period for a lease or ticket of ``ttl_ms``: a third of its TTL, bounded."""
+    return min(MAX_INTERVAL, max(MIN_INTERVAL, ttl_ms / 3000.0))
 EARLY_MAX = 1000        # notifications kept for tickets not registered yet
 
 
@@ -165,7 +170,7 @@ class Runtime:
                 w.ttl_ms for w in self._waiting.values()]
         if not ttls:
             return MAX_INTERVAL
-        return min(MAX_INTERVAL, max(MIN_INTERVAL, min(ttls) / 3000.0))
+        return renew_interval(min(ttls))
 
     def beat(self) -> None:
         """One heartbeat round trip for everything this process holds or awaits."""
@@ -298,8 +303,7 @@ class Heartbeat:
                     daemon=True)
                 self._thread.start()
             elif ttl_ms is not None:
-                needed = min(MAX_INTERVAL, max(MIN_INTERVAL, ttl_ms / 3000.0))
-                wake = needed < self._interval
+                wake = renew_interval(ttl_ms) < self._interval
         if wake:
             self._wake.set()  # a new, shorter TTL: recompute the interval now
 
