@@ -447,3 +447,37 @@ def test_indented_fences_in_list_items_are_found() -> None:
     doc = "## H\n\n1. step:\n   ```bash\n   echo one\n   ```\n2. next\n"
     (block,) = parse_blocks("X.md", doc)
     assert (block.id, block.kind, block.code) == ("X.md > H > 1", "shell", "echo one\n")
+
+
+# -- what the docs say about the code --------------------------------------------------------------
+
+
+def test_no_file_refers_to_a_design_document_outside_the_repository() -> None:
+    outside = "DESIGN" + ".md"  # spelled apart so this file does not match itself
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout
+    hits = [
+        f
+        for f in files.split()
+        if (ROOT / f).is_file() and outside in (ROOT / f).read_text(errors="replace")
+    ]
+    assert not hits, f"{outside} is not in this repository, yet named in {hits}"
+
+
+def test_every_url_scheme_the_client_accepts_is_documented() -> None:
+    from slotkeeper.broker.connection import _SCHEMES
+
+    readme, deploy = ((ROOT / d).read_text() for d in DOCS)
+    for scheme in _SCHEMES:
+        if not scheme.startswith("rediss+"):  # the TLS forms are described once, generally
+            assert f"{scheme}://" in readme, f"README.md does not name {scheme}://"
+    assert "redis+cluster://" in deploy and "no cluster URL scheme" not in deploy
+
+
+def test_daemon_metrics_are_never_said_to_be_summed() -> None:
+    """Per-limit figures: `max by`, never `sum` (every daemon exports the same); the daemon's own
+    figures are read per instance: no paragraph about slotkeeper_daemon_* suggests a sum."""
+    for doc in DOCS:
+        for para in (ROOT / doc).read_text().split("\n\n"):
+            if "slotkeeper_daemon_*" in para:
+                rest = para.replace("never `sum`", "")
+                assert not re.search(r"\bsum\b", rest), f"{doc}: {para}"
