@@ -1,5 +1,5 @@
 -- release.lua — give a lease's slots back (or revoke it), then grant waiters that now fit.
--- KEYS: the fixed five + three per limit the lease holds (see _lib.lua).
+-- KEYS: the fixed six + five per limit the lease holds (see _lib.lua).
 -- ARGV: n, names..., id, kind ('release' | 'revoke')
 -- Returns: {0 OK} | {6 LOST} (expired, revoked or unknown: frees nothing)
 --        | {11 NEED_KEYS, name} (the caller did not pass every limit the lease holds; nothing done)
@@ -24,4 +24,6 @@ for _, name in ipairs(rec.n) do
   purge_holders(name, PURGE_BATCH)
   grant_pass(name)
 end
+for _, name in ipairs(rec.n) do cfg(name) end
+touch(rec.n)
 return {0}
