@@ -198,7 +198,8 @@ class Broker:
         for _ in range(NEED_KEYS_RETRIES):
             keys = self.keys.for_limits(full)
             argv: list[Any] = [len(full), *full, *args]
-            reply = self._call(lambda: self._scripts.run(script, keys, argv), retries, on_retry)
+            reply = self._call(lambda k=keys, a=argv: self._scripts.run(script, k, a),  # type: ignore[misc]
+                               retries, on_retry)
             if not (isinstance(reply, list) and reply and reply[0] == R.NEED_KEYS
                     and len(reply) > 1 and is_template(_s(reply[1]))):
                 return reply
@@ -432,7 +433,7 @@ class Broker:
         """(key, last activity ms) of the keys made from a template, most recent first."""
         raw = self._call(lambda: self.redis.zrange(
             self.keys.template_keys(template), 0, limit - 1, desc=True, withscores=True))
-        return [(_s(k), int(v)) for k, v in raw]
+        return [(_s(item[0]), int(item[1])) for item in raw]
 
     def reap_idle(self, template: str, batch: int = 200) -> int:
         """Remove keys of a template idle for its --idle-ttl (bounded calls); returns how many."""

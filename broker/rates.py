@@ -14,9 +14,17 @@ from slotkeeper.broker.errors import InvalidArgument, InvalidType
 
 UNITS_MS = {"s": 1000, "min": 60_000, "h": 3_600_000}
 _ALIASES = {
-    "s": "s", "sec": "s", "second": "s", "seconds": "s",
-    "min": "min", "minute": "min", "minutes": "min",
-    "h": "h", "hr": "h", "hour": "h", "hours": "h",
+    "s": "s",
+    "sec": "s",
+    "second": "s",
+    "seconds": "s",
+    "min": "min",
+    "minute": "min",
+    "minutes": "min",
+    "h": "h",
+    "hr": "h",
+    "hour": "h",
+    "hours": "h",
 }
 MAX_UNITS = 10**9
 MAX_PERIOD_MS = 7 * 86_400_000

@@ -33,6 +33,7 @@ from slotkeeper.broker.errors import (
 from slotkeeper.broker.keys import check_namespace
 from slotkeeper.lease import Lease
 from slotkeeper.naming import check_template, host_name, resolve, worker_name
+from slotkeeper.reservation import Reservation
 from slotkeeper.runtime import Runtime, Waiting, new_id, runtime_for
 
 log = logging.getLogger("slotkeeper")
@@ -133,8 +134,8 @@ class Limiter:
         )
 
     def _flow(self, req: Request, on_lost: Callable[[Lease], None] | None,
-              waiting_hook: Callable[[Waiting], None] | None = None,
-              ) -> Generator[tuple[Waiting, float], str | None, Lease]:
+              waiting_hook: Callable[[Waiting], None] | None = None, units_only: bool = False,
+              ) -> Generator[tuple[Waiting, float], str | None, Lease | Reservation]:
         rt = self.runtime
         broker = rt.broker
         meta = R.pack_meta(host_name(), os.getpid(), worker_name(self.worker), req.label)
@@ -155,14 +156,19 @@ class Limiter:
                 req.names, lid, occupy=req.occupy, ttl_ms=req.ttl_ms,
                 default_ttl_ms=default_ttl_ms, priority=req.priority, wait=wait,
                 channel=rt.channel, meta=meta, default_slots=req.default_slots,
-                recheck=recheck)
+                recheck=recheck, units_only=units_only)
+
+        def withdraw(timed_out: bool) -> R.AcquireResult:
+            return broker.cancel(req.names, lid, timed_out=timed_out,
+                                 units_only_occupy=req.occupy if units_only else 0)
 
         started = time.monotonic()
         w: Waiting | None = None
         try:
             res = ask()  # from here on a ticket may exist (when wait): withdraw it if interrupted
             if res.status == R.BUSY:
-                raise AcquireTimeout(f"no free slot on {', '.join(req.names)} (timeout=0)")
+                what = "rate units" if units_only else "free slot"
+                raise AcquireTimeout(f"no {what} on {', '.join(req.names)} (timeout=0)")
             while res.status != R.GRANTED:
                 if res.status == R.LOST:  # our ticket expired (e.g. we were paused): ask anew
                     lid = new_id()
@@ -181,6 +187,8 @@ class Limiter:
                 pause = FALLBACK_CHECK
                 if res.next_check_ms > 0:
                     pause = min(pause, res.next_check_ms / 1000.0 + 0.005)
+                if res.due_ms > 0:  # rate units due then: ask exactly then (pushed, not polled)
+                    pause = min(pause, res.due_ms / 1000.0)
                 remaining = None
                 if req.timeout is not None:
                     remaining = req.timeout - (time.monotonic() - started)
@@ -191,16 +199,21 @@ class Limiter:
                     res = R.AcquireResult(R.GRANTED, token=int(token), expires_ms=int(exp),
                                           ttl_ms=int(ttl))
                     break
+                if msg and msg.startswith("d "):  # the broker moved our due time
+                    res = R.AcquireResult(R.QUEUED, due_ms=max(1, int(msg.split()[1])))
+                    if req.timeout is None or time.monotonic() - started < req.timeout:
+                        continue
                 if msg and msg.startswith("x"):
                     parts = msg.split(" ", 2)
                     if parts[1] == "missing":
                         raise LimitNotFound(parts[2], self.namespace)
                     raise OccupyExceedsLimit(parts[2], req.occupy, broker.limit_slots(parts[2]))
                 if req.timeout is not None and time.monotonic() - started >= req.timeout:
-                    res = broker.cancel(req.names, lid, timed_out=True)
+                    res = withdraw(True)
                     if res.status != R.GRANTED:
+                        what = "rate units" if units_only else "slot"
                         raise AcquireTimeout(
-                            f"no slot on {', '.join(req.names)} within {req.timeout:g} s")
+                            f"no {what} on {', '.join(req.names)} within {req.timeout:g} s")
                     break
                 res = ask()
         except BaseException as exc:
@@ -209,8 +222,8 @@ class Limiter:
             # back a lease granted to a reply we never saw (else it would only expire by TTL)
             if wait or (asked and isinstance(exc, BrokerUnavailable)):
                 try:
-                    c = broker.cancel(req.names, lid, timed_out=False)
-                    if c.status == R.GRANTED:
+                    c = withdraw(False)
+                    if c.status == R.GRANTED and not units_only:
                         broker.release(req.names, lid)
                 except Exception:
                     log.warning("slotkeeper: could not withdraw ticket %s; it expires by TTL", lid)
@@ -218,6 +231,8 @@ class Limiter:
         finally:
             if w is not None:
                 rt.drop_waiting(w)
+        if units_only:
+            return Reservation(broker, lid, req.names, req.occupy)
         ttl_ms = res.ttl_ms or req.ttl_ms or default_ttl_ms  # the script may pick the limit's ttl
         lease = Lease(rt, lid, req.names, req.occupy, res.token, res.expires_ms, ttl_ms, on_lost)
         rt.add_lease(lease)
@@ -239,6 +254,7 @@ class Limiter:
             while True:
                 w, pause = step
                 step = flow.send(w.wait(pause))
+        assert isinstance(out.lease, Lease)
         return out.lease
 
     async def acquire_async(self, *names: str, occupy: int = 1, timeout: float | None = None,
@@ -255,6 +271,37 @@ class Limiter:
             while True:
                 w, pause = step
                 step = flow.send(await w.await_msg(pause))
+        assert isinstance(out.lease, Lease)
+        return out.lease
+
+    def rate_limit(self, *names: str, occupy: int = 1, timeout: float | None = None,
+                   priority: int = 0, label: str | None = None) -> Reservation:
+        """Take ``occupy`` units of every named limit's rate at once (blocking); nothing to
+        release. The returned reservation can be settled to the true cost afterwards:
+        ``rate_limit("llm", occupy=1000).settle(730)``. Every named limit needs a rate."""
+        req = self.request(names, occupy=occupy, timeout=timeout, priority=priority,
+                           label=label)
+        flow = self._flow(req, None, units_only=True)
+        with _Outcome(self, req, flow, True, False) as out:
+            step = next(flow)
+            while True:
+                w, pause = step
+                step = flow.send(w.wait(pause))
+        assert isinstance(out.lease, Reservation)
+        return out.lease
+
+    async def rate_limit_async(self, *names: str, occupy: int = 1, timeout: float | None = None,
+                               priority: int = 0, label: str | None = None) -> Reservation:
+        """Like :meth:`rate_limit`, waiting without blocking the event loop."""
+        req = self.request(names, occupy=occupy, timeout=timeout, priority=priority,
+                           label=label)
+        flow = self._flow(req, None, waiting_hook=Waiting.bind_loop, units_only=True)
+        with _Outcome(self, req, flow, True, False) as out:
+            step = next(flow)
+            while True:
+                w, pause = step
+                step = flow.send(await w.await_msg(pause))
+        assert isinstance(out.lease, Reservation)
         return out.lease
 
     def _make_durable(self, lease: Lease, timeout_ms: int = 2000) -> None:
@@ -302,10 +349,11 @@ class _Outcome:
     always closed — if the caller was interrupted outside it (KeyboardInterrupt, task
     cancellation), closing withdraws the ticket now instead of whenever it is collected."""
 
-    lease: Lease
+    lease: Lease | Reservation
 
     def __init__(self, limiter: Limiter, req: Request,
-                 flow: Generator[tuple[Waiting, float], str | None, Lease], strict: bool,
+                 flow: Generator[tuple[Waiting, float], str | None, Lease | Reservation],
+                 strict: bool,
                  durable: bool) -> None:
         self.limiter, self.req, self.flow = limiter, req, flow
         self.strict, self.durable = strict, durable
@@ -318,7 +366,7 @@ class _Outcome:
         try:
             if isinstance(ev, StopIteration):
                 self.lease = ev.value
-                if self.durable:
+                if self.durable and isinstance(self.lease, Lease):
                     self.limiter._make_durable(self.lease)
                 return True
             if isinstance(ev, LimitNotFound) and not self.strict:
