@@ -360,37 +360,37 @@ local function wait_bucket(ms)
 end
 
 -- Can a request be granted now? Returns true, or false, the names that block it, and when its
--- rate units are due if only rates block it (0 otherwise). `queued`: it is a waiting ticket (else
--- a newcomer, which passes a head only with a higher priority).
+-- rate units are due (0: not waiting for a rate). A request waiting for rate units is judged by
+-- them alone until they are due: it names only its rate-blocked limits (and stands aside in the
+-- others' queues, see deferred), whatever their slots look like meanwhile. `queued`: it is a
+-- waiting ticket (else a newcomer, which passes a head only with a higher priority).
 local function assess(id, names, occ, prio, units_only, queued)
-  local w, due, rate_only = {}, 0, true
+  local rate_w, other_w, due = {}, {}, 0
   for _, name in ipairs(names) do
     local c = cfg(name)
     if c.enabled and not (units_only and c.template) then
-      local blocked = false
+      local rd, other = 0, false
       local h, hrec = eff_head(name, id)
       if h and h ~= id and (queued or prio <= (tonumber(hrec.p) or 0)) then
-        blocked = true
         local hd = tonumber(hrec.d) or 0
-        if hd > NOW and in_list(hrec.w, name) then
-          if hd > due then due = hd end        -- behind a head that waits for this rate
-        else
-          rate_only = false
-        end
-      elseif not units_only and c.slots and used(name) + occ > c.slots then
-        blocked, rate_only = true, false
-      elseif c.rate_n then
-        local dd = rate_due(name, c, occ)
-        if dd > NOW then
-          blocked = true
-          if dd > due then due = dd end
-        end
+        if hd > NOW and in_list(hrec.w, name) then rd = hd else other = true end
       end
-      if blocked then table.insert(w, name) end
+      if not units_only and c.slots and used(name) + occ > c.slots then other = true end
+      if c.rate_n and not c.template then
+        local dd = rate_due(name, c, occ)
+        if dd > NOW and dd > rd then rd = dd end
+      end
+      if rd > 0 then
+        table.insert(rate_w, name)
+        if rd > due then due = rd end
+      elseif other then
+        table.insert(other_w, name)
+      end
     end
   end
-  if #w == 0 then return true end
-  return false, w, rate_only and due or 0
+  if #rate_w > 0 then return false, rate_w, due end
+  if #other_w > 0 then return false, other_w, 0 end
+  return true
 end
 
 -- Create a lease record and its holder entries; returns token, expiry.
