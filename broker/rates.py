@@ -111,4 +111,6 @@ def duration_text(secs: float) -> str:
     for unit, ms in (("h", 3_600_000), ("min", 60_000)):
         if (secs * 1000) % ms == 0:
             return f"{int(secs * 1000 // ms)}{unit}"
-    return f"{secs:g}s"
+    if float(secs).is_integer():
+        return f"{int(secs)}s"
+    return f"{secs}s"

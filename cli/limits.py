@@ -79,7 +79,7 @@ def settings(
         if spread and "rate" not in out and creating:
             raise InvalidArgument("--spread needs --rate")
         if max_waiters is not None:
-            if max_waiters < 0:
+            if max_waiters == -1 and not creating:
                 unset.append("max_waiters")
             else:
                 out["max_waiters"] = check_max_waiters(max_waiters)
