@@ -105,12 +105,13 @@ def check_total(v: object) -> int:
 
 
 def check_names(names: Iterable[object]) -> tuple[str, ...]:
-    out = tuple(check_name(n) for n in names)
-    for n in out:
-        if is_template(n):
+    names = list(names)
+    for n in names:
+        if isinstance(n, str) and is_template(n) and n != "*":
             raise InvalidArgument(
                 f"{n!r} is a template: acquire a name made from it (e.g. {template_prefix(n)}acme)"
             )
+    out = tuple(check_name(n) for n in names)
     if not out:
         raise InvalidArgument("at least one limit name is required")
     if len(set(out)) != len(out):
@@ -351,7 +352,7 @@ class Broker:
         """Create a limit (or a template: a name ending in '*'). It needs slots, a rate, or both."""
         name = check_limit_name(name)
         if slots is None and rate is None:
-            raise InvalidArgument(f"limit {name!r} needs slots or a rate (--slots N, --rate N/P)")
+            raise InvalidType(f"limit {name!r}: slots must be an int (or give a rate: N/s, N/min)")
         if slots is not None:
             check_slots(slots)
         if spread and rate is None:
@@ -385,7 +386,7 @@ class Broker:
         return bool(int(reply[1])), [_s(x) for x in reply[2:]]
 
     def delete_limit(self, name: str) -> None:
-        name = check_name(name)
+        name = check_limit_name(name)
         while True:
             reply = self._run("limit_delete", [name], [DELETE_BATCH])
             code = int(reply[0])
@@ -401,7 +402,7 @@ class Broker:
         return sorted(_s(x) for x in raw)
 
     def snapshot(self, name: str, max_items: int = 1000) -> R.Snapshot:
-        name = check_name(name)
+        name = check_limit_name(name)
         reply = self._run("snapshot", [name], [max_items])
         if int(reply[0]) == R.NOT_FOUND:
             raise LimitNotFound(name, self.namespace)

@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.errors import BrokerUnavailable, SlotkeeperError
-from slotkeeper.broker.keys import check_name
+from slotkeeper.broker.keys import check_limit_name
 from slotkeeper.broker.metrics import (
     MetricsServer,
     ProblemLog,
@@ -232,7 +232,7 @@ class Daemon:
             if self._stop:
                 break
             try:
-                check_name(name)
+                check_limit_name(name)
             except SlotkeeperError as exc:
                 self._limit_failed(name, f"limit {name!r} has an unusable name: {exc}")
                 errors += 1

@@ -69,13 +69,17 @@ def template_prefix(name: str) -> str:
 
 
 def check_limit_name(name: object) -> str:
-    """A name to create: a limit name where ``*`` may only end it (a template)."""
-    n = check_name(name)
-    if "*" in n[:-1]:
-        raise InvalidName(f"limit name {n!r}: '*' may only be the last character (a template)")
-    if n == "*":
-        raise InvalidName("a template needs a prefix before '*' (e.g. 'tenant:*')")
-    return n
+    """A limit or a template: a limit name, or one followed by ``*`` (``tenant:*``)."""
+    if isinstance(name, str) and name.endswith("*"):
+        if name == "*":
+            raise InvalidName("a template needs a prefix before '*' (e.g. 'tenant:*')")
+        if len(name) > MAX_NAME:
+            raise InvalidName(
+                f"limit name is {len(name)} characters long; the maximum is {MAX_NAME}"
+            )
+        check_name(name[:-1])
+        return name
+    return check_name(name)
 
 
 def check_name(name: object) -> str:
@@ -90,6 +94,11 @@ def check_name(name: object) -> str:
         raise InvalidName(f"limit name {name!r} contains non-printable characters")
     if name != name.strip():
         raise InvalidName(f"limit name {name!r} has leading or trailing whitespace")
+    if "*" in name:
+        raise InvalidName(
+            f"limit name {name!r}: '*' may only be the last character (a template, created with "
+            "`slotkeeper create 'prefix*'`; acquire names made from it)"
+        )
     if "{" in name or "}" in name:
         raise InvalidName(
             f"limit name {name!r} contains '{{' or '}}' (only the templates {{worker}} and "

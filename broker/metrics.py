@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.connection import redact
 from slotkeeper.broker.errors import BrokerError, BrokerUnavailable, SlotkeeperError
-from slotkeeper.broker.keys import WAIT_BUCKETS_MS, check_name
+from slotkeeper.broker.keys import WAIT_BUCKETS_MS, check_limit_name
 from slotkeeper.broker.records import Counters, Snapshot
 
 log = logging.getLogger("slotkeeper.metrics")
@@ -99,7 +99,7 @@ def read_limit(broker: Broker, name: str, sample: int = SAMPLE, count: bool = Tr
     ``count=False`` skips counting leases beyond the sample (config-only readers).
     Raises only BrokerUnavailable (Redis unreachable: nothing can be read)."""
     try:
-        check_name(name)
+        check_limit_name(name)
         snap = broker.snapshot(name, max_items=sample)
         if snap.used <= sample or not count:  # the holder list is complete
             leases = len(snap.holders)

@@ -438,7 +438,7 @@ def ls(app: App) -> None:
         for st in stats:
             s = st.snapshot
             if s is None:
-                rows.append([st.name, "?", "?", "?", "?", "UNREADABLE", "", ""])
+                rows.append([st.name, "?", "?", "?", "?", "?", "UNREADABLE", "", ""])
                 continue
             state = "yes" if s.config.enabled else "no"
             if st.problems:

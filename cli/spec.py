@@ -142,7 +142,7 @@ def parse(text: str, source: str = "<input>") -> list[LimitSpec]:
         try:
             name = check_limit_name(name)
             if item.get("slots") is None and item.get("rate") is None:
-                raise InvalidArgument("slots or rate is required")
+                raise InvalidArgument("slots is required (or a rate)")
             slots = None if item.get("slots") is None else check_slots(item["slots"])
             rate = None if item.get("rate") is None else str(parse_rate(str(item["rate"])))
             spread = item.get("spread", False)

@@ -110,8 +110,9 @@ def test_template_names_are_validated(limiter: Limiter) -> None:
     b.create_limit("v:*", 1)
     with pytest.raises(InvalidArgument):
         limiter.acquire("v:*")  # a template is not acquired itself
-    with pytest.raises(InvalidArgument):
-        b.create_limit("neither", None)
+    with pytest.raises(SlotkeeperError):
+        b.create_limit("neither", None)  # neither slots nor a rate
+    assert b.list_limits() == ["v:*"]
 
 
 def test_total_caps_the_sum_over_keys(limiter: Limiter) -> None:
