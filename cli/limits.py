@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 
-from slotkeeper.broker.client import check_max_waiters, check_total
 from slotkeeper.broker.errors import InvalidArgument, LimitHeld, LimitNotFound, SlotkeeperError
 from slotkeeper.broker.keys import check_limit_name, is_template
 from slotkeeper.broker.metrics import LimitStats, read_limit, read_limits, wait_quantile
+from slotkeeper.broker.protocol import check_max_waiters, check_total
 from slotkeeper.broker.rates import duration_text, parse_duration, parse_rate
 from slotkeeper.broker.records import Holder, Snapshot, Waiter
 from slotkeeper.cli.context import App, json_option, pass_app

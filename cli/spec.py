@@ -26,9 +26,9 @@ from typing import Any
 
 import yaml
 
-from slotkeeper.broker.client import check_max_waiters, check_slots, check_total, check_ttl
 from slotkeeper.broker.errors import InvalidArgument, SlotkeeperError
 from slotkeeper.broker.keys import check_limit_name, is_template
+from slotkeeper.broker.protocol import check_max_waiters, check_slots, check_total, check_ttl
 from slotkeeper.broker.rates import duration_text, parse_duration, parse_rate
 from slotkeeper.broker.records import DEFAULT_IDLE_TTL, LimitConfig
 

@@ -32,9 +32,11 @@
 -- limit's hash caches that sum (kept exact by the scripts, reset when the window is empty).
 -- An expired lease's record is deleted when any of its limits purges its holder entry (the record
 -- is garbage once expired; the other limits purge their own entries by score, without it).
--- Every time comes from redis TIME. Status codes returned by scripts (first element of the reply):
---   0 OK, 1 GRANTED, 2 QUEUED, 3 BUSY, 4 NOT_FOUND, 5 OCCUPY_EXCEEDS, 6 LOST, 7 CANCELLED,
---   8 EXISTS, 9 HELD, 10 REJECTED, 11 NEED_KEYS, 12 MORE, 13 QUEUE_FULL
+-- Every time comes from redis TIME. Status codes (first element of a reply: OK, GRANTED, QUEUED,
+-- BUSY, NOT_FOUND, OCCUPY_EXCEEDS, LOST, CANCELLED, EXISTS, HELD, REJECTED, NEED_KEYS, MORE,
+-- QUEUE_FULL) are Lua locals declared by a line the script registry generates from
+-- slotkeeper.broker.codes.Status and puts before this prelude: scripts return them by name, never
+-- as bare numbers.
 
 local K_LIMITS, K_LEASES = KEYS[1], KEYS[2]
 local K_TICKETS, K_TICKET_EXP, K_FENCE, K_TEMPLATES = KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -433,7 +435,8 @@ local function exceeds(c, occ, units_only)
 end
 
 -- Can this waiting ticket be granted now? 'g' (granted: token, expiry; ttl is rec.l), 'w' (keep waiting),
--- 'r' (needs limits whose keys were not passed: its owner must retry), 'x' (rejected: reason, name).
+-- 'r' (needs limits whose keys were not passed: its owner must retry), 'x' (rejected: reason, name,
+-- the cap it exceeds or 0).
 local function try_grant_ticket(id, rec)
   for _, name in ipairs(rec.n) do
     if not LIM[name] then return 'r' end
@@ -443,11 +446,10 @@ local function try_grant_ticket(id, rec)
     local c = cfg(name)
     if not c then
       if NEEDKEY[name] then return 'r' end
-      return 'x', 'missing', name
+      return 'x', 'missing', name, 0
     end
-    if not (units_only and c.template) and exceeds(c, rec.o, units_only) then
-      return 'x', 'exceeds', name
-    end
+    local cap = not (units_only and c.template) and exceeds(c, rec.o, units_only)
+    if cap then return 'x', 'exceeds', name, cap end
   end
   local ok, w, d = assess(id, rec.n, rec.o, tonumber(rec.p) or 0, units_only, true)
   if not ok then
@@ -480,13 +482,13 @@ local function grant_pass(name)
     elseif deferred(rec, name) then
       idx = idx + 1
     else
-      local st, a, b = try_grant_ticket(id, rec)
+      local st, a, b, cap = try_grant_ticket(id, rec)
       if st == 'g' then
         notify(rec, id, 'g ' .. fmt(a) .. ' ' .. fmt(b) .. ' ' .. fmt(rec.l))
         granted = granted + 1
       elseif st == 'x' then
         drop_ticket(id, rec)
-        notify(rec, id, 'x ' .. a .. ' ' .. b)
+        notify(rec, id, 'x ' .. a .. ' ' .. fmt(cap) .. ' ' .. b)   -- x <reason> <cap> <name>
       elseif st == 'r' then
         notify(rec, id, 'r')
         break

@@ -8,10 +8,10 @@
 --       notification of its lost incarnation can never pass for a grant of a new one),
 --       channel, meta (msgpack map), default_slots (-1 = none),
 --       units_only (1: rate_limit -- take rate units only, no lease; every limit needs a rate)
--- Returns: {1 GRANTED, token, expiry_ms, ttl_ms} (token 0 for units only)
---        | {2 QUEUED, position, ms_until_next_holder_expiry, ms_until_rate_units_due}
---        | {3 BUSY} | {4 NOT_FOUND, name} | {5 OCCUPY_EXCEEDS, name, cap} | {6 LOST}
---        | {10 REJECTED, reason, name} | {11 NEED_KEYS, template} | {13 QUEUE_FULL, name, max}
+-- Returns: {GRANTED, token, expiry_ms, ttl_ms} (token 0 for units only)
+--        | {QUEUED, position, ms_until_next_holder_expiry, ms_until_rate_units_due}
+--        | {BUSY} | {NOT_FOUND, name} | {OCCUPY_EXCEEDS, name, cap} | {LOST}
+--        | {REJECTED, reason, name, cap} | {NEED_KEYS, template} | {QUEUE_FULL, name, max}
 -- Idempotent on id: a re-sent call returns the same lease (or, units only, finds its batch in the
 -- window), or re-examines the same ticket (that is how a waiter told 'r' or 'd' asks again).
 -- Complexity: O(n * (log N + purge batch)) for n limits with N holders each.
@@ -31,8 +31,8 @@ gc(GC_BATCH)
 
 local lease = load(K_LEASES, id)
 if lease then
-  if tonumber(lease.e) > NOW then return {1, lease.t, lease.e, lease.l} end
-  return {6}
+  if tonumber(lease.e) > NOW then return {GRANTED, lease.t, lease.e, lease.l} end
+  return {LOST}
 end
 
 local REQ = {}
@@ -42,7 +42,7 @@ end
 
 for _, name in ipairs(REQ) do
   local c = cfg(name)
-  if not c and NEEDKEY[name] then return {11, NEEDKEY[name]} end
+  if not c and NEEDKEY[name] then return {NEED_KEYS, NEEDKEY[name]} end
   if not c then
     local t = template_for(name)
     if t then
@@ -50,20 +50,20 @@ for _, name in ipairs(REQ) do
     elseif default_slots >= 0 and not units_only then
       create_limit(name, default_slots, 0, 1, '')
     else
-      return {4, name}
+      return {NOT_FOUND, name}
     end
     c = cfg(name)
-    if not c then return {4, name} end
+    if not c then return {NOT_FOUND, name} end
   end
-  if units_only and not c.rate_n then return {10, 'norate', name} end
+  if units_only and not c.rate_n then return {REJECTED, 'norate', name, 0} end
   local cap = exceeds(c, occ, units_only)
-  if cap then return {5, name, cap} end
+  if cap then return {OCCUPY_EXCEEDS, name, cap} end
 end
 
 if units_only then
   -- granted before (a re-sent call, or a grant whose notification was lost)?
   for _, name in ipairs(REQ) do
-    if redis.call('ZSCORE', LIM[name].rate, id .. ' ' .. occ) then return {1, 0, 0, 0} end
+    if redis.call('ZSCORE', LIM[name].rate, id .. ' ' .. occ) then return {GRANTED, 0, 0, 0} end
   end
 end
 
@@ -73,7 +73,7 @@ if not units_only then
     local c = cfg(name)
     if c.template then
       local cap = exceeds(c, occ, false)
-      if cap then return {5, name, cap} end
+      if cap then return {OCCUPY_EXCEEDS, name, cap} end
     end
   end
 end
@@ -83,19 +83,19 @@ local ticket = load(K_TICKETS, id)
 if ticket then
   if tonumber(ticket.e) <= NOW then
     drop_ticket(id, ticket)
-    return {6}
+    return {LOST}
   end
-  local st, a, b = try_grant_ticket(id, ticket)
-  if st == 'g' then return {1, a, b, ticket.l} end
+  local st, a, b, cap = try_grant_ticket(id, ticket)
+  if st == 'g' then return {GRANTED, a, b, ticket.l} end
   if st == 'x' then
     drop_ticket(id, ticket)
-    return {10, a, b}
+    return {REJECTED, a, b, cap}
   end
   local pos, next_exp, due = queue_info(id, ticket)
-  return {2, pos, next_exp, due}
+  return {QUEUED, pos, next_exp, due}
 end
 
-if recheck then return {6} end  -- its ticket is gone (expired, or granted and that lease lost)
+if recheck then return {LOST} end  -- its ticket is gone (expired, or granted and that lease lost)
 
 if ttl <= 0 then
   for _, name in ipairs(REQ) do
@@ -108,9 +108,9 @@ end
 local ok, w, d = assess(id, EFF, occ, prio, units_only, false)
 if ok then
   local token, exp = grant(id, EFF, occ, meta, ttl, 0, units_only)
-  return {1, token, exp, ttl}
+  return {GRANTED, token, exp, ttl}
 end
-if not wait then return {3} end
+if not wait then return {BUSY} end
 
 -- backpressure: the request that would be the (max+1)-th waiter of a limit fails at once
 for _, name in ipairs(REQ) do
@@ -119,7 +119,7 @@ for _, name in ipairs(REQ) do
     hincr(LIM[name].cfg, 'c_rejected', 1)
     if c.tpl then hincr(LIM[c.tpl].cfg, 'c_rejected', 1) end
     touch({name})
-    return {13, name, c.maxw}
+    return {QUEUE_FULL, name, c.maxw}
   end
 end
 
@@ -139,4 +139,4 @@ for _, name in ipairs(EFF) do
 end
 touch(REQ)
 local pos, next_exp, due = queue_info(id, rec)
-return {2, pos, next_exp, due}
+return {QUEUED, pos, next_exp, due}

@@ -5,8 +5,8 @@
 --       slots (a number, or 'none' with a rate), ttl (ms), enabled (1/0), desc, rate_n, rate_p (ms;
 --       '' removes the rate), spread (1/0), maxw ('' = no cap), total ('' = none; templates),
 --       idle (ms; templates)
--- Returns: {0 OK, created (1/0), changed field names...} | {8 EXISTS, name} | {4 NOT_FOUND, name}
---        | {10 REJECTED, 'invalid', name} (the result would have neither slots nor a rate: nothing
+-- Returns: {OK, created (1/0), changed field names...} | {EXISTS, name} | {NOT_FOUND, name}
+--        | {REJECTED, 'invalid', name, 0} (the result would have neither slots nor a rate: nothing
 --          written)
 -- Lowering slots or a rate never evicts holders nor forgets granted units; new acquires wait.
 -- Changing a template changes every key made from it (keys read the template's config).
@@ -15,8 +15,8 @@ local mode = ARGV[A0 + 1]
 local key = LIM[name].cfg
 local c0 = cfg(name)
 local exists = c0 ~= nil and not c0.tpl   -- a key made from a template becomes a limit of its own
-if mode == 'create' and exists then return {8, name} end
-if mode == 'update' and not exists then return {4, name} end
+if mode == 'create' and exists then return {EXISTS, name} end
+if mode == 'update' and not exists then return {NOT_FOUND, name} end
 -- the config as it would be after the change must be usable
 local cur = redis.call('HMGET', key, unpack(FIELDS))
 local merged = {}
@@ -26,7 +26,7 @@ for i = A0 + 2, #ARGV, 2 do merged[ARGV[i]] = ARGV[i + 1] end
 local view = {}
 for i, f in ipairs(FIELDS) do view[i] = merged[f] end
 view[10] = nil
-if not parse_settings(view) then return {10, 'invalid', name} end
+if not parse_settings(view) then return {REJECTED, 'invalid', name, 0} end
 local created = 0
 if not exists then
   if c0 and c0.tpl then
@@ -54,4 +54,4 @@ if #changed > 0 then redis.call('HSET', key, 'updated', NOW) end
 CFG[name] = nil
 purge_holders(name, PURGE_BATCH)
 grant_pass(name)
-return {0, created, unpack(changed)}
+return {OK, created, unpack(changed)}

@@ -8,7 +8,7 @@
 local tname = NAMES[1]
 local t = cfg(tname)
 local removed, busy = 0, 0
-if not t or not t.template then return {0, 0} end
+if not t or not t.template then return {removed, busy} end
 for i = 2, #NAMES do
   local name = NAMES[i]
   local L = LIM[name]

@@ -1,17 +1,17 @@
 -- release.lua — give a lease's slots back (or revoke it), then grant waiters that now fit.
 -- KEYS: the fixed six + five per limit the lease holds (see _lib.lua).
 -- ARGV: n, names..., id, kind ('release' | 'revoke')
--- Returns: {0 OK} | {6 LOST} (expired, revoked or unknown: frees nothing)
---        | {11 NEED_KEYS, name} (the caller did not pass every limit the lease holds; nothing done)
+-- Returns: {OK} | {LOST} (expired, revoked or unknown: frees nothing)
+--        | {NEED_KEYS, name} (the caller did not pass every limit the lease holds; nothing done)
 -- Complexity: O(n * (occupy * log N + grant pass)).
 local id = ARGV[A0 + 1]
 local kind = ARGV[A0 + 2]
 
 gc(GC_BATCH)
 local rec = load(K_LEASES, id)
-if not rec or tonumber(rec.e) <= NOW then return {6} end
+if not rec or tonumber(rec.e) <= NOW then return {LOST} end
 local miss = missing_key(rec.n)
-if miss then return {11, miss} end
+if miss then return {NEED_KEYS, miss} end
 
 redis.call('HDEL', K_LEASES, id)
 local mem = members(id, tonumber(rec.o))
@@ -26,4 +26,4 @@ for _, name in ipairs(rec.n) do
 end
 for _, name in ipairs(rec.n) do cfg(name) end
 touch(rec.n)
-return {0}
+return {OK}

@@ -3,7 +3,7 @@
 -- changes. Fewer units may let waiters in at once (grant pass); more only delay later grants.
 -- KEYS: the fixed six + five per limit of the request (see _lib.lua).
 -- ARGV: n, names..., id, units_taken (what the batch holds now), units_true
--- Returns: {0 OK, settled} (limits whose window still held the batch) | {6 LOST} (no batch in
+-- Returns: {OK, settled} (limits whose window still held the batch) | {LOST} (no batch in
 --          any window any more: it left the window, or was never granted)
 -- Complexity: O(n * (log N + grant pass)).
 local id = ARGV[A0 + 1]
@@ -29,5 +29,5 @@ for _, name in ipairs(NAMES) do
     end
   end
 end
-if settled == 0 then return {6} end
-return {0, settled}
+if settled == 0 then return {LOST} end
+return {OK, settled}

@@ -2,7 +2,7 @@
 -- rate use.
 -- KEYS: the fixed six + five for the one limit, then five per matching template (see _lib.lua).
 -- ARGV: n, name, templates..., max_items
--- Returns: {4 NOT_FOUND} or {0, config_and_counters (flat HGETALL), used, now_ms,
+-- Returns: {NOT_FOUND} or {0, config_and_counters (flat HGETALL), used, now_ms,
 --           holders {id, raw record, ...}, waiters {id, raw record, score, ...}, n_holders, n_waiters,
 --           template name ('' if none), template config (flat HGETALL; {} if none),
 --           units in the rate window, ms until the window has room for one unit (0: now),
@@ -12,7 +12,7 @@
 local name = NAMES[1]
 local max = tonumber(ARGV[A0 + 1])
 local L = LIM[name]
-if redis.call('EXISTS', L.cfg) == 0 then return {4} end
+if redis.call('EXISTS', L.cfg) == 0 then return {NOT_FOUND} end
 local conf = redis.call('HGETALL', L.cfg)
 local c = cfg(name)
 local tname, tconf = '', {}
@@ -53,6 +53,6 @@ if c and c.rate_n and not c.template then
     room = b[2] + c.rate_p - NOW
   end
 end
-return {0, conf, used(name), NOW, holders, waiters,
+return {OK, conf, used(name), NOW, holders, waiters,
   redis.call('ZCARD', L.holders), redis.call('ZCARD', L.queue), tname, tconf, in_window, room,
   redis.call('ZCARD', L.members)}
