@@ -339,6 +339,8 @@ def template_keys(keys: Keys, template: str, limit: int) -> Op[list[tuple[str, i
     """(key, last activity ms) of the keys made from a template, most recent first."""
 
     def parse(raw: Any) -> list[tuple[str, int]]:
+        if raw and isinstance(raw[0], list | tuple):  # a client that pairs WITHSCORES replies
+            raw = [x for pair in raw for x in pair]
         return [(s(raw[i]), int(float(s(raw[i + 1])))) for i in range(0, len(raw), 2)]
 
     return Op(parse, command=("ZRANGE", keys.template_keys(template), 0, limit - 1, "REV",
