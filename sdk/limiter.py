@@ -52,8 +52,10 @@ ENV_OP_TIMEOUT = "SLOTKEEPER_OP_TIMEOUT"
 # A call with a timeout returns within timeout + 1 s whatever Redis does: the last acquire round
 # trip may run until timeout + ASK_GRACE, withdrawing the ticket until timeout + CANCEL_GRACE
 # (what cannot be withdrawn by then is withdrawn in the background, or expires by its TTL).
-ASK_GRACE = 0.5
-CANCEL_GRACE = 0.9
+ASK_GRACE = 0.3
+CANCEL_GRACE = 0.6
+CLEANUP_MAX = 1.0    # s: withdrawing after a failure never takes longer (then: in the background)
+LISTENER_WAIT = 2.0  # s: at most this (and a quarter of the call's budget) for the first subscribe
 DURABLE_WAIT_MS = 2000
 
 
@@ -276,7 +278,17 @@ class Limiter:
                     reason, slots, name = rejected
                     raise P.rejection(reason, name, slots, self.namespace, req.occupy)
                 if t_end is not None and time.monotonic() >= t_end:
-                    res = yield withdraw(True, CANCEL_GRACE)
+                    try:
+                        res = yield withdraw(True, CANCEL_GRACE)
+                    except BrokerUnavailable as exc:
+                        # no slot in time is what the caller learns; the withdrawal (and the
+                        # release of a grant that raced it) goes on in the background
+                        pending = False
+                        rt.defer_withdrawal(req.names, lid, ticket_ttl_ms)
+                        raise AcquireTimeout(
+                            f"no {what} on {', '.join(req.names)} within {req.timeout:g} s "
+                            "(Redis did not answer the withdrawal in time; it is retried in the "
+                            "background)") from exc
                     if res.status != R.GRANTED:
                         pending = False
                         raise AcquireTimeout(
@@ -296,14 +308,14 @@ class Limiter:
             # if Redis cannot be reached by the deadline, the heartbeat thread keeps trying
             if pending and not isinstance(exc, (LimitNotFound, OccupyExceedsLimit)):
                 try:
-                    end = deadline(CANCEL_GRACE)
+                    end = min(deadline(CANCEL_GRACE), time.monotonic() + CLEANUP_MAX)
                     if end - time.monotonic() < 0.02:
                         raise BrokerUnavailable("no time left to withdraw")
                     c = yield Call(P.cancel(keys, req.names, lid, timed_out=False,
                                             units_only_occupy=req.occupy if units_only else 0),
                                    end)
                     if c.status == R.GRANTED and not units_only:
-                        yield Call(P.release(keys, req.names, lid), deadline(CANCEL_GRACE))
+                        yield Call(P.release(keys, req.names, lid), end)
                 except BaseException:  # unreachable, or interrupted again (e.g. a second
                     # cancellation while the event loop shuts down): finish it in the background
                     log.info("slotkeeper: could not withdraw ticket %s now; retrying in the "
@@ -332,8 +344,8 @@ class Limiter:
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
         rt = self.runtime
-        if req.timeout != 0:
-            rt.ensure_listener()
+        if req.timeout != 0:  # part of the call's budget: never past timeout / op timeout
+            rt.ensure_listener(min(LISTENER_WAIT, (req.timeout or self.op_timeout) / 4))
         transport = rt.broker.transport
         flow = self._flow(rt, req, on_lost)
         with _Outcome(req, flow, strict) as out:

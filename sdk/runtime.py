@@ -208,13 +208,18 @@ class Runtime:
 
     def release(self, lease: Lease) -> bool:
         self.drop_lease(lease)
-        return self.broker.release(lease.names, lease.id)
+        try:
+            return self.broker.release(lease.names, lease.id)
+        except SlotkeeperError:  # unreachable by the deadline: give it back in the background
+            self.defer_withdrawal(lease.names, lease.id, lease.ttl_ms)
+            raise
 
     async def release_async(self, lease: Lease) -> bool:
         self.drop_lease(lease)
         try:
             return await self.async_broker().release(lease.names, lease.id)
-        except asyncio.CancelledError:  # e.g. the event loop shuts down: release in the background
+        except (asyncio.CancelledError, SlotkeeperError):  # e.g. the loop shuts down, or Redis
+            # is unreachable by the deadline: give it back in the background
             self.defer_withdrawal(lease.names, lease.id, lease.ttl_ms)
             raise
 
