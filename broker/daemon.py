@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.errors import BrokerUnavailable, SlotkeeperError
-from slotkeeper.broker.keys import check_limit_name
+from slotkeeper.broker.keys import check_limit_name, is_template
 from slotkeeper.broker.metrics import (
     MetricsServer,
     ProblemLog,
@@ -204,6 +204,7 @@ class Daemon:
         self.stats = DaemonStats()
         self.problems = ProblemLog(log)
         self._stop = False
+        self.reaped = 0  # keys made from templates removed after their --idle-ttl
         self._redis_up: bool | None = None  # unknown until the first pass
         self._bad_limits: dict[str, str] = {}
         self._last_audit: float | None = None  # audit on the first pass
@@ -251,6 +252,8 @@ class Daemon:
                         break
                     if i == self.max_calls - 1:
                         backlog = True
+                if is_template(name):  # keys made from it that stayed idle for its --idle-ttl
+                    self.reaped += self.broker.reap_idle(name, self.batch)
                 self._limit_ok(name)
             except BrokerUnavailable:
                 raise

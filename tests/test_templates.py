@@ -236,3 +236,18 @@ def test_queue_full_on_template_keys(limiter: Limiter) -> None:
         limiter.acquire("mw:a")
     assert b.snapshot("mw:*").counters.rejected == 1
     held.release()
+
+
+def test_daemon_pass_removes_idle_keys(limiter: Limiter) -> None:
+    from slotkeeper.broker.daemon import Daemon
+
+    b = limiter.broker
+    b.create_limit("d:*", 1, idle_ttl="1s")
+    for i in range(5):
+        limiter.acquire(f"d:{i}").release()
+    daemon = Daemon(b, audit_every=0)
+    deadline = time.monotonic() + 20
+    while daemon.reaped < 5 and time.monotonic() < deadline:
+        daemon.run_pass()
+        time.sleep(0.2)
+    assert daemon.reaped == 5 and b.template_keys("d:*") == []
