@@ -86,7 +86,14 @@ if ticket then
     return {LOST}
   end
   local st, a, b, cap = try_grant_ticket(id, ticket)
-  if st == 'g' then return {GRANTED, a, b, ticket.l} end
+  if st == 'g' then
+    -- the next waiter of each rate learns at once when its own units are due ('d' notification)
+    for _, name in ipairs(ticket.n) do
+      local c = cfg(name)
+      if c and c.rate_n and not c.template then grant_pass(name) end
+    end
+    return {GRANTED, a, b, ticket.l}
+  end
   if st == 'x' then
     drop_ticket(id, ticket)
     return {REJECTED, a, b, cap}
