@@ -124,9 +124,8 @@ def r2_spread(url: str, ns: str, rate: int, grants: int, waiters: int) -> dict[s
     for p in ps:
         p.join(30)
     c1 = _commands(client)
-    times = sorted(
-        float(sc) for _, sc in client.zrange(b.keys.limit("r2")[3], 0, -1, withscores=True)
-    )
+    pairs: Any = client.zrange(b.keys.limit("r2")[3], 0, -1, withscores=True)
+    times = sorted(float(pair[1]) for pair in pairs)
     interval = 1000.0 / rate
     # with waiters always queued, grant k is due one interval after grant k-1
     late = [max(0.0, t - (prev + interval)) for prev, t in zip(times, times[1:], strict=False)]
