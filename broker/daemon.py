@@ -178,6 +178,10 @@ class DaemonCollector(Collector):
         return fams
 
 
+RECENT_KEYS_MS = 60_000  # template keys active this recently get a reclaim call each pass
+RECENT_KEYS_PER_PASS = 100
+
+
 class Daemon:
     """Reclaim loop for one namespace. ``stop()`` is safe to call from a signal handler."""
 
@@ -252,8 +256,17 @@ class Daemon:
                         break
                     if i == self.max_calls - 1:
                         backlog = True
-                if is_template(name):  # keys made from it that stayed idle for its --idle-ttl
+                if is_template(name):
+                    # keys made from it: remove those idle for its --idle-ttl; reclaim (and grant
+                    # due or fitting waiters of) the recently active ones, bounded per pass
                     self.reaped += self.broker.reap_idle(name, self.batch)
+                    for key in self.broker.recent_template_keys(
+                        name, RECENT_KEYS_MS, RECENT_KEYS_PER_PASS
+                    ):
+                        r = self.broker.reclaim(key, self.batch)
+                        calls += 1
+                        expired += r.expired
+                        granted += r.granted
                 self._limit_ok(name)
             except BrokerUnavailable:
                 raise

@@ -24,6 +24,7 @@ from slotkeeper import (
     SlotkeeperError,
 )
 from slotkeeper.broker.client import Broker
+from slotkeeper.broker.codes import Status
 from tests.support.redisproc import RedisProc
 from tests.support.stamps import max_concurrency, per_name
 
@@ -251,3 +252,21 @@ def test_daemon_pass_removes_idle_keys(limiter: Limiter) -> None:
         daemon.run_pass()
         time.sleep(0.2)
     assert daemon.reaped == 5 and b.template_keys("d:*") == []
+
+
+def test_daemon_grants_waiters_of_template_keys(limiter: Limiter) -> None:
+    """A key's waiter granted by the daemon's pass (here: after the template's slots were raised),
+    not only by its own re-ask."""
+    from slotkeeper.broker.daemon import Daemon
+
+    b = limiter.broker
+    b.create_limit("g:*", 1)
+    held = limiter.acquire("g:a")
+    waiter = Broker.from_url(limiter.url, limiter.namespace)
+    res = waiter.acquire(["g:a"], "wait-" + str(time.time_ns()), channel="")
+    assert res.status == Status.QUEUED  # and nobody will ask again for it
+    b.update_limit("g:*", slots=2)
+    assert b.snapshot("g:a").used == 1
+    Daemon(b, audit_every=0).run_pass()
+    assert b.snapshot("g:a").used == 2 and b.snapshot("g:a").n_waiters == 0
+    held.release()
