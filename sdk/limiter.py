@@ -485,9 +485,11 @@ class Limiter:
 
     # -- admin shortcuts ----------------------------------------------------------------------
 
-    def create(self, name: str, slots: int, ttl: float | None = None, enabled: bool = True,
-               description: str = "") -> None:
-        self.broker.create_limit(name, slots, ttl, enabled, description)
+    def create(self, name: str, slots: int | None = None, ttl: float | None = None,
+               enabled: bool = True, description: str = "", **settings: Any) -> None:
+        """Create a limit or template (``settings``: rate, spread, max_waiters, total,
+        idle_ttl; see :meth:`Broker.create_limit`)."""
+        self.broker.create_limit(name, slots, ttl, enabled, description, **settings)
 
     def set(self, name: str, *, slots: int | None = None, ttl: float | None = None,
             enabled: bool | None = None, description: str | None = None,
