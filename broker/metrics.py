@@ -231,8 +231,10 @@ def _families(namespace: str, stats: Sequence[LimitStats], up: bool) -> list[Met
         if snap is None:
             continue
         c = snap.counters
-        if snap.config.slots is not None:
-            slots.add_metric(lv, float(snap.config.slots))
+        # a template reports its keys aggregated: its capacity is its --total (if any)
+        cap = snap.config.total if snap.config.is_template else snap.config.slots
+        if cap is not None:
+            slots.add_metric(lv, float(cap))
         if snap.config.rate is not None:
             rate_limit.add_metric(lv, float(snap.config.rate.units))
             rate_period.add_metric(lv, snap.config.rate.period_ms / 1000.0)
