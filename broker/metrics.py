@@ -235,7 +235,7 @@ def _families(namespace: str, stats: Sequence[LimitStats], up: bool) -> list[Met
         cap = snap.config.total if snap.config.is_template else snap.config.slots
         if cap is not None:
             slots.add_metric(lv, float(cap))
-        if snap.config.rate is not None:
+        if snap.config.rate is not None and not snap.config.is_template:
             rate_limit.add_metric(lv, float(snap.config.rate.units))
             rate_period.add_metric(lv, snap.config.rate.period_ms / 1000.0)
             rate_used.add_metric(lv, float(snap.rate_in_window))

@@ -303,6 +303,7 @@ local function rate_take(name, c, id, occ)
     redis.call('HSET', k.cfg, 'r_next', string.format('%.3f', nx + occ * c.rate_p / c.rate_n))
   end
   hincr(k.cfg, 'c_units', occ)
+  if c.tpl and LIM[c.tpl] then hincr(LIM[c.tpl].cfg, 'c_units', occ) end   -- aggregated
 end
 
 -- ---- tickets and queues ----------------------------------------------------------------------

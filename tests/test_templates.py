@@ -53,6 +53,7 @@ def test_key_made_from_template_on_first_use(limiter: Limiter) -> None:
     tpl = b.snapshot("tenant:*")
     assert tpl.n_keys == 2 and tpl.used == 3  # aggregate over its keys
     assert tpl.counters.acquired == 3 and snap.counters.acquired == 2
+    assert tpl.counters.units == 3 and snap.counters.units == 2  # rate units, aggregated
     with pytest.raises(OccupyExceedsLimit):
         limiter.acquire("tenant:new", occupy=3)
     with pytest.raises(LimitNotFound):
