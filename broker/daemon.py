@@ -194,6 +194,7 @@ class Daemon:
         max_calls: int = MAX_CALLS_PER_LIMIT,
         audit_every: float = AUDIT_EVERY,
         health_broker: Broker | None = None,
+        per_key_metrics: int = 0,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0")
@@ -209,6 +210,7 @@ class Daemon:
         self.problems = ProblemLog(log)
         self._stop = False
         self.reaped = 0  # keys made from templates removed after their --idle-ttl
+        self.per_key_metrics = per_key_metrics
         self._redis_up: bool | None = None  # unknown until the first pass
         self._bad_limits: dict[str, str] = {}
         self._last_audit: float | None = None  # audit on the first pass
@@ -413,7 +415,8 @@ class Daemon:
 
     def registry(self) -> CollectorRegistry:
         reg = CollectorRegistry(auto_describe=True)
-        reg.register(SlotkeeperCollector(self.health_broker, self.problems))
+        reg.register(SlotkeeperCollector(self.health_broker, self.problems,
+                                         per_key=self.per_key_metrics))
         reg.register(DaemonCollector(self.broker.namespace, self.stats))
         return reg
 

@@ -277,11 +277,16 @@ class SlotkeeperCollector(Collector):
     """Reads every limit of the broker's namespace from Redis at scrape time."""
 
     def __init__(
-        self, broker: Broker, problems: ProblemLog | None = None, sample: int = SAMPLE
+        self,
+        broker: Broker,
+        problems: ProblemLog | None = None,
+        sample: int = SAMPLE,
+        per_key: int = 0,
     ) -> None:
         self.broker = broker
         self.problems = problems
         self.sample = sample
+        self.per_key = per_key  # >0: also series for up to this many keys of each template
 
     def describe(self) -> Iterator[Metric]:
         yield from _families(self.broker.namespace, (), False)
@@ -293,6 +298,11 @@ class SlotkeeperCollector(Collector):
             up = self.broker.ping()
             if up:
                 stats = read_limits(self.broker, self.sample)
+                if self.per_key > 0:  # opt-in: keys made from templates get series of their own
+                    for st in list(stats):
+                        if st.snapshot is not None and st.snapshot.config.is_template:
+                            for key, _ in self.broker.template_keys(st.name, self.per_key):
+                                stats.append(read_limit(self.broker, key, self.sample))
         except BrokerUnavailable:
             up = False
             stats = []

@@ -271,3 +271,29 @@ def test_daemon_grants_waiters_of_template_keys(limiter: Limiter) -> None:
     Daemon(b, audit_every=0).run_pass()
     assert b.snapshot("g:a").used == 2 and b.snapshot("g:a").n_waiters == 0
     held.release()
+
+
+def test_metrics_aggregate_template_keys_unless_asked(limiter: Limiter) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from slotkeeper.broker.metrics import SlotkeeperCollector
+
+    b = limiter.broker
+    b.create_limit("m:*", 2, rate="50/s", total=10)
+    held = [limiter.acquire(f"m:{i}") for i in range(5)]
+
+    def scrape(per_key: int) -> str:
+        reg = CollectorRegistry()
+        reg.register(SlotkeeperCollector(b, per_key=per_key))
+        return generate_latest(reg).decode()
+
+    text = scrape(0)
+    assert 'limit="m:*"' in text and 'limit="m:1"' not in text  # bounded cardinality
+    ns = limiter.namespace
+    assert f'slotkeeper_limit_slots_in_use{{limit="m:*",namespace="{ns}"}} 5.0' in text
+    assert f'slotkeeper_limit_slots{{limit="m:*",namespace="{ns}"}} 10.0' in text  # the --total
+    assert f'slotkeeper_rate_units_total{{limit="m:*",namespace="{ns}"}} 5.0' in text
+    per_key = scrape(3)
+    assert sum(f'slotkeeper_limit_slots_in_use{{limit="m:{i}"' in per_key for i in range(5)) == 3
+    for lease in held:
+        lease.release()
