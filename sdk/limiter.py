@@ -55,7 +55,6 @@ ENV_OP_TIMEOUT = "SLOTKEEPER_OP_TIMEOUT"
 ASK_GRACE = 0.3
 CANCEL_GRACE = 0.6
 CLEANUP_MAX = 1.0    # s: withdrawing after a failure never takes longer (then: in the background)
-LISTENER_WAIT = 2.0  # s: at most this (and a quarter of the call's budget) for the first subscribe
 DURABLE_WAIT_MS = 2000
 
 
@@ -344,8 +343,8 @@ class Limiter:
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
         rt = self.runtime
-        if req.timeout != 0:  # part of the call's budget: never past timeout / op timeout
-            rt.ensure_listener(min(LISTENER_WAIT, (req.timeout or self.op_timeout) / 4))
+        if req.timeout != 0:
+            rt.ensure_listener(0)  # no wait: its first subscription nudges every waiter to re-check
         transport = rt.broker.transport
         flow = self._flow(rt, req, on_lost)
         with _Outcome(req, flow, strict) as out:
@@ -379,7 +378,7 @@ class Limiter:
                            default_slots=default_slots, label=label)
         rt = self.runtime
         if req.timeout != 0:
-            await rt.ensure_listener_async()
+            await rt.ensure_listener_async(0)  # (as in acquire: subscribing nudges the waiters)
         broker = rt.async_broker()
         flow = self._flow(rt, req, on_lost, bind_loop=True)
         with _Outcome(req, flow, strict) as out:
