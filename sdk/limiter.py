@@ -19,6 +19,7 @@ from typing import Any
 from slotkeeper.broker import embedded
 from slotkeeper.broker import protocol as P
 from slotkeeper.broker import records as R
+from slotkeeper.broker.client import AsyncBroker
 from slotkeeper.broker.connection import configured_namespace, configured_url, redact
 from slotkeeper.broker.errors import (
     AcquireTimeout,
@@ -332,21 +333,14 @@ class Limiter:
         rt.add_lease(lease)
         return lease
 
-    def acquire(self, *names: str, occupy: int = 1, timeout: float | None = None,
-                priority: int = 0, ttl: float | None = None, default_slots: int | None = None,
-                strict: bool = True, on_lost: Callable[[Lease], None] | None = None,
-                label: str | None = None, durable: bool = False) -> Lease:
-        """Take ``occupy`` slots of every named limit at once (blocking).
-
-        ``durable=True`` returns only once a replica acknowledged the grant (Redis WAIT), so a
-        failover right after cannot forget it; without a replica it raises BrokerUnavailable."""
-        req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
-                           default_slots=default_slots, label=label)
+    def _drive(self, req: Request, on_lost: Callable[[Lease], None] | None, strict: bool,
+               units_only: bool = False) -> tuple[Runtime, Lease | Reservation]:
+        """Run the acquire flow with blocking I/O."""
         rt = self.runtime
         if req.timeout != 0:
             rt.ensure_listener(0)  # no wait: its first subscription nudges every waiter to re-check
         transport = rt.broker.transport
-        flow = self._flow(rt, req, on_lost)
+        flow = self._flow(rt, req, on_lost, units_only=units_only)
         with _Outcome(req, flow, strict) as out:
             step = next(flow)
             while True:
@@ -359,7 +353,42 @@ class Limiter:
                     step = flow.throw(exc)
                     continue
                 step = flow.send(value)
-        lease = out.result()
+        return rt, out.result()
+
+    async def _drive_async(self, req: Request, on_lost: Callable[[Lease], None] | None,
+                           strict: bool, units_only: bool = False,
+                           ) -> tuple[AsyncBroker, Lease | Reservation]:
+        """Run the acquire flow on the asyncio transport (never blocks the event loop)."""
+        rt = self.runtime
+        if req.timeout != 0:
+            await rt.ensure_listener_async(0)  # (as in _drive: subscribing nudges the waiters)
+        broker = rt.async_broker()
+        flow = self._flow(rt, req, on_lost, bind_loop=True, units_only=units_only)
+        with _Outcome(req, flow, strict) as out:
+            step = next(flow)
+            while True:
+                try:
+                    if isinstance(step, Call):
+                        value: Any = await broker.transport.run(step.op, step.deadline)
+                    else:
+                        value = await step.waiting.await_msg(step.pause)
+                except BaseException as exc:
+                    step = flow.throw(exc)
+                    continue
+                step = flow.send(value)
+        return broker, out.result()
+
+    def acquire(self, *names: str, occupy: int = 1, timeout: float | None = None,
+                priority: int = 0, ttl: float | None = None, default_slots: int | None = None,
+                strict: bool = True, on_lost: Callable[[Lease], None] | None = None,
+                label: str | None = None, durable: bool = False) -> Lease:
+        """Take ``occupy`` slots of every named limit at once (blocking).
+
+        ``durable=True`` returns only once a replica acknowledged the grant (Redis WAIT), so a
+        failover right after cannot forget it; without a replica it raises BrokerUnavailable."""
+        req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
+                           default_slots=default_slots, label=label)
+        rt, lease = self._drive(req, on_lost, strict)
         assert isinstance(lease, Lease)
         if durable and lease.throttled:
             held, acked = rt.broker.renew_and_wait(lease.id, lease.names, lease.ttl_ms, 1,
@@ -376,24 +405,7 @@ class Limiter:
         event loop, whatever Redis does."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
-        rt = self.runtime
-        if req.timeout != 0:
-            await rt.ensure_listener_async(0)  # (as in acquire: subscribing nudges the waiters)
-        broker = rt.async_broker()
-        flow = self._flow(rt, req, on_lost, bind_loop=True)
-        with _Outcome(req, flow, strict) as out:
-            step = next(flow)
-            while True:
-                try:
-                    if isinstance(step, Call):
-                        value: Any = await broker.transport.run(step.op, step.deadline)
-                    else:
-                        value = await step.waiting.await_msg(step.pause)
-                except BaseException as exc:
-                    step = flow.throw(exc)
-                    continue
-                step = flow.send(value)
-        lease = out.result()
+        broker, lease = await self._drive_async(req, on_lost, strict)
         assert isinstance(lease, Lease)
         if durable and lease.throttled:
             held, acked = await broker.renew_and_wait(lease.id, lease.names, lease.ttl_ms, 1,
@@ -410,24 +422,7 @@ class Limiter:
         ``rate_limit("llm", occupy=1000).settle(730)``. Every named limit needs a rate."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority,
                            label=label)
-        rt = self.runtime
-        if req.timeout != 0:
-            rt.ensure_listener()
-        transport = rt.broker.transport
-        flow = self._flow(rt, req, None, units_only=True)
-        with _Outcome(req, flow, True) as out:
-            step = next(flow)
-            while True:
-                try:
-                    if isinstance(step, Call):
-                        value: Any = transport.run(step.op, step.deadline)
-                    else:
-                        value = step.waiting.wait(step.pause)
-                except BaseException as exc:
-                    step = flow.throw(exc)
-                    continue
-                step = flow.send(value)
-        res = out.result()
+        _, res = self._drive(req, None, True, units_only=True)
         assert isinstance(res, Reservation)
         return res
 
@@ -436,24 +431,7 @@ class Limiter:
         """Like :meth:`rate_limit`, on the asyncio transport (never blocks the event loop)."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority,
                            label=label)
-        rt = self.runtime
-        if req.timeout != 0:
-            await rt.ensure_listener_async()
-        broker = rt.async_broker()
-        flow = self._flow(rt, req, None, bind_loop=True, units_only=True)
-        with _Outcome(req, flow, True) as out:
-            step = next(flow)
-            while True:
-                try:
-                    if isinstance(step, Call):
-                        value: Any = await broker.transport.run(step.op, step.deadline)
-                    else:
-                        value = await step.waiting.await_msg(step.pause)
-                except BaseException as exc:
-                    step = flow.throw(exc)
-                    continue
-                step = flow.send(value)
-        res = out.result()
+        _, res = await self._drive_async(req, None, True, units_only=True)
         assert isinstance(res, Reservation)
         return res
 
