@@ -412,6 +412,22 @@ def report_problems(stats: list[LimitStats]) -> None:
             warn(m)
 
 
+BUSIEST_OF = 20  # recently active keys of a template that `ls` looks at
+
+
+def busiest_keys(broker: Any, template: str, n: int = 3) -> list[tuple[str, int]]:
+    """Up to ``n`` keys of a template with the most slots in use (among its most recently active
+    ones), busiest first."""
+    out = []
+    for key, _ in broker.template_keys(template, BUSIEST_OF):
+        try:
+            out.append((key, int(broker.snapshot(key, 1).used)))
+        except LimitNotFound:
+            continue  # removed meanwhile
+    out.sort(key=lambda x: -x[1])
+    return out[:n]
+
+
 @click.command("ls")
 @json_option
 @pass_app
@@ -420,10 +436,10 @@ def ls(app: App) -> None:
     broker = app.broker()
     stats = read_limits(broker)
     report_problems(stats)
-    busiest: dict[str, list[str]] = {}
+    busiest: dict[str, list[tuple[str, int]]] = {}
     for st in stats:
         if st.snapshot is not None and st.snapshot.config.is_template:
-            busiest[st.name] = [k for k, _ in broker.template_keys(st.name, 3)]
+            busiest[st.name] = busiest_keys(broker, st.name)
 
     def text() -> None:
         if not stats:
@@ -447,11 +463,11 @@ def ls(app: App) -> None:
                 rate = f"{s.rate_in_window}/{c.rate}" + (" spread" if c.spread else "")
             desc = c.description
             if c.is_template:
-                keys = ", ".join(busiest.get(st.name, []))
+                keys = ", ".join(f"{k} ({u})" for k, u in busiest.get(st.name, []))
                 desc = (
                     f"template: {s.n_keys} key(s)"
                     + (f", total {c.total}" if c.total else "")
-                    + (f"; recent: {keys}" if keys else "")
+                    + (f"; busiest: {keys}" if keys else "")
                     + (f"; {desc}" if desc else "")
                 )
             rows.append(
@@ -489,7 +505,7 @@ def ls(app: App) -> None:
     for st in stats:
         d = stats_dict(st)
         if st.name in busiest:
-            d["recent_keys"] = busiest[st.name]
+            d["busiest_keys"] = [{"name": k, "used": u} for k, u in busiest[st.name]]
         data.append(d)
     emit(app, data, text)
 
