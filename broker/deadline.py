@@ -47,7 +47,11 @@ class _DeadlineMixin:
     def _apply_deadline(self) -> None:
         sock = self._sock
         if sock is not None:
-            sock.settimeout(capped(self.socket_timeout))
+            want = capped(self.socket_timeout)
+            # settimeout is a system call or two; most calls have more time left than the
+            # configured socket timeout, so the socket already has the value they want
+            if sock.gettimeout() != want:
+                sock.settimeout(want)
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         if DEADLINE.get() is not None or getattr(self, "_sk_capped", False):

@@ -183,10 +183,24 @@ def list_templates(keys: Keys) -> Op[tuple[str, ...]]:
     return Op(parse, command=("SMEMBERS", keys.templates))
 
 
+_KEYS_CACHE: dict[tuple[Keys, tuple[str, ...]], tuple[str, ...]] = {}
+_KEYS_CACHE_MAX = 4096
+
+
+def _limit_keys(keys: Keys, full: tuple[str, ...]) -> tuple[str, ...]:
+    """The KEYS of a script call on ``full`` (built once per namespace and names; bounded)."""
+    hit = _KEYS_CACHE.get((keys, full))
+    if hit is None:
+        if len(_KEYS_CACHE) >= _KEYS_CACHE_MAX:
+            _KEYS_CACHE.clear()
+        hit = _KEYS_CACHE[(keys, full)] = tuple(keys.for_limits(full))
+    return hit
+
+
 def _script(keys: Keys, name: str, names: Sequence[str], args: Sequence[Any],
             parse: Callable[[Any], T], exact: bool = False) -> Op[T]:
-    full = list(names) if exact else expand(keys.namespace, names)
-    return Op(parse, script=name, keys=tuple(keys.for_limits(full)),
+    full = tuple(names) if exact else tuple(expand(keys.namespace, names))
+    return Op(parse, script=name, keys=_limit_keys(keys, full),
               args=(len(full), *full, *args))
 
 

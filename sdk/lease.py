@@ -38,7 +38,7 @@ class Lease:
         self._runtime = runtime
         self._pid = os.getpid()
         self._on_lost = on_lost
-        self._lost = threading.Event()
+        self._lost = False  # (a flag, not an Event: nobody waits on it, and it is made per lease)
         self._released = False
         basis = time.monotonic() if granted_after is None else granted_after
         self._valid_until = basis + self.ttl if runtime is not None else float("inf")
@@ -59,7 +59,7 @@ class Lease:
 
     @property
     def lost(self) -> bool:
-        if self._lost.is_set():
+        if self._lost:
             return True
         return not self._released and time.monotonic() >= self._valid_until
 
@@ -78,9 +78,9 @@ class Lease:
         self._valid_until = max(self._valid_until, sent_at + self.ttl)
 
     def _mark_lost(self) -> None:
-        if self._lost.is_set() or self._released:
+        if self._lost or self._released:
             return
-        self._lost.set()
+        self._lost = True
         log.warning("slotkeeper: lease %s on %s lost (expired or revoked)", self.id,
                     ", ".join(self.names))
         if self._on_lost is not None:
@@ -103,14 +103,14 @@ class Lease:
 
     def _released_as(self, ok: bool) -> bool:
         # Redis's word decides, unless the holder was already told the lease was lost.
-        held = ok and not self._lost.is_set()
+        held = ok and not self._lost
         self._released = True
         if not held:
-            self._lost.set()
+            self._lost = True
         return held
 
     def _known_outcome(self) -> bool:
-        return self._released and not self._lost.is_set()
+        return self._released and not self._lost
 
     def release(self) -> bool:
         """Give the slots back. True if they were held until now; False if the lease was lost

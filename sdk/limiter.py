@@ -43,7 +43,7 @@ from slotkeeper.broker.transport import DEFAULT_OP_TIMEOUT
 from slotkeeper.lease import Lease
 from slotkeeper.naming import check_template, host_name, resolve, worker_name
 from slotkeeper.reservation import Reservation
-from slotkeeper.runtime import Runtime, Waiting, live_runtimes, new_id, runtime_for
+from slotkeeper.runtime import Runtime, Waiting, live_runtimes, new_id, request_id, runtime_for
 
 log = logging.getLogger("slotkeeper")
 
@@ -57,6 +57,7 @@ ASK_GRACE = 0.3
 CANCEL_GRACE = 0.6
 CLEANUP_MAX = 1.0    # s: withdrawing after a failure never takes longer (then: in the background)
 DURABLE_WAIT_MS = 2000
+CACHE_MAX = 1024     # entries of a limiter's per-call caches (validated names, packed meta)
 
 
 def configured_op_timeout(op_timeout: float | None = None) -> float:
@@ -118,6 +119,11 @@ class Limiter:
             raise InvalidType("worker must be a str")
         self.worker = worker
         self.op_timeout = configured_op_timeout(op_timeout)
+        self._init_caches()
+
+    def _init_caches(self) -> None:
+        self._names_cache: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._meta_cache: dict[tuple[int, str, str], bytes] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self._url, "namespace": self.namespace, "ttl": self.ttl,
@@ -129,6 +135,7 @@ class Limiter:
         self.ttl = state["ttl"]
         self.worker = state["worker"]
         self.op_timeout = state.get("op_timeout", DEFAULT_OP_TIMEOUT)
+        self._init_caches()
 
     def __repr__(self) -> str:
         return f"Limiter(url={redact(self._url)!r}, namespace={self.namespace!r})"
@@ -154,13 +161,45 @@ class Limiter:
 
     # -- requests -----------------------------------------------------------------------------
 
+    def _meta(self, label: str) -> bytes:
+        """The packed record meta (host, pid, worker, label) of this process's requests, cached
+        per (pid, worker, label): built once, not on every acquire."""
+        worker = worker_name(self.worker)
+        key = (os.getpid(), worker, label)
+        cache = self._meta_cache
+        meta = cache.get(key)
+        if meta is None:
+            if len(cache) >= CACHE_MAX:
+                cache.clear()
+            meta = cache[key] = R.pack_meta(host_name(), key[0], worker, label)
+        return meta
+
+    def _names(self, names: Sequence[str]) -> tuple[str, ...]:
+        """Validated names, templates ({worker}, {host}) resolved. Names without a template are
+        validated once per tuple and remembered (bounded); resolved ones depend on where the
+        call runs and are worked out each time."""
+        key = tuple(names)
+        cache = self._names_cache
+        try:
+            hit = cache.get(key)
+        except TypeError:  # an unhashable "name": the checks below say what is wrong
+            hit = None
+        if hit is not None:
+            return hit
+        for n in names:
+            check_template(n)
+        resolved = check_names([resolve(n, self.worker) for n in names])
+        if not any("{" in n for n in key):
+            if len(cache) >= CACHE_MAX:
+                cache.clear()
+            cache[key] = resolved
+        return resolved
+
     def request(self, names: Sequence[str], *, occupy: int = 1, timeout: float | None = None,
                 priority: int = 0, ttl: float | None = None, default_slots: int | None = None,
                 label: str | None = None) -> Request:
         """Validate and resolve ({worker}, {host}) a request where the body runs."""
-        for n in names:
-            check_template(n)
-        resolved = check_names([resolve(n, self.worker) for n in names])
+        resolved = self._names(names)
         if label is not None and not isinstance(label, str):
             raise InvalidType("label must be a str")
         return Request(
@@ -181,7 +220,7 @@ class Limiter:
         exceptions thrown in). :meth:`acquire` drives it with blocking I/O, :meth:`acquire_async`
         with the asyncio transport — one flow, so both paths share every rule."""
         keys = rt.keys
-        meta = R.pack_meta(host_name(), os.getpid(), worker_name(self.worker), req.label)
+        meta = self._meta(req.label)
         default_ttl_ms = int(self.ttl * 1000)
         ticket_ttl_ms = req.ttl_ms or default_ttl_ms
         wait = req.timeout != 0
@@ -196,7 +235,7 @@ class Limiter:
                 end = min(end, max(t_end + grace, now + 0.05))
             return end
 
-        lid = new_id()
+        lid = request_id()
         asked: set[str] = set()
 
         def ask() -> Call:
@@ -229,7 +268,7 @@ class Limiter:
                 # a template made since our list was read? read it again and ask once more
                 if P.templates_stale(self.namespace, 0.1):
                     yield Call(P.list_templates(keys), deadline())
-                    lid = new_id()
+                    lid = request_id()
                     res = yield ask()
                 else:
                     raise
@@ -239,7 +278,7 @@ class Limiter:
                 raise AcquireTimeout(f"no free {what} on {', '.join(req.names)} (timeout=0)")
             while res.status != R.GRANTED:
                 if res.status == R.LOST:  # our ticket expired (e.g. we were paused): ask anew
-                    lid = new_id()
+                    lid = request_id()
                     pending, sent = True, time.monotonic()
                     res = yield ask()
                     granted_after = sent

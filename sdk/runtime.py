@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import os
 import secrets
@@ -50,6 +51,16 @@ def renew_interval(ttl_ms: int) -> float:
 
 def new_id() -> str:
     return secrets.token_hex(8)
+
+
+_id_prefix = secrets.token_hex(6)
+_id_count = itertools.count(1)
+
+
+def request_id() -> str:
+    """A lease or ticket id, unique across processes: a random per-process prefix (48 bits,
+    drawn again in a forked child) and a counter — no system call per acquire."""
+    return f"{_id_prefix}{next(_id_count):04x}"
 
 
 class Waiting:
@@ -163,7 +174,7 @@ class Runtime:
         with self._lock:
             self._leases[lease.id] = lease
         self._heartbeat.register(lease.ttl_ms)
-        self._watchdog.register()
+        self._watchdog.register(lease.valid_until)
 
     def drop_lease(self, lease: Lease) -> None:
         with self._lock:
@@ -567,14 +578,29 @@ class Watchdog(_Worker):
 
     name = "watchdog"
 
-    def register(self) -> None:
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt)
+        self._until = 0.0  # monotonic instant the thread looks next (under _lock)
+
+    def register(self, valid_until: float | None = None) -> None:
+        """A lease valid until ``valid_until`` (monotonic) was added. The thread is woken only
+        when it would look later than that (not on every acquire: a wake costs the caller)."""
         with self._lock:
-            self._start()
-        self._wake.set()
+            if self._thread is None or not self._thread.is_alive():
+                self._start()
+                return
+            wake = valid_until is None or self._until == 0.0 or valid_until < self._until
+        if wake:
+            self._wake.set()
 
     def loop_once(self) -> None:
+        with self._lock:  # published before the scan: a lease added during it wakes us
+            self._until = 0.0
         nxt = self.rt.expire_local()
-        wait = MAX_INTERVAL if nxt is None else max(0.0, nxt - time.monotonic()) + 0.001
+        now = time.monotonic()
+        wait = MAX_INTERVAL if nxt is None else max(0.0, nxt - now) + 0.001
+        with self._lock:
+            self._until = now + wait
         if self._wake.wait(wait):
             self._wake.clear()
 
@@ -610,11 +636,13 @@ def live_runtimes() -> list[Runtime]:
 
 def _after_fork_in_child() -> None:
     # Inherited runtimes belong to the parent: forget them (their threads did not survive the fork).
-    global _RUNTIMES_LOCK
+    global _RUNTIMES_LOCK, _id_prefix, _id_count
+    _id_prefix = secrets.token_hex(6)
+    _id_count = itertools.count(1)
     _RUNTIMES_LOCK = threading.Lock()
     _RUNTIMES.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-__all__ = ["Runtime", "Waiting", "live_runtimes", "new_id", "runtime_for"]
+__all__ = ["Runtime", "Waiting", "live_runtimes", "new_id", "request_id", "runtime_for"]
