@@ -34,7 +34,7 @@ def test_mypy_strict(tmp_path: Path) -> None:
     for item in (ROOT / "sdk").iterdir():
         if item.name != "__pycache__":
             (pkg / item.name).symlink_to(item)
-    for sub in ("broker", "cli", "lua"):
+    for sub in ("broker", "cli", "lua", "bench"):
         (pkg / sub).symlink_to(ROOT / sub)
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     res = subprocess.run(

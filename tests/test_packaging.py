@@ -20,15 +20,17 @@ def test_wheel_contents_and_smoke(tmp_path: Path, redis_server: RedisProc) -> No
     wheel = next(out.glob("slotkeeper-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
-    assert "broker" not in tops and "sdk" not in tops and "cli" not in tops
+    assert not {"broker", "sdk", "cli", "bench"} & tops
     for lua in sorted((ROOT / "lua").glob("*.lua")):
         assert f"slotkeeper/lua/{lua.name}" in names
-    for pkg in ("slotkeeper", "slotkeeper/broker", "slotkeeper/cli", "slotkeeper/lua"):
+    for pkg in ("slotkeeper", "slotkeeper/broker", "slotkeeper/cli", "slotkeeper/lua",
+                "slotkeeper/bench"):
         assert f"{pkg}/__init__.py" in names
-    for src in ("sdk", "broker", "cli"):
+    for src in ("sdk", "broker", "cli", "bench"):
         for py in (ROOT / src).rglob("*.py"):
             rel = py.relative_to(ROOT / src)
-            pkg = {"sdk": "slotkeeper", "broker": "slotkeeper/broker", "cli": "slotkeeper/cli"}[src]
+            pkg = {"sdk": "slotkeeper", "broker": "slotkeeper/broker", "cli": "slotkeeper/cli",
+                   "bench": "slotkeeper/bench"}[src]
             assert f"{pkg}/{rel.as_posix()}" in names, f"{py} missing from the wheel"
     assert "slotkeeper/py.typed" in names
     site = tmp_path / "site"
