@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from slotkeeper.bench import scale
+from slotkeeper.bench.held import held_by_one
 from slotkeeper.bench.workloads import (
     floor,
     in_child,
@@ -45,6 +46,7 @@ class BenchConfig:
     w5_levels: tuple[int, ...] = (10, 1000, 10000, 100000)
     w5_samples: int = 300
     w5_reclaim: tuple[int, ...] = (10000, 100000)
+    w5_held_levels: tuple[int, ...] = (10, 1000, 10000)
     specs: tuple[str, ...] = SPECS
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -63,6 +65,7 @@ class BenchConfig:
             w5_levels=(10, 1000),
             w5_samples=50,
             w5_reclaim=(2000,),
+            w5_held_levels=(10, 500),
         )
 
     def steps(self) -> int:
@@ -73,7 +76,7 @@ class BenchConfig:
         n += per * len(self.w2_holds_ms) if "W2" in w else 0
         n += per if "W3" in w else 0
         n += per * self.w4_runs if "W4" in w else 0
-        n += (per * len(self.w5_levels) + len(self.w5_reclaim)) if "W5" in w else 0
+        n += (per * len(self.w5_levels) + len(self.w5_reclaim) + 1) if "W5" in w else 0
         return n
 
 
@@ -183,6 +186,9 @@ def run_bench(
             wl["W5"][spec] = w5_scale(
                 spec, url, ns(f"w5{spec[:3]}"), list(config.w5_levels), config.w5_samples, tick
             )
+        wl["W5"]["held"] = in_child(held_by_one, url, ns("w5held"), list(config.w5_held_levels),
+                                    config.w5_samples, private)
+        tick("W5 held by one process")
         wl["W5"]["reclaim"] = []
         for n in config.w5_reclaim:
             wl["W5"]["reclaim"].append(scale.reclaim(url, ns(f"rc{n}"), n, private))
@@ -192,6 +198,9 @@ def run_bench(
         ratios["W1_cycles_per_s"] = _ratio(
             wl["W1"]["slotkeeper"]["cycles_per_s"], wl["W1"]["reference"]["cycles_per_s"]
         )
+        cpu = [wl["W1"][s].get("client_cpu_us_per_cycle") for s in ("slotkeeper", "reference")]
+        if cpu[0] and cpu[1]:
+            ratios["W1_client_cpu_per_cycle"] = _ratio(cpu[0], cpu[1])
     out["ratios"] = ratios
     out["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     if not private:

@@ -89,6 +89,7 @@ def w1_uncontended(
         with cm:
             pass
     acq, rel, cyc = [], [], []
+    cpu_start = time.process_time()  # every thread of this process: the client's whole cost
     t_start = now_ns()
     for _ in range(cycles):
         t0 = now_ns()
@@ -100,10 +101,12 @@ def w1_uncontended(
         rel.append(t2 - t1)
         cyc.append(t2 - t0)
     elapsed = (now_ns() - t_start) / 1e9
+    cpu = time.process_time() - cpu_start
     impl.close()
     return {
         "cycles": cycles,
         "cycles_per_s": round(cycles / elapsed, 1),
+        "client_cpu_us_per_cycle": round(cpu / cycles * 1e6, 1),
         "acquire": summary_ms(acq),
         "release": summary_ms(rel),
         "cycle": summary_ms(cyc),
@@ -230,9 +233,10 @@ def _w3_waiter(spec: str, url: str, ns: str, name: str, conn: Connection) -> Non
     impl.close()
 
 
-def w3_handoff(spec: str, url: str, ns: str, rounds: int, settle_s: float = 0.01) -> dict[str, Any]:
-    """slots=1: this process holds; a waiter in another process queues; we release and time until
-    the waiter holds (release stamp taken right before the release call)."""
+def w3_handoff(spec: str, url: str, ns: str, rounds: int, settle_s: float = 0.05) -> dict[str, Any]:
+    """slots=1: this process holds; a waiter in another process queues and sits idle for
+    ``settle_s`` (cold: its threads asleep); we release and time until the waiter holds (release
+    stamp taken right before the release call)."""
     name = "w3"
     impl = make_impl(spec, url, ns)
     impl.create(name, 1)
@@ -251,7 +255,7 @@ def w3_handoff(spec: str, url: str, ns: str, rounds: int, settle_s: float = 0.01
             cm.__enter__()
             mine.send("go")
             mine.recv()  # the waiter is about to call acquire
-            time.sleep(settle_s)  # ... and has joined the queue by now
+            time.sleep(settle_s)  # ... has joined the queue by now, and gone idle
             t0 = now_ns()
             cm.__exit__(None, None, None)
             if not mine.poll(60):
@@ -263,7 +267,7 @@ def w3_handoff(spec: str, url: str, ns: str, rounds: int, settle_s: float = 0.01
         if child.is_alive():
             child.kill()
         impl.close()
-    return {"rounds": rounds, **summary_ms(lat)}
+    return {"rounds": rounds, "idle_ms": settle_s * 1000, **summary_ms(lat)}
 
 
 # -- W4 crash ------------------------------------------------------------------------------------

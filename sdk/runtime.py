@@ -42,6 +42,7 @@ EARLY_MAX = 1000        # notifications kept for tickets not registered yet
 WITHDRAW_MAX = 10_000   # tickets whose withdrawal is retried in the background (bounded)
 WITHDRAW_RETRY = 0.5    # s between background withdrawal attempts while Redis is unreachable,
 WITHDRAW_RETRY_MAX = 4.0  # doubling up to this
+HEARTBEAT_BATCH = 100   # leases (and tickets) renewed per heartbeat round trip: Redis stays free
 
 
 def renew_interval(ttl_ms: int) -> float:
@@ -262,26 +263,36 @@ class Runtime:
         return renew_interval(min(ttls))
 
     def beat(self) -> None:
-        """One heartbeat round trip for everything this process holds or awaits."""
+        """Renew everything this process holds or awaits: one round trip per batch of at most
+        HEARTBEAT_BATCH leases and tickets, so one script call never blocks Redis for long however
+        many leases a process holds (each batch ~ HEARTBEAT_BATCH * 10 us of Redis time)."""
         with self._lock:
             leases = list(self._leases.values())
             waiting = list(self._waiting.values())
         if not leases and not waiting:
             return
         shortest = min([x.ttl_ms for x in leases] + [w.ttl_ms for w in waiting]) / 1000
+        start = time.monotonic()
+        budget = start + max(0.5, min(self.op_timeout, shortest / 2))  # for the whole beat
+        for i in range(0, max(len(leases), len(waiting)), HEARTBEAT_BATCH):
+            if not self._beat_batch(leases[i:i + HEARTBEAT_BATCH],
+                                    waiting[i:i + HEARTBEAT_BATCH], budget):
+                return
+
+    def _beat_batch(self, leases: list[Lease], waiting: list[Waiting], deadline: float) -> bool:
+        """One heartbeat round trip; False if Redis could not be reached (stop this beat)."""
         sent = time.monotonic()
         try:
             # while Redis is down, one try per beat (the beats are the retries): no tight loop
             res = self.broker.heartbeat(
                 [(x.id, x.names, x.ttl_ms) for x in leases],
                 [(w.id, w.names, w.ttl_ms) for w in waiting],
-                deadline=sent + max(0.5, min(self.op_timeout, shortest / 2)),
-                retry=not self._hb_down)
+                deadline=max(deadline, sent + 0.1), retry=not self._hb_down)
         except SlotkeeperError as exc:
             if not self._hb_down:
                 log.warning("slotkeeper: heartbeat failed (%s); retrying", exc)
                 self._hb_down = True
-            return  # each lease's own validity runs out on the watchdog, not here
+            return False  # each lease's own validity runs out on the watchdog, not here
         if self._hb_down:
             log.warning("slotkeeper: heartbeat recovered")
             self._hb_down = False
@@ -291,8 +302,10 @@ class Runtime:
                         "keys); the others were renewed", ", ".join(sorted(failed)))
         for x in leases:
             if x.id in lost:
-                self.drop_lease(x)
-                x._mark_lost()
+                with self._lock:  # released meanwhile (dropped before its release was sent):
+                    mine = self._leases.pop(x.id, None) is x  # gone by its release, not lost
+                if mine:
+                    x._mark_lost()
             elif x.id not in failed:
                 x._renewed(res.now_ms + x.ttl_ms, sent)
         gone = set(res.lost_tickets) | set(res.granted_tickets)
@@ -303,6 +316,7 @@ class Runtime:
             self._deliver(tid, "lost")
         for tid in res.granted_tickets:
             self._deliver(tid, "r")
+        return True
 
     def _deliver(self, tid: str, msg: str) -> None:
         with self._lock:
