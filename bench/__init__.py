@@ -3,10 +3,11 @@ Redis round trip (the floor), on the same Redis and client library, in the same 
 
 Modules: :mod:`.server` (a private redis-server), :mod:`.reference` (the reference semaphore),
 :mod:`.impls` (what a workload drives: slotkeeper, the reference, or a peer), :mod:`.stats`,
-:mod:`.workloads` (W1..W5), :mod:`.runner` (one run of the chosen workloads), :mod:`.report`
-(the table, the performance targets, JSON).
+:mod:`.workloads` (W1..W5), :mod:`.held` (W5 through the SDK), :mod:`.curves` (C1..C3),
+:mod:`.runner` (one run of the chosen workloads), :mod:`.report` (the table, the performance
+targets, JSON), :mod:`.plot` (PNG charts; the ``plot`` extra).
 """
 
-from slotkeeper.bench.runner import ALL_WORKLOADS, BenchConfig, run_bench
+from slotkeeper.bench.runner import ALL_WORKLOADS, CURVE_WORKLOADS, BenchConfig, run_bench
 
-__all__ = ["ALL_WORKLOADS", "BenchConfig", "run_bench"]
+__all__ = ["ALL_WORKLOADS", "CURVE_WORKLOADS", "BenchConfig", "run_bench"]

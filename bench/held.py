@@ -14,7 +14,7 @@ from slotkeeper.bench.scale import BIG, _slowlog_max_us
 from slotkeeper.bench.stats import summary_ms
 
 HELD_TTL = 6.0  # s: a heartbeat every 2 s, so the window below sees a few
-WINDOW = 4.5    # s of quiet in which only heartbeats run
+WINDOW = 4.5  # s of quiet in which only heartbeats run
 
 
 def _evalsha_stats(client: redis.Redis) -> tuple[int, int]:
@@ -22,8 +22,9 @@ def _evalsha_stats(client: redis.Redis) -> tuple[int, int]:
     return int(st.get("calls", 0)), int(st.get("usec", 0))
 
 
-def held_by_one(url: str, ns: str, levels: list[int], samples: int,
-                private: bool) -> dict[str, Any]:
+def held_by_one(
+    url: str, ns: str, levels: list[int], samples: int, private: bool
+) -> dict[str, Any]:
     """Run in a fresh process: for each level, hold that many leases through the SDK, then time
     ``samples`` acquire/release cycles on another limit and watch the heartbeats for WINDOW s."""
     from slotkeeper import Limiter
@@ -58,15 +59,17 @@ def held_by_one(url: str, ns: str, levels: list[int], samples: int,
         if private and threshold is not None:
             client.config_set("slowlog-log-slower-than", threshold)
         usec, calls = usec1 - usec0, calls1 - calls0
-        rows.append({
-            "held_leases": level,
-            "acquire": summary_ms(lat),
-            "heartbeat_calls": calls,
-            "heartbeat_redis_us_per_lease_s": round(usec / (level * WINDOW), 3),
-            "heartbeat_us_per_call": round(usec / calls, 1) if calls else 0.0,
-            "longest_heartbeat_ms": round(slow_us / 1000, 3) if private else None,
-            "lost": sum(1 for x in held if x.lost),
-        })
+        rows.append(
+            {
+                "held_leases": level,
+                "acquire": summary_ms(lat),
+                "heartbeat_calls": calls,
+                "heartbeat_redis_us_per_lease_s": round(usec / (level * WINDOW), 3),
+                "heartbeat_us_per_call": round(usec / calls, 1) if calls else 0.0,
+                "longest_heartbeat_ms": round(slow_us / 1000, 3) if private else None,
+                "lost": sum(1 for x in held if x.lost),
+            }
+        )
     for x in held:
         x.release()
     lim.close()

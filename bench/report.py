@@ -15,6 +15,8 @@ def specs_of(result: dict[str, Any]) -> list[str]:
     Workloads map spec -> numbers, except W2 (hold -> spec -> numbers) and W5's "reclaim"."""
     seen: list[str] = []
     for key, w in result.get("workloads", {}).items():
+        if not isinstance(w, dict):  # a curve (C1..C3): a list of rows, slotkeeper only
+            continue
         groups = list(w.values()) if key == "W2" else [w]
         for g in groups:
             for spec in g:
@@ -78,13 +80,25 @@ def metric_rows(result: dict[str, Any]) -> list[Row]:
         )
     for lv in _get(w5, "held", "levels") or []:
         n = lv["held_leases"]
-        rows.append((f"W5 SDK acquire p50 ms, {n:,} held by this process",
-                     {"slotkeeper": lv["acquire"]["p50_ms"]}))
-        rows.append((f"W5 heartbeat Redis us per held lease per s @ {n:,}",
-                     {"slotkeeper": lv["heartbeat_redis_us_per_lease_s"]}))
+        rows.append(
+            (
+                f"W5 SDK acquire p50 ms, {n:,} held by this process",
+                {"slotkeeper": lv["acquire"]["p50_ms"]},
+            )
+        )
+        rows.append(
+            (
+                f"W5 heartbeat Redis us per held lease per s @ {n:,}",
+                {"slotkeeper": lv["heartbeat_redis_us_per_lease_s"]},
+            )
+        )
         if lv.get("longest_heartbeat_ms") is not None:
-            rows.append((f"W5 longest heartbeat call ms @ {n:,}",
-                         {"slotkeeper": lv["longest_heartbeat_ms"]}))
+            rows.append(
+                (
+                    f"W5 longest heartbeat call ms @ {n:,}",
+                    {"slotkeeper": lv["longest_heartbeat_ms"]},
+                )
+            )
     for rc in w5.get("reclaim", []):
         n = rc["leases"]
         rows.append((f"W5 reclaim {n:,} expired: total s", {"slotkeeper": rc["total_s"]}))
@@ -162,12 +176,21 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     if len(held) >= 2:
         lo, hi = held[0]["acquire"]["p50_ms"], held[-1]["acquire"]["p50_ms"]
         flat = round(hi / lo, 2) if lo else 0.0
-        check(f"W5 SDK acquire p50 with {held[-1]['held_leases']:,} held / "
-              f"{held[0]['held_leases']:,} held", flat, "<= 1.3x", flat <= 1.3)
+        check(
+            f"W5 SDK acquire p50 with {held[-1]['held_leases']:,} held / "
+            f"{held[0]['held_leases']:,} held",
+            flat,
+            "<= 1.3x",
+            flat <= 1.3,
+        )
     for lv in held:
         if lv.get("longest_heartbeat_ms") is not None:
-            check(f"W5 longest heartbeat call ms @ {lv['held_leases']:,} held",
-                  lv["longest_heartbeat_ms"], "<= 5", lv["longest_heartbeat_ms"] <= 5)
+            check(
+                f"W5 longest heartbeat call ms @ {lv['held_leases']:,} held",
+                lv["longest_heartbeat_ms"],
+                "<= 5",
+                lv["longest_heartbeat_ms"] <= 5,
+            )
     for rc in _get(wl, "W5", "reclaim") or []:
         n = rc["leases"]
         if n >= 100_000:
@@ -224,6 +247,7 @@ def render(result: dict[str, Any]) -> str:
 
     text = [fmt_line(lines[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     text += [fmt_line(r) for r in lines[1:]]
+    text += curve_lines(result)
     fl = result.get("floor")
     if fl:
         text.append("")
@@ -249,6 +273,52 @@ def render(result: dict[str, Any]) -> str:
             f"{m.get('redis_py')}, load {m.get('loadavg_start')} -> {m.get('loadavg_end')}"
         )
     return "\n".join(text)
+
+
+def curve_lines(result: dict[str, Any]) -> list[str]:
+    """The curves (C1..C3), one small table each."""
+    wl = result.get("workloads", {})
+    text: list[str] = []
+    if wl.get("C1"):
+        text += [
+            "",
+            f"C1 processes on one limit of 8 slots (hold {wl['C1'][0]['hold_ms']:g} ms):",
+            "| processes | cycles/s | utilisation | of reachable | Jain | max holders |",
+            "|---|---|---|---|---|---|",
+        ]
+        text += [
+            f"| {r['processes']} | {_fmt(r['cycles_per_s'])} | {_fmt(r['utilisation'])} | "
+            f"{_fmt(r['utilisation_reachable'])} | {_fmt(r['jain'])} | "
+            f"{r['max_holders_seen']} |"
+            for r in wl["C1"]
+        ]
+    if wl.get("C2"):
+        text += [
+            "",
+            "C2 waiters queued on one limit: a release that grants the next one",
+            "| waiters | release->grant p50 ms | p99 ms |",
+            "|---|---|---|",
+        ]
+        text += [
+            f"| {r['waiters']:,} | {_fmt(r['release_grant']['p50_ms'])} | "
+            f"{_fmt(r['release_grant']['p99_ms'])} |"
+            for r in wl["C2"]
+        ]
+    if wl.get("C3"):
+        text += [
+            "",
+            "C3 limits in a namespace: total s, us per limit, longest call ms",
+            "| limits | ls | metrics scrape | daemon pass |",
+            "|---|---|---|---|",
+        ]
+        for r in wl["C3"]:
+            cells = [
+                f"{_fmt(r[k]['total_s'])} s, {_fmt(r[k]['us_per_limit'])} us, "
+                f"{_fmt(r[k]['longest_call_ms'])} ms"
+                for k in ("ls", "scrape", "daemon_pass")
+            ]
+            text.append(f"| {r['limits']:,} | " + " | ".join(cells) + " |")
+    return text
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> None:

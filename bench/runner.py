@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from slotkeeper.bench import scale
+from slotkeeper.bench import curves, scale
 from slotkeeper.bench.held import held_by_one
 from slotkeeper.bench.workloads import (
     floor,
@@ -26,6 +26,7 @@ from slotkeeper.bench.workloads import (
 )
 
 ALL_WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+CURVE_WORKLOADS = ("C1", "C2", "C3")  # the curves: not in the default run (minutes)
 SPECS = ("slotkeeper", "reference")
 
 
@@ -47,6 +48,12 @@ class BenchConfig:
     w5_samples: int = 300
     w5_reclaim: tuple[int, ...] = (10000, 100000)
     w5_held_levels: tuple[int, ...] = (10, 1000, 10000)
+    c1_procs: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    c1_hold_ms: float = 5.0
+    c1_duration_s: float = 3.0
+    c2_levels: tuple[int, ...] = (10, 100, 1000, 10000)
+    c2_samples: int = 200
+    c3_levels: tuple[int, ...] = (10, 1000, 10000, 100000)
     specs: tuple[str, ...] = SPECS
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -66,6 +73,11 @@ class BenchConfig:
             w5_samples=50,
             w5_reclaim=(2000,),
             w5_held_levels=(10, 500),
+            c1_procs=(1, 2, 4, 8),
+            c1_duration_s=1.0,
+            c2_levels=(10, 1000),
+            c2_samples=30,
+            c3_levels=(10, 300),
         )
 
     def steps(self) -> int:
@@ -77,6 +89,9 @@ class BenchConfig:
         n += per if "W3" in w else 0
         n += per * self.w4_runs if "W4" in w else 0
         n += (per * len(self.w5_levels) + len(self.w5_reclaim) + 1) if "W5" in w else 0
+        n += len(self.c1_procs) if "C1" in w else 0
+        n += len(self.c2_levels) if "C2" in w else 0
+        n += len(self.c3_levels) if "C3" in w else 0
         return n
 
 
@@ -186,13 +201,24 @@ def run_bench(
             wl["W5"][spec] = w5_scale(
                 spec, url, ns(f"w5{spec[:3]}"), list(config.w5_levels), config.w5_samples, tick
             )
-        wl["W5"]["held"] = in_child(held_by_one, url, ns("w5held"), list(config.w5_held_levels),
-                                    config.w5_samples, private)
+        wl["W5"]["held"] = in_child(
+            held_by_one, url, ns("w5held"), list(config.w5_held_levels), config.w5_samples, private
+        )
         tick("W5 held by one process")
         wl["W5"]["reclaim"] = []
         for n in config.w5_reclaim:
             wl["W5"]["reclaim"].append(scale.reclaim(url, ns(f"rc{n}"), n, private))
             tick(f"W5 reclaim {n}")
+    if "C1" in config.workloads:
+        wl["C1"] = curves.c1_processes(
+            url, ns("c1"), list(config.c1_procs), config.c1_hold_ms, config.c1_duration_s, tick=tick
+        )
+    if "C2" in config.workloads:
+        wl["C2"] = curves.c2_waiters(
+            url, ns("c2"), list(config.c2_levels), config.c2_samples, tick=tick
+        )
+    if "C3" in config.workloads:
+        wl["C3"] = curves.c3_limits(url, ns("c3"), list(config.c3_levels), tick=tick)
     ratios: dict[str, float] = {}
     if "W1" in wl and "slotkeeper" in wl["W1"] and "reference" in wl["W1"]:
         ratios["W1_cycles_per_s"] = _ratio(

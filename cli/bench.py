@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from slotkeeper.bench import ALL_WORKLOADS, BenchConfig, run_bench
+from slotkeeper.bench import ALL_WORKLOADS, CURVE_WORKLOADS, BenchConfig, run_bench
 from slotkeeper.bench.rates import RATE_WORKLOADS, render_rates, run_rates
 from slotkeeper.bench.report import render, targets, write_json
 from slotkeeper.bench.server import PrivateRedis
@@ -44,8 +44,8 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
     "--workloads",
     default=",".join(ALL_WORKLOADS),
     show_default=True,
-    help="Comma-separated subset of W1..W5, and of R1,R2,R3,T1 (rates and templates; not run "
-    "by default).",
+    help="Comma-separated subset of W1..W5, of the curves C1,C2,C3 and of R1,R2,R3,T1 (rates "
+    "and templates); the curves and R/T are not run by default.",
 )
 @click.option(
     "--levels",
@@ -65,6 +65,13 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
     type=click.IntRange(1, 20),
     help="W1 runs per implementation; the median run is reported (default 3).",
 )
+@click.option(
+    "--plot",
+    "plot_dir",
+    default=None,
+    metavar="DIR",
+    help="Also write PNG charts (side-by-side bars, the curves) into DIR (the 'plot' extra).",
+)
 def bench(
     url: str | None,
     quick: bool,
@@ -73,23 +80,30 @@ def bench(
     levels: str | None,
     reclaim: str | None,
     repeats: int | None,
+    plot_dir: str | None,
 ) -> None:
     """Measure slotkeeper next to a hand-written Lua ZSET semaphore (the reference) and raw
     PING/EVALSHA round trips (the floor), on the same Redis, and check the performance targets
     (the README's Performance table).
 
-    W1 uncontended cycles; W2 4 processes on 2 slots; W3 release->grant handoff; W4 a SIGKILLed
-    holder; W5 10..100,000 live leases over 100 limits, memory, reclaim of expired leases.
+    W1 uncontended cycles (and client CPU); W2 4 processes on 2 slots; W3 release->grant
+    handoff to a waiter idle 50 ms; W4 a SIGKILLed holder; W5 10..100,000 live leases over 100
+    limits, memory, 10..10,000 leases held by one process, reclaim of expired leases. Curves (on
+    request): C1 1..64 processes on 8 slots; C2 10..10,000 waiters; C3 10..100,000 limits.
     """
     everything = tuple(w.strip().upper() for w in workloads.split(",") if w.strip())
-    unknown = [w for w in everything if w not in ALL_WORKLOADS + RATE_WORKLOADS]
+    known = ALL_WORKLOADS + CURVE_WORKLOADS + RATE_WORKLOADS
+    unknown = [w for w in everything if w not in known]
     if unknown or not everything:
         raise click.BadParameter(
-            f"unknown workloads {unknown}; choose from "
-            f"{','.join(ALL_WORKLOADS + RATE_WORKLOADS)}",
+            f"unknown workloads {unknown}; choose from {','.join(known)}",
             param_hint="--workloads",
         )
-    chosen = tuple(w for w in everything if w in ALL_WORKLOADS)
+    if plot_dir:
+        from slotkeeper.bench.plot import pyplot
+
+        pyplot()  # fail before the run, not after it
+    chosen = tuple(w for w in everything if w in ALL_WORKLOADS + CURVE_WORKLOADS)
     rate_chosen = tuple(w for w in everything if w in RATE_WORKLOADS)
     config = BenchConfig.quick_config(chosen) if quick else BenchConfig(workloads=chosen)
     lv, rc = _ints(levels), _ints(reclaim)
@@ -139,3 +153,8 @@ def bench(
     elif json_path:
         write_json(result, json_path)
         click.echo(f"results written to {json_path}", file=out)
+    if plot_dir and chosen:
+        from slotkeeper.bench.plot import write_plots
+
+        for path in write_plots(result, plot_dir):
+            click.echo(f"chart written to {path}", file=out)

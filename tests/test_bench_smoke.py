@@ -66,6 +66,7 @@ def test_w1_counts_every_cycle(quick_result: tuple[dict[str, Any], str]) -> None
     for spec in SPECS:
         r = res["workloads"]["W1"][spec]
         assert r["cycles"] == res["config"]["w1_cycles"] and r["cycles_per_s"] > 0
+        assert r["client_cpu_us_per_cycle"] > 0
         for part in ("acquire", "release", "cycle"):
             s = r[part]
             assert s["n"] == r["cycles"] and 0 < s["p50_ms"] <= s["p99_ms"] <= s["max_ms"]
@@ -92,6 +93,7 @@ def test_w3_times_every_handoff(quick_result: tuple[dict[str, Any], str]) -> Non
     for spec in SPECS:
         r = res["workloads"]["W3"][spec]
         assert r["rounds"] == r["n"] == res["config"]["w3_rounds"]
+        assert r["idle_ms"] == 50  # the waiter has gone idle before the release
         assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"]
 
 
@@ -120,6 +122,12 @@ def test_w5_scale_levels_and_reclaim_leave_nothing_behind(
         assert [lv["live_leases"] for lv in levels] == sorted(cfg["w5_levels"])
         for lv in levels:
             assert lv["memory_bytes"] > 0 and lv["acquire"]["n"] == cfg["w5_samples"]
+    held = res["workloads"]["W5"]["held"]["levels"]
+    assert [lv["held_leases"] for lv in held] == sorted(cfg["w5_held_levels"])
+    for lv in held:
+        # every lease held through the SDK stayed held, renewed by the batched heartbeat
+        assert lv["lost"] == 0 and lv["acquire"]["n"] == cfg["w5_samples"], lv
+        assert lv["heartbeat_calls"] >= 1 and lv["heartbeat_redis_us_per_lease_s"] > 0, lv
     for rc in res["workloads"]["W5"]["reclaim"]:
         n = rc["leases"]
         assert rc["planted_records"] == n
@@ -143,3 +151,27 @@ def test_bench_against_a_given_url_cleans_up_its_keys(redis_server: RedisProc) -
 def test_unknown_workload_is_a_usage_error(tmp_path: Path) -> None:
     proc = run_bench("--workloads", "W1,W9", timeout=60)
     assert proc.returncode == 2 and "W9" in proc.stderr
+
+
+def test_curves_and_plots(tmp_path: Path) -> None:
+    """C1..C3 (quick): nobody over-admitted at any process count, the queue stays at its level
+    while releases grant, every limit read once per ls; --plot writes a PNG per curve."""
+    out, plots = tmp_path / "curves.json", tmp_path / "plots"
+    proc = run_bench("--quick", "--workloads", "C1,C2,C3", "--json", str(out), "--plot", str(plots))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    cfg, wl = res["config"], res["workloads"]
+    assert [r["processes"] for r in wl["C1"]] == list(cfg["c1_procs"])
+    for r in wl["C1"]:
+        assert r["slots"] == 8 and 1 <= r["max_holders_seen"] <= min(r["processes"], 8), r
+        assert r["cycles_per_s"] > 0 and 0 < r["jain"] <= 1.0
+    assert [r["waiters"] for r in wl["C2"]] == list(cfg["c2_levels"])
+    for r in wl["C2"]:
+        assert r["queued_after"] == r["waiters"] and r["release_grant"]["n"] == cfg["c2_samples"]
+    assert [r["limits"] for r in wl["C3"]] == list(cfg["c3_levels"])
+    for r in wl["C3"]:
+        assert r["ls"]["calls"] >= r["limits"] and r["daemon_pass"]["calls"] >= r["limits"]
+        assert r["scrape"]["calls"] >= r["limits"]
+    for name in ("c1.png", "c2.png", "c3.png"):
+        assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert "C1 processes on one limit" in proc.stdout
