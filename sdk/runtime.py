@@ -77,7 +77,11 @@ class Waiting:
         self.ttl_ms = ttl_ms
         self.renewed_at = time.monotonic() if renewed_at is None else renewed_at
         self._msgs: collections.deque[str] = collections.deque()
-        self._event = threading.Event()
+        # The wake-up of a blocked waiter: a bare lock held while nothing is pending, released
+        # by deliver(). The waiting thread blocks on it directly, so a notification costs one
+        # thread wake (an Event would add its Condition's lock hand-over to the wake-up).
+        self._signal = threading.Lock()
+        self._signal.acquire()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._aevent: asyncio.Event | None = None
 
@@ -87,7 +91,10 @@ class Waiting:
 
     def deliver(self, msg: str) -> None:
         self._msgs.append(msg)
-        self._event.set()
+        try:
+            self._signal.release()
+        except RuntimeError:
+            pass  # already signalled
         if self._loop is not None and self._aevent is not None:
             try:
                 self._loop.call_soon_threadsafe(self._aevent.set)
@@ -95,7 +102,7 @@ class Waiting:
                 pass  # loop closed
 
     def _take(self) -> str | None:
-        self._event.clear()
+        self._signal.acquire(blocking=False)  # consume a pending signal (msgs are drained next)
         if self._aevent is not None:
             self._aevent.clear()
         if not self._msgs:
@@ -110,7 +117,7 @@ class Waiting:
 
     def wait(self, timeout: float) -> str | None:
         if not self._msgs:
-            self._event.wait(max(0.0, timeout))
+            self._signal.acquire(timeout=max(0.0, timeout))  # a signal is consumed here
         return self._take()
 
     async def await_msg(self, timeout: float) -> str | None:
