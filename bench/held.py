@@ -12,6 +12,7 @@ import redis
 
 from slotkeeper.bench.scale import BIG, _slowlog_max_us
 from slotkeeper.bench.stats import summary_ms
+from slotkeeper.lease import Lease
 
 HELD_TTL = 6.0  # s: a heartbeat every 2 s, so the window below sees a few
 WINDOW = 4.5  # s of quiet in which only heartbeats run
@@ -33,8 +34,8 @@ def held_by_one(
     lim.set("held", slots=BIG, create=True)
     lim.set("probe", slots=BIG, create=True)
     client = redis.Redis.from_url(url)
-    held = []
-    rows = []
+    held: list[Lease] = []
+    rows: list[dict[str, Any]] = []
     for level in sorted(levels):
         while len(held) < level:
             held.append(lim.acquire("held"))
