@@ -229,3 +229,71 @@ def test_reset_revokes_every_lease_in_batches(namespace: str, n: int) -> None:
             assert res.status == 1
         assert broker.reset("many") == n  # more than one batch of 1000
         assert broker.snapshot("many").used == 0
+
+
+def test_watchdog_notices_a_shorter_lease_taken_after_a_longer_one(namespace: str) -> None:
+    """The watchdog is woken only when a new lease runs out before it would look anyway: a short
+    lease taken while a long one is held is still declared lost on its own clock (Redis frozen),
+    long before the watchdog's sleep for the long lease would end."""
+    with RedisProc() as r:
+        lim = Limiter(r.url, namespace, ttl=30)
+        lim.create("long", 1)
+        lim.create("short", 1)
+        long_lease = lim.acquire("long")
+        time.sleep(0.2)  # the watchdog now sleeps until the long lease's instant (capped: 10 s)
+        short = lim.acquire("short", ttl=1.0)
+        r.pause()
+        frozen_at = time.monotonic()
+        try:
+            assert wait_until(lambda: short.lost, timeout=8)
+            print(f"short lease lost {time.monotonic() - frozen_at:.3f} s after the freeze")
+            assert not long_lease.lost
+        finally:
+            r.resume()
+        long_lease.release()
+
+
+def test_heartbeat_renews_many_leases_in_bounded_batches(namespace: str) -> None:
+    """A process holding 250 leases renews them all, in round trips of at most HEARTBEAT_BATCH
+    leases each (so no single heartbeat script blocks Redis for long)."""
+    from slotkeeper.runtime import HEARTBEAT_BATCH
+
+    with RedisProc() as r:
+        lim = Limiter(r.url, namespace, ttl=1.5)
+        lim.create("many", 1000)
+        leases = [lim.acquire("many") for _ in range(250)]
+        rt = lim.runtime
+        sizes: list[int] = []
+        real = rt.broker.heartbeat
+
+        def spy(held: list[object], waiting: list[object], **kw: object) -> object:
+            sizes.append(len(held) + len(waiting))
+            return real(held, waiting, **kw)  # type: ignore[arg-type]
+
+        rt.broker.heartbeat = spy  # type: ignore[method-assign]
+        time.sleep(2.5)  # > TTL: only renewals keep them
+        assert not [x for x in leases if x.lost]
+        assert sizes and max(sizes) <= HEARTBEAT_BATCH and sum(sizes) >= 250, sizes
+        snap = lim.broker.snapshot("many")
+        assert snap.used == 250
+        for x in leases:
+            assert x.release() is True
+
+
+def test_lease_ids_differ_in_a_forked_child() -> None:
+    """Lease ids are a per-process random prefix and a counter: a forked child draws its own
+    prefix, so it never repeats its parent's ids."""
+    from slotkeeper.runtime import request_id
+
+    parent = {request_id() for _ in range(3)}
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.write(wfd, " ".join(request_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(wfd)
+    child = set(os.read(rfd, 1000).decode().split())
+    os.waitpid(pid, 0)
+    assert len(child) == 3 and not child & parent
+    assert len({x[:12] for x in child}) == 1 and not {x[:12] for x in child} & {
+        x[:12] for x in parent}
