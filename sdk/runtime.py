@@ -272,7 +272,7 @@ class Runtime:
     def beat(self) -> None:
         """Renew everything this process holds or awaits: one round trip per batch of at most
         HEARTBEAT_BATCH leases and tickets, so one script call never blocks Redis for long however
-        many leases a process holds (each batch ~ HEARTBEAT_BATCH * 10 us of Redis time)."""
+        many leases a process holds (a lease costs Redis some 10-40 us to renew)."""
         with self._lock:
             leases = list(self._leases.values())
             waiting = list(self._waiting.values())
