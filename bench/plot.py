@@ -39,11 +39,11 @@ def _bars(plt: Any, result: dict[str, Any], path: Path) -> bool:
     add("W1 client CPU us/cycle", "W1", "client_cpu_us_per_cycle")
     add("W3 handoff p50 ms", "W3", "p50_ms")
     add("W3 handoff p99 ms", "W3", "p99_ms")
-    for key in wl.get("W2", {}):
+    for key, row in wl.get("W2", {}).items():
         vals = {
-            s: float(wl["W2"][key][s]["utilisation"])
+            s: float(row[s]["utilisation"])
             for s in ("slotkeeper", "reference")
-            if s in wl["W2"][key]
+            if s in row and row[s].get("hold_ms", 0) > 0  # (0 ms holds: utilisation means nothing)
         }
         if vals:
             panels.append((f"W2 {key.removeprefix('hold_')} utilisation", vals))
