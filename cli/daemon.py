@@ -86,7 +86,7 @@ def daemon(
     srv = None
     if not no_metrics and not once:
         try:
-            srv = d.serve_metrics(metrics_host, metrics_port)
+            srv = d.serve_http(metrics_host, metrics_port)
         except OSError as exc:
             raise click.ClickException(
                 f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}"
