@@ -8,6 +8,7 @@ from typing import Any
 
 from slotkeeper.broker.readmodel import LimitStats, wait_quantile
 from slotkeeper.broker.records import Holder, LimitConfig, Waiter
+from slotkeeper.broker.waitreasons import WaitReason, waiter_reasons
 
 
 def timestamp(ms: int) -> str:
@@ -66,8 +67,10 @@ def holder_dict(h: Holder, now_ms: int) -> dict[str, Any]:
     }
 
 
-def waiter_dict(pos: int, w: Waiter, now_ms: int) -> dict[str, Any]:
-    return {
+def waiter_dict(
+    pos: int, w: Waiter, now_ms: int, reason: WaitReason | None = None
+) -> dict[str, Any]:
+    out = {
         "position": pos,
         "ticket_id": w.ticket_id,
         "occupy": w.occupy,
@@ -81,6 +84,9 @@ def waiter_dict(pos: int, w: Waiter, now_ms: int) -> dict[str, Any]:
         "expired": (not w.garbage) and w.expires_ms <= now_ms,
         "unreadable": w.garbage,
     }
+    if reason is not None:
+        out["reason"] = reason.as_dict()
+    return out
 
 
 def limit_detail(st: LimitStats) -> dict[str, Any]:
@@ -108,6 +114,9 @@ def limit_detail(st: LimitStats) -> dict[str, Any]:
             "wait_sum_seconds": c.wait_sum_s,
         },
         "holders": [holder_dict(h, now) for h in s.holders],
-        "queue": [waiter_dict(i + 1, w, now) for i, w in enumerate(s.waiters)],
+        "queue": [
+            waiter_dict(i + 1, w, now, r)
+            for i, (w, r) in enumerate(zip(s.waiters, waiter_reasons(s), strict=True))
+        ],
         "problems": st.messages(),
     }

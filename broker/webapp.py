@@ -3,6 +3,7 @@
 =======================================  =====================================================
 path                                     answer
 =======================================  =====================================================
+``/``                                      the status page (HTML, refreshes itself; ``?refresh=S``)
 ``/metrics``                             Prometheus text or OpenMetrics (by Accept header)
 ``/healthz``                             200 when healthy, else 503; JSON body either way
 ``/api/v1/limits``                       every limit in brief (the shape of ``ls --json``)
@@ -35,6 +36,7 @@ from slotkeeper.broker.errors import (
 )
 from slotkeeper.broker.httpserver import Request, Response
 from slotkeeper.broker.readmodel import ReadModel
+from slotkeeper.broker.render_html import CONTENT_SECURITY_POLICY, DEFAULT_REFRESH, status_page
 from slotkeeper.broker.render_json import limit_detail, limit_summary
 
 log = logging.getLogger("slotkeeper.http")
@@ -42,6 +44,13 @@ log = logging.getLogger("slotkeeper.http")
 API = "/api/v1"
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
+HTML = "text/html; charset=utf-8"
+PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 HealthCheck = Callable[[], tuple[bool, dict[str, object]]]
 
@@ -87,7 +96,9 @@ class WebApp:
             if path in ("/healthz", "/health"):
                 return self.healthz()
             if path == "/":
-                return Response(200, b"slotkeeper daemon: /metrics /healthz /api/v1/\n", TEXT)
+                return self.page(req)
+            if path == "/favicon.ico":  # browsers ask; the page has no assets to serve
+                return Response(204, b"", TEXT)
             if path == f"{API}/limits":
                 return self.api_limits()
             if req.path.startswith(f"{API}/limits/"):
@@ -112,6 +123,21 @@ class WebApp:
             ok, info = False, {"error": redact(str(exc))}
         body = json.dumps({"healthy": ok, **info}, sort_keys=True).encode() + b"\n"
         return Response(200 if ok else 503, body, JSON)
+
+    def page(self, req: Request) -> Response:
+        try:
+            refresh = min(3600.0, max(1.0, float(req.query.get("refresh", DEFAULT_REFRESH))))
+        except ValueError:
+            refresh = DEFAULT_REFRESH
+        status, error, stats = 200, None, []
+        try:
+            stats = self.model.limits()
+        except BrokerUnavailable as exc:
+            status, error = 503, f"Redis unreachable: {redact(str(exc))}"
+        except SlotkeeperError as exc:
+            status, error = error_status(exc), redact(str(exc))
+        body = status_page(self.model.namespace, stats, error=error, refresh=refresh)
+        return Response(status, body.encode(), HTML, PAGE_HEADERS)
 
     def api_limits(self) -> Response:
         stats = self.model.limits()

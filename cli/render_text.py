@@ -9,6 +9,7 @@ from typing import Any
 
 from slotkeeper.broker.readmodel import LimitStats, wait_quantile
 from slotkeeper.broker.render_json import timestamp
+from slotkeeper.broker.waitreasons import waiter_reasons
 from slotkeeper.cli.output import duration, table, ttl_text
 
 BAR = 12
@@ -116,21 +117,20 @@ def limit_text(st: LimitStats) -> str:
         lines.append("holders: none")
     if s.waiters:
         rows: list[list[Any]] = []
-        for i, w in enumerate(s.waiters):
+        for i, (w, r) in enumerate(zip(s.waiters, waiter_reasons(s), strict=True)):
             if w.garbage:
-                rows.append([i + 1, w.ticket_id, "?", "", "UNREADABLE RECORD", "", "", "", ""])
+                rows.append([i + 1, w.ticket_id, "?", "", "UNREADABLE RECORD", "", "", "", "", ""])
                 continue
             waited = duration((now - w.arrived_ms) / 1000) if w.arrived_ms else "?"
-            if w.expires_ms <= now:
-                waited += " (expired)"
             rows.append(
                 [i + 1, w.ticket_id, w.occupy, w.priority, w.host, w.pid or "", w.worker, w.label]
-                + [waited]
+                + [waited, r.text]
             )
         lines.append(f"queue ({s.n_waiters}):")
         lines.append(
             table(
-                ["#", "TICKET", "OCCUPY", "PRIO", "HOST", "PID", "WORKER", "LABEL", "WAITING"],
+                ["#", "TICKET", "OCCUPY", "PRIO", "HOST", "PID", "WORKER", "LABEL", "WAITING"]
+                + ["WHY"],
                 rows,
                 right=(0, 2, 3, 5),
                 indent="  ",
