@@ -24,6 +24,7 @@ from slotkeeper.broker.errors import (
     LimitHeld,
     LimitNotFound,
     OccupyExceedsLimit,
+    PermissionDenied,
     SlotkeeperError,
 )
 from slotkeeper.broker.keys import Keys, check_name, check_namespace
@@ -124,6 +125,8 @@ class Broker:
                 attempt += 1
                 if on_retry is not None:
                     on_retry()
+            except redis.exceptions.NoPermissionError as exc:
+                raise PermissionDenied(f"Redis ACL: {redact(str(exc))}") from exc
             except redis.ResponseError as exc:
                 raise BrokerError(f"Redis error: {redact(str(exc))}") from exc
             except redis.RedisError as exc:
@@ -200,6 +203,15 @@ class Broker:
 
         hb, acked = self._call(go)
         return lease_id not in {_s(x) for x in hb[0]}, acked
+
+    def probe_permissions(self) -> list[str]:
+        """The commands the scripts use that this ACL user may not run (lua/doctor_probe.lua;
+        writes and deletes one key of the namespace). Raises PermissionDenied if scripts cannot
+        be run at all."""
+        keys = [*self.keys.fixed(), self.keys.doctor_probe]
+        args = [0, self.keys.wake_channel("doctor")]
+        reply = self._call(lambda: self._scripts.run("doctor_probe", keys, args), retries=())
+        return [_s(x) for x in reply]
 
     def server_time_ms(self) -> int:
         sec, usec = self._call(lambda: self.redis.time())

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client.metrics_core import (
@@ -27,8 +27,10 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from slotkeeper.broker import doctor
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.collector import SlotkeeperCollector
+from slotkeeper.broker.doctor import Report
 from slotkeeper.broker.errors import BrokerUnavailable, SlotkeeperError
 from slotkeeper.broker.httpserver import HttpServer
 from slotkeeper.broker.keys import check_name
@@ -42,6 +44,7 @@ DEFAULT_BATCH = 500
 MAX_CALLS_PER_LIMIT = 200  # per pass; the rest waits for the next pass (which starts at once)
 AUDIT_EVERY = 60.0  # s between full reads of every limit looking for unreadable entries
 AUDIT_SAMPLE = 200
+DOCTOR_EVERY = 300.0  # s between runs of the doctor's checks (logged on change, exported as gauges)
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -108,9 +111,12 @@ class DaemonStats:
 class DaemonCollector(Collector):
     """The daemon's own metrics (labelled by namespace only)."""
 
-    def __init__(self, namespace: str, stats: DaemonStats) -> None:
+    def __init__(
+        self, namespace: str, stats: DaemonStats, doctor: Callable[[], Report | None] = lambda: None
+    ) -> None:
         self.namespace = namespace
         self.stats = stats
+        self.doctor = doctor
 
     def describe(self) -> Iterator[Metric]:
         yield from self._families(empty=True)
@@ -158,9 +164,20 @@ class DaemonCollector(Collector):
             "Unix time the last pass completed.",
             labels=lbl,
         )
-        fams: list[Metric] = [dur, reclaimed, last, granted, passes, errors, max_call, last_at]
+        checks = GaugeMetricFamily(
+            "slotkeeper_doctor_check",
+            "Last result of each `slotkeeper doctor` check: 0 fine, 1 warning, 2 danger, "
+            "-1 could not check.",
+            labels=("namespace", "check"),
+        )
+        fams: list[Metric] = [
+            dur, reclaimed, last, granted, passes, errors, max_call, last_at, checks
+        ]  # fmt: skip
         if empty:
             return fams
+        report = self.doctor()
+        for c in report.checks if report is not None else ():
+            checks.add_metric([self.namespace, c.name], c.level.gauge)
         s = self.stats
         buckets, total = s.histogram()
         with s._lock:
@@ -188,6 +205,7 @@ class Daemon:
         max_calls: int = MAX_CALLS_PER_LIMIT,
         audit_every: float = AUDIT_EVERY,
         health_broker: Broker | None = None,
+        doctor_every: float = DOCTOR_EVERY,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0")
@@ -205,6 +223,9 @@ class Daemon:
         self._redis_up: bool | None = None  # unknown until the first pass
         self._bad_limits: dict[str, str] = {}
         self._last_audit: float | None = None  # audit on the first pass
+        self.doctor_every = doctor_every
+        self.doctor_report: doctor.Report | None = None
+        self._last_doctor: float | None = None
         self.started = time.monotonic()
 
     # -- control ------------------------------------------------------------------------------
@@ -301,6 +322,27 @@ class Daemon:
             self.problems.report(name, st.messages())
         self.problems.forget_missing(names)
 
+    def check_redis(self) -> doctor.Report:
+        """Run the doctor's checks; log each warning or danger when it appears or changes."""
+        report = doctor.run(self.broker, clock_samples=3)
+        before = {c.name: c for c in self.doctor_report.checks} if self.doctor_report else {}
+        for c in report.checks:
+            old = before.get(c.name)
+            if old is not None and old.level is c.level:
+                continue
+            if c.level in (doctor.Level.WARN, doctor.Level.DANGER):
+                log.warning("doctor: %s %s: %s (fix: %s)", c.level.value, c.name, c.summary, c.fix)
+            elif old is not None and old.level in (doctor.Level.WARN, doctor.Level.DANGER):
+                log.info("doctor: %s is fine now: %s", c.name, c.summary)
+        self.doctor_report = report
+        self._last_doctor = time.monotonic()
+        return report
+
+    def _doctor_due(self) -> bool:
+        return self.doctor_every > 0 and (
+            self._last_doctor is None or time.monotonic() - self._last_doctor >= self.doctor_every
+        )
+
     def _limit_failed(self, name: str, msg: str) -> None:
         if self._bad_limits.get(name) != msg:
             log.warning("%s (carrying on with the other limits)", msg)
@@ -336,6 +378,8 @@ class Daemon:
         while not self._stop:
             backlog = False
             try:
+                if self._doctor_due() and not once:
+                    self.check_redis()
                 r = self.run_pass()
                 self._set_up(True)
                 backlog = r.backlog
@@ -396,7 +440,7 @@ class Daemon:
     def registry(self) -> CollectorRegistry:
         reg = CollectorRegistry(auto_describe=True)
         reg.register(SlotkeeperCollector(self.health_broker, self.problems))
-        reg.register(DaemonCollector(self.broker.namespace, self.stats))
+        reg.register(DaemonCollector(self.broker.namespace, self.stats, lambda: self.doctor_report))
         return reg
 
     def web_app(self) -> WebApp:

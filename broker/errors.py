@@ -93,6 +93,10 @@ class BrokerError(SlotkeeperError):
     """Redis answered with an error slotkeeper did not expect (e.g. garbage in its keys)."""
 
 
+class PermissionDenied(BrokerError):
+    """The Redis ACL user may not run a command slotkeeper needs (NOPERM)."""
+
+
 class LimitUnreadable(SlotkeeperError):
     """A limit exists but its keys cannot be read (garbage in them); the message says what."""
 

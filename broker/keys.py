@@ -17,6 +17,7 @@ key                                    type    holds
 ``sk:{ns}:tickets``                    HASH    ticket id -> msgpack ticket record
 ``sk:{ns}:ticket_exp``                 ZSET    ticket id -> expiry ms
 ``sk:{ns}:fence``                      STRING  fencing token / arrival sequence counter
+``sk:{ns}:doctor``                     any     ``slotkeeper doctor``'s ACL probe (deleted at once)
 ``sk:{ns}:wake:<client>`` (channel)    PUBSUB  grant notifications to one process (not a key)
 =====================================  ======  =================================================
 """
@@ -109,6 +110,11 @@ class Keys:
     @property
     def tickets(self) -> str:
         return f"{self.base}:tickets"
+
+    @property
+    def doctor_probe(self) -> str:
+        """Written and deleted by ``slotkeeper doctor``'s permission probe."""
+        return f"{self.base}:doctor"
 
     def wake_channel(self, client_id: str) -> str:
         return f"{self.base}:wake:{client_id}"
