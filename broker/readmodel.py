@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import redis
@@ -31,6 +31,7 @@ from slotkeeper.broker.errors import (
 )
 from slotkeeper.broker.keys import WAIT_BUCKETS_MS, check_name
 from slotkeeper.broker.records import Counters, Snapshot
+from slotkeeper.broker.waitreasons import WaitReason, blocking_reason
 
 log = logging.getLogger("slotkeeper.readmodel")
 
@@ -150,6 +151,15 @@ class ReadModel:
     def readable_limit(self, name: str, sample: int | None = None) -> LimitStats:
         """One limit that could be read; raises LimitNotFound or LimitUnreadable otherwise."""
         return ensure_readable(self.limit(name, sample), self.namespace)
+
+
+    def wait_reason(
+        self, names: Sequence[str], ticket_id: str
+    ) -> tuple[int, WaitReason] | None:
+        """(position, reason) of a waiting request across all its limits; None if no longer
+        queued (granted, withdrawn, or beyond the sample)."""
+        snaps = [self.broker.snapshot(n, max_items=self.sample) for n in names]
+        return blocking_reason(snaps, ticket_id)
 
 
 def ensure_readable(st: LimitStats, namespace: str) -> LimitStats:

@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from slotkeeper.runtime import Runtime
@@ -32,6 +32,7 @@ class Lease:
         self._on_lost = on_lost
         self._lost = threading.Event()
         self._released = False
+        self._span: Any = None  # the hold span (slotkeeper.tracing), when tracing is on
 
     @property
     def ttl_ms(self) -> int:
@@ -62,6 +63,7 @@ class Lease:
         if self._lost.is_set() or self._released:
             return
         self._lost.set()
+        self._end_span("lost")
         log.warning("slotkeeper: lease %s on %s lost (expired or revoked)", self.id,
                     ", ".join(self.names))
         if self._on_lost is not None:
@@ -82,7 +84,15 @@ class Lease:
         ok = self._runtime.release(self)
         if not ok:
             self._lost.set()
+        self._end_span("released" if ok else "lost")
         return ok
+
+    def _end_span(self, outcome: str) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            from slotkeeper.tracing import end_hold
+
+            end_hold(span, outcome)
 
     def renew(self) -> bool:
         """Renew now (the heartbeat does this by itself). False if the lease is lost."""

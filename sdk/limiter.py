@@ -6,6 +6,7 @@ and driven by a blocking loop for threads and an awaiting loop for asyncio.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -16,6 +17,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from slotkeeper import tracing
 from slotkeeper.broker import embedded
 from slotkeeper.broker import records as R
 from slotkeeper.broker.client import check_names, check_occupy, check_priority, check_ttl
@@ -33,6 +35,13 @@ from slotkeeper.broker.errors import (
 from slotkeeper.broker.keys import check_namespace
 from slotkeeper.lease import Lease
 from slotkeeper.naming import check_template, host_name, resolve, worker_name
+from slotkeeper.pending import (
+    DEFAULT_SLOW_WAIT,
+    PendingRequest,
+    SlowWaitLog,
+    WaitingCallback,
+    check_slow_wait,
+)
 from slotkeeper.runtime import Runtime, Waiting, new_id, runtime_for
 
 log = logging.getLogger("slotkeeper")
@@ -71,23 +80,26 @@ class Limiter:
     SLOTKEEPER_NAMESPACE, else "default"."""
 
     def __init__(self, url: str | None = None, namespace: str | None = None,
-                 ttl: float = DEFAULT_TTL, worker: str | None = None) -> None:
+                 ttl: float = DEFAULT_TTL, worker: str | None = None,
+                 slow_wait: float = DEFAULT_SLOW_WAIT) -> None:
         self._url = configured_url(url)
         self.namespace = check_namespace(configured_namespace(namespace))
         self.ttl = check_ttl(ttl)
         if worker is not None and not isinstance(worker, str):
             raise InvalidType("worker must be a str")
         self.worker = worker
+        self.slow_wait = check_slow_wait(slow_wait)  # s before a wait logs one INFO line; 0: never
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self._url, "namespace": self.namespace, "ttl": self.ttl,
-                "worker": self.worker}
+                "worker": self.worker, "slow_wait": self.slow_wait}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._url = state["url"]
         self.namespace = state["namespace"]
         self.ttl = state["ttl"]
         self.worker = state["worker"]
+        self.slow_wait = state.get("slow_wait", DEFAULT_SLOW_WAIT)
 
     def __repr__(self) -> str:
         return f"Limiter(url={redact(self._url)!r}, namespace={self.namespace!r})"
@@ -134,9 +146,14 @@ class Limiter:
 
     def _flow(self, req: Request, on_lost: Callable[[Lease], None] | None,
               waiting_hook: Callable[[Waiting], None] | None = None,
+              pending: PendingRequest | None = None, slow_wait: float = 0.0,
+              on_waiting: WaitingCallback | None = None,
               ) -> Generator[tuple[Waiting, float], str | None, Lease]:
         rt = self.runtime
         broker = rt.broker
+        if pending is None:
+            pending = PendingRequest(broker, req.names, req.occupy, req.priority, req.label)
+        slow = SlowWaitLog(pending, slow_wait)
         meta = R.pack_meta(host_name(), os.getpid(), worker_name(self.worker), req.label)
         default_ttl_ms = int(self.ttl * 1000)
         wait = req.timeout != 0
@@ -170,6 +187,13 @@ class Limiter:
                     continue
                 if res.status != R.QUEUED:
                     raise BrokerError(f"unexpected acquire status {res.status}")
+                first = pending.position is None
+                pending._queued(lid, res.position)
+                if first and on_waiting is not None:
+                    try:
+                        on_waiting(pending)
+                    except Exception:
+                        log.exception("slotkeeper: on_waiting callback failed")
                 if w is None or w.id != lid:
                     if w is not None:
                         rt.drop_waiting(w)
@@ -185,7 +209,7 @@ class Limiter:
                 if req.timeout is not None:
                     remaining = req.timeout - (time.monotonic() - started)
                     pause = min(pause, max(0.0, remaining))
-                msg = yield (w, pause)
+                msg = yield (w, slow.pause(pause))
                 if msg and msg.startswith("g"):
                     _, token, exp, ttl = msg.split()
                     res = R.AcquireResult(R.GRANTED, token=int(token), expires_ms=int(exp),
@@ -202,6 +226,7 @@ class Limiter:
                         raise AcquireTimeout(
                             f"no slot on {', '.join(req.names)} within {req.timeout:g} s")
                     break
+                slow.check()
                 res = ask()
         except BaseException as exc:
             # interrupted while waiting (timeout error, KeyboardInterrupt, cancellation) or the
@@ -218,6 +243,7 @@ class Limiter:
         finally:
             if w is not None:
                 rt.drop_waiting(w)
+        pending._granted()
         ttl_ms = res.ttl_ms or req.ttl_ms or default_ttl_ms  # the script may pick the limit's ttl
         lease = Lease(rt, lid, req.names, req.occupy, res.token, res.expires_ms, ttl_ms, on_lost)
         rt.add_lease(lease)
@@ -226,15 +252,21 @@ class Limiter:
     def acquire(self, *names: str, occupy: int = 1, timeout: float | None = None,
                 priority: int = 0, ttl: float | None = None, default_slots: int | None = None,
                 strict: bool = True, on_lost: Callable[[Lease], None] | None = None,
-                label: str | None = None, durable: bool = False) -> Lease:
+                label: str | None = None, durable: bool = False,
+                slow_wait: float | None = None,
+                on_waiting: WaitingCallback | None = None) -> Lease:
         """Take ``occupy`` slots of every named limit at once (blocking).
 
         ``durable=True`` returns only once a replica acknowledged the grant (Redis WAIT), so a
-        failover right after cannot forget it; without a replica it raises BrokerUnavailable."""
+        failover right after cannot forget it; without a replica it raises BrokerUnavailable.
+        ``on_waiting(pending)`` is called once if the request has to queue (see
+        :class:`~slotkeeper.pending.PendingRequest`); a wait longer than ``slow_wait`` seconds
+        (default: the Limiter's) logs one INFO line saying why."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
-        flow = self._flow(req, on_lost)
-        with _Outcome(self, req, flow, strict, durable) as out:
+        pending, span = self._observe(req)
+        flow = self._flow(req, on_lost, None, pending, self._slow(slow_wait), on_waiting)
+        with _Outcome(self, req, flow, strict, durable, pending, span) as out:
             step = next(flow)
             while True:
                 w, pause = step
@@ -245,17 +277,32 @@ class Limiter:
                             priority: int = 0, ttl: float | None = None,
                             default_slots: int | None = None, strict: bool = True,
                             on_lost: Callable[[Lease], None] | None = None,
-                            label: str | None = None, durable: bool = False) -> Lease:
+                            label: str | None = None, durable: bool = False,
+                            slow_wait: float | None = None,
+                            on_waiting: WaitingCallback | None = None) -> Lease:
         """Like :meth:`acquire`, waiting without blocking the event loop."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
-        flow = self._flow(req, on_lost, waiting_hook=Waiting.bind_loop)
-        with _Outcome(self, req, flow, strict, durable) as out:
+        pending, span = self._observe(req)
+        flow = self._flow(req, on_lost, Waiting.bind_loop, pending, self._slow(slow_wait),
+                          on_waiting)
+        with _Outcome(self, req, flow, strict, durable, pending, span) as out:
             step = next(flow)
             while True:
                 w, pause = step
                 step = flow.send(await w.await_msg(pause))
         return out.lease
+
+    def _slow(self, slow_wait: float | None) -> float:
+        return self.slow_wait if slow_wait is None else check_slow_wait(slow_wait)
+
+    def _observe(self, req: Request) -> tuple[PendingRequest, Any]:
+        """The request's waiting handle and (with the otel extra) its acquire span."""
+        pending = PendingRequest(self.runtime.broker, req.names, req.occupy, req.priority,
+                                 req.label)
+        span = (tracing.start_acquire(req.names, req.occupy, self.namespace, req.label)
+                if tracing.ENABLED else None)
+        return pending, span
 
     def _make_durable(self, lease: Lease, timeout_ms: int = 2000) -> None:
         if not lease.throttled:
@@ -306,27 +353,55 @@ class _Outcome:
 
     def __init__(self, limiter: Limiter, req: Request,
                  flow: Generator[tuple[Waiting, float], str | None, Lease], strict: bool,
-                 durable: bool) -> None:
+                 durable: bool, pending: PendingRequest, span: Any = None) -> None:
         self.limiter, self.req, self.flow = limiter, req, flow
         self.strict, self.durable = strict, durable
+        self.pending, self.span = pending, span
 
     def __enter__(self) -> _Outcome:
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: object) -> bool:
+        error = None if isinstance(ev, StopIteration) else ev
         try:
             if isinstance(ev, StopIteration):
                 self.lease = ev.value
                 if self.durable:
                     self.limiter._make_durable(self.lease)
+                self._traced("granted")
                 return True
             if isinstance(ev, LimitNotFound) and not self.strict:
                 self.lease = self.limiter._unthrottled(self.req, ev)
+                self._traced("unthrottled")
                 return True
             return False
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             self.flow.close()
+            if self.span is not None and error is not None:
+                tracing.end_acquire(self.span, self.pending, _outcome(error), error)
+
+    def _traced(self, outcome: str) -> None:
+        span, self.span = self.span, None
+        if span is None:
+            return
+        tracing.end_acquire(span, self.pending, outcome)
+        lease = self.lease
+        if lease.throttled:
+            lease._span = tracing.start_hold(lease.id, lease.names, lease.occupy, lease.token)
+
+
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, AcquireTimeout):
+        return "timeout"
+    if isinstance(exc, LimitNotFound | OccupyExceedsLimit):
+        return "rejected"
+    if isinstance(exc, GeneratorExit | KeyboardInterrupt | asyncio.CancelledError):
+        return "cancelled"
+    return "error"
 
 
 _default: Limiter | None = None
