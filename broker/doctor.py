@@ -20,6 +20,7 @@ import redis
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.connection import redact
 from slotkeeper.broker.errors import BrokerError, BrokerUnavailable, PermissionDenied
+from slotkeeper.broker.scripts import source
 
 T = TypeVar("T")
 
@@ -35,7 +36,7 @@ HEADROOM_DANGER = 0.10
 
 # Commands the client sends itself (the scripts' own are probed by lua/doctor_probe.lua).
 CLIENT_COMMANDS = ("ping", "time", "info", "smembers", "wait", "script|load", "evalsha",
-                   "subscribe")  # fmt: skip
+                   "eval", "subscribe")  # fmt: skip
 
 
 class Level(str, Enum):
@@ -280,7 +281,11 @@ def _probe_client(broker: Broker) -> list[str]:
     except BrokerError:  # NOSCRIPT: allowed
         pass
     try:
-        _call(broker, lambda: r.script_load("return 1"))
+        _call(broker, lambda: r.eval("return 1", 0))
+    except PermissionDenied:
+        refused.append("eval")
+    try:
+        _call(broker, lambda: r.script_load(source("doctor_probe")))  # EVALSHA finds it next
     except PermissionDenied:
         refused.append("script|load")
     pubsub = r.pubsub()  # type: ignore[no-untyped-call]
@@ -296,7 +301,7 @@ def _probe_client(broker: Broker) -> list[str]:
 
 def check_permissions(broker: Broker) -> Check:
     refused = _probe_client(broker)
-    if not {"evalsha", "script|load"} & set(refused):
+    if "evalsha" not in refused and not {"eval", "script|load"} <= set(refused):
         refused += broker.probe_permissions()
     if refused:
         grants = " ".join(f"+{c}" for c in refused)

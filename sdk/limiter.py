@@ -19,8 +19,8 @@ from typing import Any
 
 from slotkeeper import tracing
 from slotkeeper.broker import embedded
+from slotkeeper.broker import protocol as P
 from slotkeeper.broker import records as R
-from slotkeeper.broker.client import check_names, check_occupy, check_priority, check_ttl
 from slotkeeper.broker.connection import configured_namespace, configured_url, redact
 from slotkeeper.broker.errors import (
     AcquireTimeout,
@@ -31,8 +31,18 @@ from slotkeeper.broker.errors import (
     LeaseLost,
     LimitNotFound,
     OccupyExceedsLimit,
+    SlotkeeperError,
 )
 from slotkeeper.broker.keys import check_namespace
+from slotkeeper.broker.protocol import (
+    check_names,
+    check_occupy,
+    check_priority,
+    check_seconds,
+    check_ttl,
+)
+from slotkeeper.broker.readmodel import SAMPLE
+from slotkeeper.broker.transport import DEFAULT_OP_TIMEOUT
 from slotkeeper.lease import Lease
 from slotkeeper.naming import check_template, host_name, resolve, worker_name
 from slotkeeper.pending import (
@@ -42,12 +52,41 @@ from slotkeeper.pending import (
     WaitingCallback,
     check_slow_wait,
 )
-from slotkeeper.runtime import Runtime, Waiting, new_id, runtime_for
+from slotkeeper.runtime import Runtime, Waiting, live_runtimes, new_id, runtime_for
 
 log = logging.getLogger("slotkeeper")
 
 DEFAULT_TTL = 30.0
 FALLBACK_CHECK = 1.0  # s: only covers lost notifications; grants are pushed
+ENV_OP_TIMEOUT = "SLOTKEEPER_OP_TIMEOUT"
+# A call with a timeout returns within timeout + 1 s whatever Redis does: the last acquire round
+# trip may run until timeout + ASK_GRACE, withdrawing the ticket until timeout + CANCEL_GRACE
+# (what cannot be withdrawn by then is withdrawn in the background, or expires by its TTL).
+ASK_GRACE = 0.3
+CANCEL_GRACE = 0.6
+CLEANUP_MAX = 1.0    # s: withdrawing after a failure never takes longer (then: in the background)
+LISTENER_WAIT = 2.0  # s: at most this (and a quarter of the call's budget) for the first subscribe
+DURABLE_WAIT_MS = 2000
+
+
+def configured_op_timeout(op_timeout: float | None = None) -> float:
+    """``op_timeout`` if given, else SLOTKEEPER_OP_TIMEOUT, else 10 s: how long one broker call
+    without a deadline of its own (an acquire with timeout=None, a release, a CLI command) may
+    wait for an unresponsive Redis before it raises BrokerUnavailable."""
+    if op_timeout is None:
+        raw = os.environ.get(ENV_OP_TIMEOUT)
+        if not raw:
+            return DEFAULT_OP_TIMEOUT
+        try:
+            op_timeout = float(raw)
+        except ValueError:
+            raise InvalidArgument(f"{ENV_OP_TIMEOUT} must be a number of seconds, "
+                                  f"got {raw!r}") from None
+    value = check_seconds(op_timeout, "op_timeout", allow_none=False)
+    assert value is not None
+    if not 0.1 <= value <= 3600:
+        raise InvalidArgument(f"op_timeout must be between 0.1 s and 1 h, got {value:g}")
+    return value
 
 
 def check_timeout(timeout: object) -> float | None:
@@ -81,6 +120,7 @@ class Limiter:
 
     def __init__(self, url: str | None = None, namespace: str | None = None,
                  ttl: float = DEFAULT_TTL, worker: str | None = None,
+                 op_timeout: float | None = None,
                  slow_wait: float = DEFAULT_SLOW_WAIT) -> None:
         self._url = configured_url(url)
         self.namespace = check_namespace(configured_namespace(namespace))
@@ -88,17 +128,20 @@ class Limiter:
         if worker is not None and not isinstance(worker, str):
             raise InvalidType("worker must be a str")
         self.worker = worker
+        self.op_timeout = configured_op_timeout(op_timeout)
         self.slow_wait = check_slow_wait(slow_wait)  # s before a wait logs one INFO line; 0: never
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self._url, "namespace": self.namespace, "ttl": self.ttl,
-                "worker": self.worker, "slow_wait": self.slow_wait}
+                "worker": self.worker, "op_timeout": self.op_timeout,
+                "slow_wait": self.slow_wait}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._url = state["url"]
         self.namespace = state["namespace"]
         self.ttl = state["ttl"]
         self.worker = state["worker"]
+        self.op_timeout = state.get("op_timeout", DEFAULT_OP_TIMEOUT)
         self.slow_wait = state.get("slow_wait", DEFAULT_SLOW_WAIT)
 
     def __repr__(self) -> str:
@@ -117,7 +160,7 @@ class Limiter:
 
     @property
     def runtime(self) -> Runtime:
-        return runtime_for(self.url, self.namespace)
+        return runtime_for(self.url, self.namespace, self.op_timeout)
 
     @property
     def broker(self) -> Any:
@@ -144,108 +187,156 @@ class Limiter:
             label=(label or "")[:200],
         )
 
-    def _flow(self, req: Request, on_lost: Callable[[Lease], None] | None,
-              waiting_hook: Callable[[Waiting], None] | None = None,
-              pending: PendingRequest | None = None, slow_wait: float = 0.0,
-              on_waiting: WaitingCallback | None = None,
-              ) -> Generator[tuple[Waiting, float], str | None, Lease]:
-        rt = self.runtime
-        broker = rt.broker
-        if pending is None:
-            pending = PendingRequest(broker, req.names, req.occupy, req.priority, req.label)
-        slow = SlowWaitLog(pending, slow_wait)
+    def _flow(self, rt: Runtime, req: Request, on_lost: Callable[[Lease], None] | None,
+              bind_loop: bool = False, handle: PendingRequest | None = None,
+              slow_wait: float = 0.0, on_waiting: WaitingCallback | None = None,
+              ) -> Generator[Step, Any, Lease]:
+        """The acquire flow, free of I/O: it yields :class:`Call` (run this op by this deadline)
+        and :class:`Wait` (wait for a notification) steps, and is sent their results (or has their
+        exceptions thrown in). :meth:`acquire` drives it with blocking I/O, :meth:`acquire_async`
+        with the asyncio transport — one flow, so both paths share every rule."""
+        keys = rt.keys
         meta = R.pack_meta(host_name(), os.getpid(), worker_name(self.worker), req.label)
         default_ttl_ms = int(self.ttl * 1000)
+        ticket_ttl_ms = req.ttl_ms or default_ttl_ms
         wait = req.timeout != 0
-        if wait:
-            rt.ensure_listener()
-        lid = new_id()
+        started = time.monotonic()
+        t_end = None if req.timeout is None else started + req.timeout
+        if handle is None:
+            handle = PendingRequest(rt.broker, req.names, req.occupy, req.priority, req.label)
+        slow = SlowWaitLog(handle, slow_wait)
 
+        def deadline(grace: float = ASK_GRACE) -> float:
+            """A call's deadline: the op timeout, and never past timeout + grace."""
+            now = time.monotonic()
+            end = now + self.op_timeout
+            if t_end is not None:
+                end = min(end, max(t_end + grace, now + 0.05))
+            return end
+
+        lid = new_id()
         asked: set[str] = set()
 
-        def ask() -> R.AcquireResult:
+        def ask() -> Call:
             # an id is asked about afresh once; later asks only re-check it (LOST if it is gone),
             # so a late notification for a lost grant can never pose as a grant of a new request
             recheck = lid in asked
             asked.add(lid)
-            return broker.acquire(
-                req.names, lid, occupy=req.occupy, ttl_ms=req.ttl_ms,
+            return Call(P.acquire(
+                keys, req.names, lid, occupy=req.occupy, ttl_ms=req.ttl_ms,
                 default_ttl_ms=default_ttl_ms, priority=req.priority, wait=wait,
                 channel=rt.channel, meta=meta, default_slots=req.default_slots,
-                recheck=recheck)
+                recheck=recheck), deadline())
 
-        started = time.monotonic()
         w: Waiting | None = None
+        pending = False  # a ticket (or an unseen grant) of ours may exist in Redis
         try:
-            res = ask()  # from here on a ticket may exist (when wait): withdraw it if interrupted
+            pending, sent = True, time.monotonic()
+            res: R.AcquireResult = yield ask()
+            granted_after = sent  # the grant was made after this send: its lease runs from here
             if res.status == R.BUSY:
+                pending = False
                 raise AcquireTimeout(f"no free slot on {', '.join(req.names)} (timeout=0)")
             while res.status != R.GRANTED:
                 if res.status == R.LOST:  # our ticket expired (e.g. we were paused): ask anew
                     lid = new_id()
-                    res = ask()
+                    pending, sent = True, time.monotonic()
+                    res = yield ask()
+                    granted_after = sent
                     continue
                 if res.status != R.QUEUED:
                     raise BrokerError(f"unexpected acquire status {res.status}")
-                first = pending.position is None
-                pending._queued(lid, res.position)
+                first = handle.position is None
+                handle._queued(lid, res.position)
                 if first and on_waiting is not None:
                     try:
-                        on_waiting(pending)
+                        on_waiting(handle)
                     except Exception:
                         log.exception("slotkeeper: on_waiting callback failed")
                 if w is None or w.id != lid:
                     if w is not None:
                         rt.drop_waiting(w)
-                    ttl_ms = req.ttl_ms or default_ttl_ms
-                    w = Waiting(lid, req.names, ttl_ms)
-                    if waiting_hook is not None:
-                        waiting_hook(w)
+                    w = Waiting(lid, req.names, ticket_ttl_ms, sent)
+                    if bind_loop:
+                        w.bind_loop()
                     rt.add_waiting(w)
+                else:
+                    w.renewed_at = max(w.renewed_at, sent)
                 pause = FALLBACK_CHECK
                 if res.next_check_ms > 0:
                     pause = min(pause, res.next_check_ms / 1000.0 + 0.005)
-                remaining = None
-                if req.timeout is not None:
-                    remaining = req.timeout - (time.monotonic() - started)
-                    pause = min(pause, max(0.0, remaining))
-                msg = yield (w, slow.pause(pause))
-                if msg and msg.startswith("g"):
-                    _, token, exp, ttl = msg.split()
-                    res = R.AcquireResult(R.GRANTED, token=int(token), expires_ms=int(exp),
-                                          ttl_ms=int(ttl))
+                if t_end is not None:
+                    pause = min(pause, max(0.0, t_end - time.monotonic()))
+                msg = yield Wait(w, slow.pause(pause))
+                granted_after = w.renewed_at  # a grant found from here on came after that
+                grant = P.parse_grant_message(msg) if msg else None
+                if grant is not None:
+                    res = grant
                     break
-                if msg and msg.startswith("x"):
-                    parts = msg.split(" ", 2)
-                    if parts[1] == "missing":
-                        raise LimitNotFound(parts[2], self.namespace)
-                    raise OccupyExceedsLimit(parts[2], req.occupy, broker.limit_slots(parts[2]))
-                if req.timeout is not None and time.monotonic() - started >= req.timeout:
-                    res = broker.cancel(req.names, lid, timed_out=True)
+                rejected = P.parse_reject_message(msg) if msg else None
+                if rejected is not None:
+                    pending = False  # the script dropped our ticket
+                    reason, slots, name = rejected
+                    raise P.rejection(reason, name, slots, self.namespace, req.occupy)
+                if t_end is not None and time.monotonic() >= t_end:
+                    try:
+                        res = yield Call(P.cancel(keys, req.names, lid, timed_out=True),
+                                         deadline(CANCEL_GRACE))
+                    except BrokerUnavailable as exc:
+                        # no slot in time is what the caller learns; the withdrawal (and the
+                        # release of a grant that raced it) goes on in the background
+                        pending = False
+                        rt.defer_withdrawal(req.names, lid, ticket_ttl_ms)
+                        raise AcquireTimeout(
+                            f"no slot on {', '.join(req.names)} within {req.timeout:g} s "
+                            "(Redis did not answer the withdrawal in time; it is retried in the "
+                            "background)") from exc
                     if res.status != R.GRANTED:
+                        pending = False
                         raise AcquireTimeout(
                             f"no slot on {', '.join(req.names)} within {req.timeout:g} s")
                     break
-                slow.check()
-                res = ask()
+                if slow.due:  # one INFO line saying why (read through this flow's transport)
+                    try:
+                        snaps = []
+                        for n in req.names:
+                            snaps.append((yield Call(P.snapshot(keys, n, SAMPLE), deadline())))
+                        slow.log(snaps)
+                    except SlotkeeperError as exc:
+                        slow.log(None, exc)
+                sent = time.monotonic()
+                res = yield ask()
+        except GeneratorExit:
+            # abandoned by its driver (no I/O may happen here): withdraw in the background
+            if pending:
+                rt.defer_withdrawal(req.names, lid, ticket_ttl_ms)
+            raise
         except BaseException as exc:
-            # interrupted while waiting (timeout error, KeyboardInterrupt, cancellation) or the
+            # interrupted while waiting (timeout, KeyboardInterrupt, task cancellation) or the
             # broker became unreachable after a request went out: withdraw the ticket, and give
-            # back a lease granted to a reply we never saw (else it would only expire by TTL)
-            if wait or (asked and isinstance(exc, BrokerUnavailable)):
+            # back a lease granted to a reply we never saw (else it would only expire by TTL);
+            # if Redis cannot be reached by the deadline, the heartbeat thread keeps trying
+            if pending and not isinstance(exc, (LimitNotFound, OccupyExceedsLimit)):
                 try:
-                    c = broker.cancel(req.names, lid, timed_out=False)
+                    end = min(deadline(CANCEL_GRACE), time.monotonic() + CLEANUP_MAX)
+                    if end - time.monotonic() < 0.02:
+                        raise BrokerUnavailable("no time left to withdraw")
+                    c = yield Call(P.cancel(keys, req.names, lid, timed_out=False), end)
                     if c.status == R.GRANTED:
-                        broker.release(req.names, lid)
-                except Exception:
-                    log.warning("slotkeeper: could not withdraw ticket %s; it expires by TTL", lid)
+                        yield Call(P.release(keys, req.names, lid), end)
+                except BaseException:  # unreachable, or interrupted again (e.g. a second
+                    # cancellation while the event loop shuts down): finish it in the background
+                    log.info("slotkeeper: could not withdraw ticket %s now; retrying in the "
+                             "background", lid)
+                    rt.defer_withdrawal(req.names, lid, ticket_ttl_ms)
             raise
         finally:
             if w is not None:
                 rt.drop_waiting(w)
-        pending._granted()
+        handle._granted()
         ttl_ms = res.ttl_ms or req.ttl_ms or default_ttl_ms  # the script may pick the limit's ttl
-        lease = Lease(rt, lid, req.names, req.occupy, res.token, res.expires_ms, ttl_ms, on_lost)
+        lease = Lease(rt, lid, req.names, req.occupy, res.token, res.expires_ms, ttl_ms, on_lost,
+                      granted_after=granted_after)
         rt.add_lease(lease)
         return lease
 
@@ -264,14 +355,30 @@ class Limiter:
         (default: the Limiter's) logs one INFO line saying why."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
-        pending, span = self._observe(req)
-        flow = self._flow(req, on_lost, None, pending, self._slow(slow_wait), on_waiting)
-        with _Outcome(self, req, flow, strict, durable, pending, span) as out:
+        rt = self.runtime
+        if req.timeout != 0:  # part of the call's budget: never past timeout / op timeout
+            rt.ensure_listener(min(LISTENER_WAIT, (req.timeout or self.op_timeout) / 4))
+        transport = rt.broker.transport
+        handle, span = self._observe(rt, req)
+        flow = self._flow(rt, req, on_lost, False, handle, self._slow(slow_wait), on_waiting)
+        with _Outcome(req, flow, strict, handle, span) as out:
             step = next(flow)
             while True:
-                w, pause = step
-                step = flow.send(w.wait(pause))
-        return out.lease
+                try:
+                    if isinstance(step, Call):
+                        value: Any = transport.run(step.op, step.deadline)
+                    else:
+                        value = step.waiting.wait(step.pause)
+                except BaseException as exc:
+                    step = flow.throw(exc)
+                    continue
+                step = flow.send(value)
+        lease = out.result()
+        if durable and lease.throttled:
+            held, acked = rt.broker.renew_and_wait(lease.id, lease.names, lease.ttl_ms, 1,
+                                                   DURABLE_WAIT_MS)
+            self._check_durable(lease, held, acked, lease.release)
+        return lease
 
     async def acquire_async(self, *names: str, occupy: int = 1, timeout: float | None = None,
                             priority: int = 0, ttl: float | None = None,
@@ -280,49 +387,71 @@ class Limiter:
                             label: str | None = None, durable: bool = False,
                             slow_wait: float | None = None,
                             on_waiting: WaitingCallback | None = None) -> Lease:
-        """Like :meth:`acquire`, waiting without blocking the event loop."""
+        """Like :meth:`acquire`, on the asyncio transport: nothing here blocks or sleeps on the
+        event loop, whatever Redis does."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
-        pending, span = self._observe(req)
-        flow = self._flow(req, on_lost, Waiting.bind_loop, pending, self._slow(slow_wait),
-                          on_waiting)
-        with _Outcome(self, req, flow, strict, durable, pending, span) as out:
+        rt = self.runtime
+        if req.timeout != 0:
+            await rt.ensure_listener_async()
+        broker = rt.async_broker()
+        handle, span = self._observe(rt, req)
+        flow = self._flow(rt, req, on_lost, True, handle, self._slow(slow_wait), on_waiting)
+        with _Outcome(req, flow, strict, handle, span) as out:
             step = next(flow)
             while True:
-                w, pause = step
-                step = flow.send(await w.await_msg(pause))
-        return out.lease
+                try:
+                    if isinstance(step, Call):
+                        value: Any = await broker.transport.run(step.op, step.deadline)
+                    else:
+                        value = await step.waiting.await_msg(step.pause)
+                except BaseException as exc:
+                    step = flow.throw(exc)
+                    continue
+                step = flow.send(value)
+        lease = out.result()
+        if durable and lease.throttled:
+            held, acked = await broker.renew_and_wait(lease.id, lease.names, lease.ttl_ms, 1,
+                                                      DURABLE_WAIT_MS)
+            if not held or acked < 1:
+                await lease.release_async()
+            self._check_durable(lease, held, acked, None)
+        return lease
 
     def _slow(self, slow_wait: float | None) -> float:
         return self.slow_wait if slow_wait is None else check_slow_wait(slow_wait)
 
-    def _observe(self, req: Request) -> tuple[PendingRequest, Any]:
+    def _observe(self, rt: Runtime, req: Request) -> tuple[PendingRequest, Any]:
         """The request's waiting handle and (with the otel extra) its acquire span."""
-        pending = PendingRequest(self.runtime.broker, req.names, req.occupy, req.priority,
-                                 req.label)
+        handle = PendingRequest(rt.broker, req.names, req.occupy, req.priority, req.label)
         span = (tracing.start_acquire(req.names, req.occupy, self.namespace, req.label)
                 if tracing.ENABLED else None)
-        return pending, span
+        return handle, span
 
-    def _make_durable(self, lease: Lease, timeout_ms: int = 2000) -> None:
-        if not lease.throttled:
-            return
-        # renew + WAIT on one connection: WAIT alone would only cover this connection's own
+    @staticmethod
+    def _check_durable(lease: Lease, held: bool, acked: int,
+                       release: Callable[[], bool] | None) -> None:
+        # renew + WAIT ran on one connection: WAIT alone would only cover this connection's own
         # earlier writes, not a grant made by the client that released the slot to us
-        held, acked = self.broker.renew_and_wait(lease.id, lease.names, lease.ttl_ms, 1,
-                                                 timeout_ms)
+        if held and acked >= 1:
+            return
+        if release is not None:
+            release()
         if not held:
-            lease.release()
             raise LeaseLost(lease.id, lease.names)
-        if acked < 1:
-            lease.release()
-            raise BrokerUnavailable(
-                f"durable acquire: no replica acknowledged lease {lease.id} within "
-                f"{timeout_ms} ms (released it)")
+        raise BrokerUnavailable(
+            f"durable acquire: no replica acknowledged lease {lease.id} within "
+            f"{DURABLE_WAIT_MS} ms (released it)")
 
-    def _unthrottled(self, req: Request, exc: LimitNotFound) -> Lease:
-        warnings.warn(f"{exc} -- running unthrottled (strict=False)", RuntimeWarning, stacklevel=4)
-        return Lease(None, "unthrottled-" + new_id(), req.names, req.occupy, 0, 0, 0)
+    def close(self) -> None:
+        """Close this process's connections to the limiter's (URL, namespace), releasing what is
+        still held through them and stopping their threads. Using the limiter again reconnects."""
+        url = self._url or getattr(self, "_embedded_url", None)
+        if url is None:
+            return
+        for rt in live_runtimes():
+            if rt.url == url and rt.namespace == self.namespace:
+                rt.close()
 
     # -- admin shortcuts ----------------------------------------------------------------------
 
@@ -343,20 +472,40 @@ class Limiter:
         self.broker.delete_limit(name)
 
 
+@dataclass(frozen=True)
+class Call:
+    """Flow step: run ``op`` (a protocol op) by ``deadline`` (monotonic); send back the result."""
+
+    op: P.Op[Any]
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Flow step: wait up to ``pause`` s for a notification of ``waiting`` and send it back."""
+
+    waiting: Waiting
+    pause: float
+
+
+Step = Call | Wait
+
+
 class _Outcome:
-    """Ends the drive of an acquire flow (sync or async): the flow's return value is the lease
-    (made durable if asked), an unknown limit with strict=False runs unthrottled, and the flow is
-    always closed — if the caller was interrupted outside it (KeyboardInterrupt, task
-    cancellation), closing withdraws the ticket now instead of whenever it is collected."""
+    """Ends the drive of an acquire flow (sync or async): the flow's return value is the lease,
+    an unknown limit with strict=False runs unthrottled, and the flow is always closed — if the
+    caller was interrupted outside it, closing hands the withdrawal of its ticket to the heartbeat
+    thread instead of leaving it to whenever the flow is collected."""
 
-    lease: Lease
+    def __init__(self, req: Request, flow: Generator[Step, Any, Lease], strict: bool,
+                 handle: PendingRequest | None = None, span: Any = None) -> None:
+        self.req, self.flow, self.strict = req, flow, strict
+        self.handle, self.span = handle, span
+        self._lease: Lease | None = None
 
-    def __init__(self, limiter: Limiter, req: Request,
-                 flow: Generator[tuple[Waiting, float], str | None, Lease], strict: bool,
-                 durable: bool, pending: PendingRequest, span: Any = None) -> None:
-        self.limiter, self.req, self.flow = limiter, req, flow
-        self.strict, self.durable = strict, durable
-        self.pending, self.span = pending, span
+    def result(self) -> Lease:
+        assert self._lease is not None
+        return self._lease
 
     def __enter__(self) -> _Outcome:
         return self
@@ -366,13 +515,14 @@ class _Outcome:
         error = None if isinstance(ev, StopIteration) else ev
         try:
             if isinstance(ev, StopIteration):
-                self.lease = ev.value
-                if self.durable:
-                    self.limiter._make_durable(self.lease)
+                self._lease = ev.value
                 self._traced("granted")
                 return True
             if isinstance(ev, LimitNotFound) and not self.strict:
-                self.lease = self.limiter._unthrottled(self.req, ev)
+                warnings.warn(f"{ev} -- running unthrottled (strict=False)", RuntimeWarning,
+                              stacklevel=4)
+                self._lease = Lease(None, "unthrottled-" + new_id(), self.req.names,
+                                    self.req.occupy, 0, 0, 0)
                 self._traced("unthrottled")
                 return True
             return False
@@ -381,16 +531,16 @@ class _Outcome:
             raise
         finally:
             self.flow.close()
-            if self.span is not None and error is not None:
-                tracing.end_acquire(self.span, self.pending, _outcome(error), error)
+            if self.span is not None and error is not None and self.handle is not None:
+                tracing.end_acquire(self.span, self.handle, _outcome(error), error)
 
     def _traced(self, outcome: str) -> None:
         span, self.span = self.span, None
-        if span is None:
+        if span is None or self.handle is None:
             return
-        tracing.end_acquire(span, self.pending, outcome)
-        lease = self.lease
-        if lease.throttled:
+        tracing.end_acquire(span, self.handle, outcome)
+        lease = self._lease
+        if lease is not None and lease.throttled:
             lease._span = tracing.start_hold(lease.id, lease.names, lease.occupy, lease.token)
 
 

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.errors import InvalidArgument, InvalidType, SlotkeeperError
 from slotkeeper.broker.readmodel import ReadModel
-from slotkeeper.broker.waitreasons import WaitReason
+from slotkeeper.broker.records import Snapshot
+from slotkeeper.broker.waitreasons import WaitReason, blocking_reason
 
 log = logging.getLogger("slotkeeper")
 
@@ -65,7 +66,9 @@ class PendingRequest:
         None once it is no longer queued. Also refreshes :attr:`position`."""
         if not self.ticket_id or self.granted:
             return None
-        found = ReadModel(self._broker).wait_reason(self.names, self.ticket_id)
+        return self._found(ReadModel(self._broker).wait_reason(self.names, self.ticket_id))
+
+    def _found(self, found: tuple[int, WaitReason] | None) -> WaitReason | None:
         if found is None:
             return None
         pos, why = found
@@ -76,6 +79,12 @@ class PendingRequest:
 
     def describe(self) -> str:
         """One line: names, position, reason, holders (what the slow-wait log line says)."""
+        try:
+            return self.line(self.reason())
+        except SlotkeeperError as exc:
+            return self.line(None, exc)
+
+    def line(self, why: WaitReason | None, error: Exception | None = None) -> str:
         head = (
             f"waiting {self.waited:.1f} s for {', '.join(self.names)}"
             f" (occupy {self.occupy}"
@@ -83,10 +92,8 @@ class PendingRequest:
             + (f", label {self.label!r}" if self.label else "")
             + ")"
         )
-        try:
-            why = self.reason()
-        except SlotkeeperError as exc:
-            return f"{head}: position {self.position}; reason unknown ({exc})"
+        if error is not None:
+            return f"{head}: position {self.position}; reason unknown ({error})"
         if why is None:
             return f"{head}: position {self.position}"
         return f"{head}: position {self.position} on {why.limit}; {why.text}"
@@ -110,7 +117,9 @@ class PendingRequest:
 
 
 class SlowWaitLog:
-    """Logs one INFO line when a wait passes ``threshold`` seconds (0: never)."""
+    """Logs one INFO line when a wait passes ``threshold`` seconds (0: never). The acquire flow
+    reads the snapshots itself (through its own transport, so the asyncio path never blocks) and
+    hands them to :meth:`log`."""
 
     def __init__(self, pending: PendingRequest, threshold: float) -> None:
         self.pending = pending
@@ -123,11 +132,16 @@ class SlowWaitLog:
             return pause
         return min(pause, max(0.0, self.threshold - self.pending.waited) + 0.001)
 
-    def check(self) -> None:
-        if self.done or self.pending.waited < self.threshold:
-            return
+    @property
+    def due(self) -> bool:
+        return not self.done and self.pending.waited >= self.threshold
+
+    def log(self, snaps: list[Snapshot] | None, error: Exception | None = None) -> None:
         self.done = True
-        log.info("slotkeeper: slow wait: %s", self.pending.describe())
+        why = None
+        if snaps is not None:
+            why = self.pending._found(blocking_reason(snaps, self.pending.ticket_id))
+        log.info("slotkeeper: slow wait: %s", self.pending.line(why, error))
 
 
 WaitingCallback = Callable[[PendingRequest], None]
