@@ -112,6 +112,16 @@ class Keys:
         return f"{self.base}:tickets"
 
     @property
+    def events(self) -> str:
+        """The audit event stream (broker/events.py)."""
+        return f"{self.base}:events"
+
+    @property
+    def settings(self) -> str:
+        """Namespace settings: ``events`` (0/1), ``events_cap``."""
+        return f"{self.base}:settings"
+
+    @property
     def doctor_probe(self) -> str:
         """Written and deleted by ``slotkeeper doctor``'s permission probe."""
         return f"{self.base}:doctor"

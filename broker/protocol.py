@@ -25,6 +25,13 @@ from slotkeeper.broker.errors import (
     LimitNotFound,
     OccupyExceedsLimit,
 )
+from slotkeeper.broker.events import (
+    DEFAULT_CAP,
+    Event,
+    check_cap,
+    parse_entries,
+    parse_xread,
+)
 from slotkeeper.broker.keys import Keys, check_name
 
 T = TypeVar("T")
@@ -368,3 +375,43 @@ def wait_replicas(replicas: int, timeout_ms: int) -> Op[int]:
 
 def drop_holder_entry(keys: Keys, name: str, lease_id: str) -> Op[int]:
     return Op(int, command=("ZREM", keys.limit(name)[1], lease_id))
+
+
+# -- audit events (broker/events.py) ----------------------------------------------------------
+
+
+def events_range(keys: Keys, newest: str = "+", oldest: str = "-",
+                 count: int = 1000) -> Op[list[Event]]:
+    """Up to ``count`` events between two stream ids, newest first (XREVRANGE)."""
+    return Op(parse_entries, command=("XREVRANGE", keys.events, newest, oldest, "COUNT", count))
+
+
+def events_after(keys: Keys, after_id: str, block_ms: int = 0,
+                 count: int = 1000) -> Op[list[Event]]:
+    """Events added after ``after_id``, oldest first; waits up to ``block_ms`` for one."""
+    cmd: tuple[Any, ...] = ("XREAD", "COUNT", count)
+    if block_ms > 0:
+        cmd += ("BLOCK", block_ms)
+    return Op(parse_xread, command=(*cmd, "STREAMS", keys.events, after_id))
+
+
+def event_settings(keys: Keys) -> Op[tuple[bool, int]]:
+    """(recording on, cap) of the namespace (defaults: on, DEFAULT_CAP)."""
+
+    def parse(raw: list[Any]) -> tuple[bool, int]:
+        on = raw[0] is None or s(raw[0]) != "0"
+        cap = _int_or_zero(raw[1]) or DEFAULT_CAP
+        return on, cap
+
+    return Op(parse, command=("HMGET", keys.settings, "events", "events_cap"))
+
+
+def set_event_settings(keys: Keys, enabled: bool | None, cap: int | None) -> Op[int]:
+    args: list[Any] = []
+    if enabled is not None:
+        args += ["events", 1 if enabled else 0]
+    if cap is not None:
+        args += ["events_cap", check_cap(cap)]
+    if not args:
+        raise InvalidArgument("nothing to change: give enabled and/or cap")
+    return Op(int, command=("HSET", keys.settings, *args))

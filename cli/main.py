@@ -87,7 +87,7 @@ def cli(ctx: click.Context, url: str | None, namespace: str | None, json_out: bo
 
 
 def _register() -> None:
-    from slotkeeper.cli import apply, daemon, demo, doctor, limits, run, server, top
+    from slotkeeper.cli import apply, daemon, demo, doctor, events, limits, run, server, top
 
     for cmd in (
         *limits.COMMANDS,
@@ -99,6 +99,7 @@ def _register() -> None:
         server.server,
         daemon.daemon,
         doctor.doctor,
+        events.events,
     ):
         cli.add_command(cmd)
     try:

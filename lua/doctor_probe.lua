@@ -1,12 +1,12 @@
 -- doctor_probe.lua — which Redis commands the scripts use may this ACL user run? (slotkeeper doctor)
--- KEYS: the fixed five (see _lib.lua), then the probe key sk:{ns}:doctor, used as each data type in
+-- KEYS: the fixed keys (see _lib.lua), then LAST the probe key sk:{ns}:doctor, used as each type in
 --       turn and deleted again (nothing else is touched).
 -- ARGV: n = 0 (no limits), then a channel of the namespace to PUBLISH one message to (nobody
 --       listens on it).
 -- Returns: the command names (lower case) refused with NOPERM, each once; {} when all may run.
 -- Every command a slotkeeper script calls has a probe here (tests/test_doctor.py checks it).
 -- Complexity: O(1).
-local K = KEYS[6]
+local K = KEYS[#KEYS]  -- the probe key comes last, after the fixed keys
 local CH = ARGV[A0 + 1]
 local PROBES = {
   {'del', K}, {'exists', K},
