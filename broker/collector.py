@@ -69,6 +69,11 @@ def _families(namespace: str, stats: Sequence[LimitStats], up: bool) -> list[Met
     )
     revoked = counter("slotkeeper_revoked_total", "Leases revoked by an operator.")
     timed_out = counter("slotkeeper_timed_out_total", "Acquire requests that timed out waiting.")
+    rate_limit = gauge("slotkeeper_limit_rate_units", "Units a limit's --rate allows per window.")
+    rate_period = gauge("slotkeeper_limit_rate_period_seconds", "Window length of the --rate.")
+    rate_used = gauge("slotkeeper_limit_rate_in_window", "Rate units granted in the window now.")
+    units = counter("slotkeeper_rate_units_total", "Rate units granted.")
+    rejected = counter("slotkeeper_rejected_total", "Requests refused by --max-waiters.")
     wait = HistogramMetricFamily(
         "slotkeeper_wait_seconds", "Time from request to grant of each lease.", labels=LIMIT_LABELS
     )
@@ -83,7 +88,14 @@ def _families(namespace: str, stats: Sequence[LimitStats], up: bool) -> list[Met
         if snap is None:
             continue
         c = snap.counters
-        slots.add_metric(lv, float(snap.config.slots))
+        if snap.config.slots is not None:
+            slots.add_metric(lv, float(snap.config.slots))
+        if snap.config.rate is not None:
+            rate_limit.add_metric(lv, float(snap.config.rate.units))
+            rate_period.add_metric(lv, snap.config.rate.period_ms / 1000.0)
+            rate_used.add_metric(lv, float(snap.rate_in_window))
+        units.add_metric(lv, float(c.units))
+        rejected.add_metric(lv, float(c.rejected))
         in_use.add_metric(lv, float(snap.used))
         leases.add_metric(lv, float(st.leases))
         waiters.add_metric(lv, float(st.waiters))
@@ -105,6 +117,11 @@ def _families(namespace: str, stats: Sequence[LimitStats], up: bool) -> list[Met
         expired,
         revoked,
         timed_out,
+        rate_limit,
+        rate_period,
+        rate_used,
+        units,
+        rejected,
         wait,
         problems,
         redis_up,

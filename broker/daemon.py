@@ -33,7 +33,7 @@ from slotkeeper.broker.collector import SlotkeeperCollector
 from slotkeeper.broker.doctor import Report
 from slotkeeper.broker.errors import BrokerUnavailable, SlotkeeperError
 from slotkeeper.broker.httpserver import HttpServer
-from slotkeeper.broker.keys import check_name
+from slotkeeper.broker.keys import check_limit_name, is_template
 from slotkeeper.broker.readmodel import ProblemLog, ReadModel, read_limit
 from slotkeeper.broker.webapp import WebApp
 
@@ -220,6 +220,7 @@ class Daemon:
         self.stats = DaemonStats()
         self.problems = ProblemLog(log)
         self._stop = False
+        self.reaped = 0  # keys made from templates removed after their --idle-ttl
         self._redis_up: bool | None = None  # unknown until the first pass
         self._bad_limits: dict[str, str] = {}
         self._last_audit: float | None = None  # audit on the first pass
@@ -251,7 +252,7 @@ class Daemon:
             if self._stop:
                 break
             try:
-                check_name(name)
+                check_limit_name(name)
             except SlotkeeperError as exc:
                 self._limit_failed(name, f"limit {name!r} has an unusable name: {exc}")
                 errors += 1
@@ -270,6 +271,8 @@ class Daemon:
                         break
                     if i == self.max_calls - 1:
                         backlog = True
+                if is_template(name):  # keys made from it that stayed idle for its --idle-ttl
+                    self.reaped += self.broker.reap_idle(name, self.batch)
                 self._limit_ok(name)
             except BrokerUnavailable:
                 raise

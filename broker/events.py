@@ -19,7 +19,6 @@ per namespace (``slotkeeper events --disable``); both settings live in ``sk:{ns}
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,17 +29,6 @@ from slotkeeper.broker.errors import InvalidArgument
 DEFAULT_CAP = 10_000
 MAX_CAP = 10_000_000
 KINDS = ("grant", "release", "expire", "revoke", "timeout", "reject", "cancel", "limit")
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float:
-    """'90s', '10m', '2h', '1d', '500ms', '30' (seconds) -> seconds."""
-    m = _DURATION.match(text)
-    if not m:
-        raise InvalidArgument(f"bad duration {text!r}: use e.g. 30s, 10m, 2h, 1d")
-    return float(m.group(1)) * _UNIT_S[m.group(2)]
 
 
 def check_cap(cap: object) -> int:

@@ -32,7 +32,7 @@ from slotkeeper.broker.errors import (
     SlotkeeperError,
 )
 from slotkeeper.broker.events import Event
-from slotkeeper.broker.keys import WAIT_BUCKETS_MS, check_name
+from slotkeeper.broker.keys import WAIT_BUCKETS_MS, check_limit_name, check_name
 from slotkeeper.broker.records import Counters, Snapshot
 from slotkeeper.broker.waitreasons import WaitReason, blocking_reason
 
@@ -103,7 +103,7 @@ def read_limit(broker: Broker, name: str, sample: int = SAMPLE, count: bool = Tr
     ``count=False`` skips counting leases beyond the sample (config-only readers).
     Raises only BrokerUnavailable (Redis unreachable: nothing can be read)."""
     try:
-        check_name(name)
+        check_limit_name(name)
         snap = broker.snapshot(name, max_items=sample)
         if snap.used <= sample or not count:  # the holder list is complete
             leases = len(snap.holders)
@@ -155,6 +155,14 @@ class ReadModel:
     def readable_limit(self, name: str, sample: int | None = None) -> LimitStats:
         """One limit that could be read; raises LimitNotFound or LimitUnreadable otherwise."""
         return ensure_readable(self.limit(name, sample), self.namespace)
+
+    def recent_template_keys(self, stats: list[LimitStats], n: int = 3) -> dict[str, list[str]]:
+        """The ``n`` most recently active keys of each template among ``stats``."""
+        return {
+            st.name: [k for k, _ in self.broker.template_keys(st.name, n)]
+            for st in stats
+            if st.snapshot is not None and st.snapshot.config.is_template
+        }
 
     def wait_reason(self, names: Sequence[str], ticket_id: str) -> tuple[int, WaitReason] | None:
         """(position, reason) of a waiting request across all its limits; None if no longer

@@ -20,6 +20,8 @@ SCRIPT_NAMES = (
     "limit_config",
     "limit_delete",
     "doctor_probe",
+    "settle",
+    "reap_idle",
 )
 
 

@@ -8,7 +8,7 @@ path                  answer
 ``/healthz``          200 when healthy, else 503; JSON body either way
 ``/api/v1/limits``    every limit in brief (the shape of ``ls --json``)
 ``/api/v1/limits/N``  one limit in full (the shape of ``show --json``)
-``/api/v1/events``    audit events, oldest first (``?limit=NAME&since=10m&count=100``)
+``/api/v1/events``    audit events, oldest first (``?limit=NAME&since=10min&count=100``)
 ====================  ===========================================================================
 
 Errors are routed by exception type (:data:`ERROR_STATUS`), never by message text, and answered
@@ -35,8 +35,8 @@ from slotkeeper.broker.errors import (
     LimitUnreadable,
     SlotkeeperError,
 )
-from slotkeeper.broker.events import parse_duration
 from slotkeeper.broker.httpserver import Request, Response
+from slotkeeper.broker.rates import parse_duration
 from slotkeeper.broker.readmodel import ReadModel
 from slotkeeper.broker.render_html import CONTENT_SECURITY_POLICY, DEFAULT_REFRESH, status_page
 from slotkeeper.broker.render_json import limit_detail, limit_summary

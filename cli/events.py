@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from slotkeeper.broker.events import Event, check_cap, parse_duration
+from slotkeeper.broker.events import Event, check_cap
+from slotkeeper.broker.rates import parse_duration
 from slotkeeper.broker.readmodel import ReadModel
 from slotkeeper.cli.context import App, json_option, pass_app
 from slotkeeper.cli.output import emit, table
@@ -42,7 +43,7 @@ def _settings_text(enabled: bool, cap: int) -> str:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events until Ctrl-C.")
 @click.option("--limit", "limit_name", metavar="NAME", help="Only events of this limit.")
 @click.option(
-    "--since", metavar="DURATION", help="Only events of the last DURATION (30s, 10m, 2h, 1d)."
+    "--since", metavar="DURATION", help="Only events of the last DURATION (30s, 10min, 2h)."
 )
 @click.option(
     "--count",

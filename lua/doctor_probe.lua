@@ -11,9 +11,9 @@ local CH = ARGV[A0 + 1]
 local PROBES = {
   {'del', K}, {'exists', K},
   {'hset', K, 'f', '1'}, {'hget', K, 'f'}, {'hmget', K, 'f'}, {'hgetall', K},
-  {'hincrby', K, 'f', 1}, {'hdel', K, 'f'}, {'del', K},
+  {'hincrby', K, 'f', 1}, {'hexists', K, 'f'}, {'hdel', K, 'f'}, {'del', K},
   {'zadd', K, 0, 'm'}, {'zrange', K, 0, 0}, {'zcount', K, 0, 0}, {'zrank', K, 'm'},
-  {'zcard', K}, {'zrem', K, 'm'}, {'del', K},
+  {'zcard', K}, {'zscore', K, 'm'}, {'zrem', K, 'm'}, {'del', K},
   {'sadd', K, 'm'}, {'sismember', K, 'm'}, {'srem', K, 'm'}, {'del', K},
   {'incr', K}, {'del', K},
   {'publish', CH, 'doctor'},

@@ -52,6 +52,7 @@ from slotkeeper.pending import (
     WaitingCallback,
     check_slow_wait,
 )
+from slotkeeper.reservation import Reservation
 from slotkeeper.runtime import Runtime, Waiting, live_runtimes, new_id, runtime_for
 
 log = logging.getLogger("slotkeeper")
@@ -188,9 +189,10 @@ class Limiter:
         )
 
     def _flow(self, rt: Runtime, req: Request, on_lost: Callable[[Lease], None] | None,
-              bind_loop: bool = False, handle: PendingRequest | None = None,
-              slow_wait: float = 0.0, on_waiting: WaitingCallback | None = None,
-              ) -> Generator[Step, Any, Lease]:
+              bind_loop: bool = False, units_only: bool = False,
+              handle: PendingRequest | None = None, slow_wait: float = 0.0,
+              on_waiting: WaitingCallback | None = None,
+              ) -> Generator[Step, Any, Lease | Reservation]:
         """The acquire flow, free of I/O: it yields :class:`Call` (run this op by this deadline)
         and :class:`Wait` (wait for a notification) steps, and is sent their results (or has their
         exceptions thrown in). :meth:`acquire` drives it with blocking I/O, :meth:`acquire_async`
@@ -226,17 +228,35 @@ class Limiter:
                 keys, req.names, lid, occupy=req.occupy, ttl_ms=req.ttl_ms,
                 default_ttl_ms=default_ttl_ms, priority=req.priority, wait=wait,
                 channel=rt.channel, meta=meta, default_slots=req.default_slots,
-                recheck=recheck), deadline())
+                recheck=recheck, units_only=units_only), deadline())
+
+        def withdraw(timed_out: bool, grace: float) -> Call:
+            return Call(P.cancel(keys, req.names, lid, timed_out=timed_out,
+                                 units_only_occupy=req.occupy if units_only else 0),
+                        deadline(grace))
+
+        what = "rate units" if units_only else "slot"
 
         w: Waiting | None = None
         pending = False  # a ticket (or an unseen grant) of ours may exist in Redis
         try:
+            if P.templates_stale(self.namespace):  # which templates may make these names
+                yield Call(P.list_templates(keys), deadline())
             pending, sent = True, time.monotonic()
-            res: R.AcquireResult = yield ask()
+            try:
+                res: R.AcquireResult = yield ask()
+            except LimitNotFound:
+                # a template made since our list was read? read it again and ask once more
+                if P.templates_stale(self.namespace, 0.1):
+                    yield Call(P.list_templates(keys), deadline())
+                    lid = new_id()
+                    res = yield ask()
+                else:
+                    raise
             granted_after = sent  # the grant was made after this send: its lease runs from here
             if res.status == R.BUSY:
                 pending = False
-                raise AcquireTimeout(f"no free slot on {', '.join(req.names)} (timeout=0)")
+                raise AcquireTimeout(f"no free {what} on {', '.join(req.names)} (timeout=0)")
             while res.status != R.GRANTED:
                 if res.status == R.LOST:  # our ticket expired (e.g. we were paused): ask anew
                     lid = new_id()
@@ -265,6 +285,8 @@ class Limiter:
                 pause = FALLBACK_CHECK
                 if res.next_check_ms > 0:
                     pause = min(pause, res.next_check_ms / 1000.0 + 0.005)
+                if res.due_ms > 0:  # rate units due then: ask exactly then (pushed, not polled)
+                    pause = min(pause, res.due_ms / 1000.0)
                 if t_end is not None:
                     pause = min(pause, max(0.0, t_end - time.monotonic()))
                 msg = yield Wait(w, slow.pause(pause))
@@ -273,6 +295,10 @@ class Limiter:
                 if grant is not None:
                     res = grant
                     break
+                due = P.parse_due_message(msg) if msg else None
+                if due is not None and (t_end is None or time.monotonic() < t_end):
+                    res = R.AcquireResult(R.QUEUED, due_ms=due)  # the broker moved our due time
+                    continue
                 rejected = P.parse_reject_message(msg) if msg else None
                 if rejected is not None:
                     pending = False  # the script dropped our ticket
@@ -280,21 +306,20 @@ class Limiter:
                     raise P.rejection(reason, name, slots, self.namespace, req.occupy)
                 if t_end is not None and time.monotonic() >= t_end:
                     try:
-                        res = yield Call(P.cancel(keys, req.names, lid, timed_out=True),
-                                         deadline(CANCEL_GRACE))
+                        res = yield withdraw(True, CANCEL_GRACE)
                     except BrokerUnavailable as exc:
                         # no slot in time is what the caller learns; the withdrawal (and the
                         # release of a grant that raced it) goes on in the background
                         pending = False
                         rt.defer_withdrawal(req.names, lid, ticket_ttl_ms)
                         raise AcquireTimeout(
-                            f"no slot on {', '.join(req.names)} within {req.timeout:g} s "
+                            f"no {what} on {', '.join(req.names)} within {req.timeout:g} s "
                             "(Redis did not answer the withdrawal in time; it is retried in the "
                             "background)") from exc
                     if res.status != R.GRANTED:
                         pending = False
                         raise AcquireTimeout(
-                            f"no slot on {', '.join(req.names)} within {req.timeout:g} s")
+                            f"no {what} on {', '.join(req.names)} within {req.timeout:g} s")
                     break
                 if slow.due:  # one INFO line saying why (read through this flow's transport)
                     try:
@@ -321,8 +346,10 @@ class Limiter:
                     end = min(deadline(CANCEL_GRACE), time.monotonic() + CLEANUP_MAX)
                     if end - time.monotonic() < 0.02:
                         raise BrokerUnavailable("no time left to withdraw")
-                    c = yield Call(P.cancel(keys, req.names, lid, timed_out=False), end)
-                    if c.status == R.GRANTED:
+                    c = yield Call(P.cancel(keys, req.names, lid, timed_out=False,
+                                            units_only_occupy=req.occupy if units_only else 0),
+                                   end)
+                    if c.status == R.GRANTED and not units_only:
                         yield Call(P.release(keys, req.names, lid), end)
                 except BaseException:  # unreachable, or interrupted again (e.g. a second
                     # cancellation while the event loop shuts down): finish it in the background
@@ -334,6 +361,8 @@ class Limiter:
             if w is not None:
                 rt.drop_waiting(w)
         handle._granted()
+        if units_only:
+            return Reservation(rt.broker, lid, req.names, req.occupy)
         ttl_ms = res.ttl_ms or req.ttl_ms or default_ttl_ms  # the script may pick the limit's ttl
         lease = Lease(rt, lid, req.names, req.occupy, res.token, res.expires_ms, ttl_ms, on_lost,
                       granted_after=granted_after)
@@ -360,7 +389,8 @@ class Limiter:
             rt.ensure_listener(min(LISTENER_WAIT, (req.timeout or self.op_timeout) / 4))
         transport = rt.broker.transport
         handle, span = self._observe(rt, req)
-        flow = self._flow(rt, req, on_lost, False, handle, self._slow(slow_wait), on_waiting)
+        flow = self._flow(rt, req, on_lost, handle=handle, slow_wait=self._slow(slow_wait),
+                          on_waiting=on_waiting)
         with _Outcome(req, flow, strict, handle, span) as out:
             step = next(flow)
             while True:
@@ -374,6 +404,7 @@ class Limiter:
                     continue
                 step = flow.send(value)
         lease = out.result()
+        assert isinstance(lease, Lease)
         if durable and lease.throttled:
             held, acked = rt.broker.renew_and_wait(lease.id, lease.names, lease.ttl_ms, 1,
                                                    DURABLE_WAIT_MS)
@@ -396,7 +427,8 @@ class Limiter:
             await rt.ensure_listener_async()
         broker = rt.async_broker()
         handle, span = self._observe(rt, req)
-        flow = self._flow(rt, req, on_lost, True, handle, self._slow(slow_wait), on_waiting)
+        flow = self._flow(rt, req, on_lost, bind_loop=True, handle=handle,
+                          slow_wait=self._slow(slow_wait), on_waiting=on_waiting)
         with _Outcome(req, flow, strict, handle, span) as out:
             step = next(flow)
             while True:
@@ -410,6 +442,7 @@ class Limiter:
                     continue
                 step = flow.send(value)
         lease = out.result()
+        assert isinstance(lease, Lease)
         if durable and lease.throttled:
             held, acked = await broker.renew_and_wait(lease.id, lease.names, lease.ttl_ms, 1,
                                                       DURABLE_WAIT_MS)
@@ -427,6 +460,60 @@ class Limiter:
         span = (tracing.start_acquire(req.names, req.occupy, self.namespace, req.label)
                 if tracing.ENABLED else None)
         return handle, span
+
+    def rate_limit(self, *names: str, occupy: int = 1, timeout: float | None = None,
+                   priority: int = 0, label: str | None = None) -> Reservation:
+        """Take ``occupy`` units of every named limit's rate at once (blocking); nothing to
+        release. The returned reservation can be settled to the true cost afterwards:
+        ``rate_limit("llm", occupy=1000).settle(730)``. Every named limit needs a rate."""
+        req = self.request(names, occupy=occupy, timeout=timeout, priority=priority,
+                           label=label)
+        rt = self.runtime
+        if req.timeout != 0:
+            rt.ensure_listener()
+        transport = rt.broker.transport
+        flow = self._flow(rt, req, None, units_only=True)
+        with _Outcome(req, flow, True) as out:
+            step = next(flow)
+            while True:
+                try:
+                    if isinstance(step, Call):
+                        value: Any = transport.run(step.op, step.deadline)
+                    else:
+                        value = step.waiting.wait(step.pause)
+                except BaseException as exc:
+                    step = flow.throw(exc)
+                    continue
+                step = flow.send(value)
+        res = out.result()
+        assert isinstance(res, Reservation)
+        return res
+
+    async def rate_limit_async(self, *names: str, occupy: int = 1, timeout: float | None = None,
+                               priority: int = 0, label: str | None = None) -> Reservation:
+        """Like :meth:`rate_limit`, on the asyncio transport (never blocks the event loop)."""
+        req = self.request(names, occupy=occupy, timeout=timeout, priority=priority,
+                           label=label)
+        rt = self.runtime
+        if req.timeout != 0:
+            await rt.ensure_listener_async()
+        broker = rt.async_broker()
+        flow = self._flow(rt, req, None, bind_loop=True, units_only=True)
+        with _Outcome(req, flow, True) as out:
+            step = next(flow)
+            while True:
+                try:
+                    if isinstance(step, Call):
+                        value: Any = await broker.transport.run(step.op, step.deadline)
+                    else:
+                        value = await step.waiting.await_msg(step.pause)
+                except BaseException as exc:
+                    step = flow.throw(exc)
+                    continue
+                step = flow.send(value)
+        res = out.result()
+        assert isinstance(res, Reservation)
+        return res
 
     @staticmethod
     def _check_durable(lease: Lease, held: bool, acked: int,
@@ -497,13 +584,13 @@ class _Outcome:
     caller was interrupted outside it, closing hands the withdrawal of its ticket to the heartbeat
     thread instead of leaving it to whenever the flow is collected."""
 
-    def __init__(self, req: Request, flow: Generator[Step, Any, Lease], strict: bool,
-                 handle: PendingRequest | None = None, span: Any = None) -> None:
+    def __init__(self, req: Request, flow: Generator[Step, Any, Lease | Reservation],
+                 strict: bool, handle: PendingRequest | None = None, span: Any = None) -> None:
         self.req, self.flow, self.strict = req, flow, strict
         self.handle, self.span = handle, span
-        self._lease: Lease | None = None
+        self._lease: Lease | Reservation | None = None
 
-    def result(self) -> Lease:
+    def result(self) -> Lease | Reservation:
         assert self._lease is not None
         return self._lease
 
@@ -540,7 +627,7 @@ class _Outcome:
             return
         tracing.end_acquire(span, self.handle, outcome)
         lease = self._lease
-        if lease is not None and lease.throttled:
+        if isinstance(lease, Lease) and lease.throttled:
             lease._span = tracing.start_hold(lease.id, lease.names, lease.occupy, lease.token)
 
 

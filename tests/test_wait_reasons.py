@@ -189,3 +189,33 @@ def test_async_waiting_handle(redis_server: RedisProc, namespace: str) -> None:
 
     h = asyncio.run(main())
     assert h.granted
+
+
+def test_rate_and_template_total_reasons(redis_server: RedisProc, namespace: str) -> None:
+    lim = Limiter(redis_server.url, namespace, ttl=10, slow_wait=0)
+    b = lim.broker
+    # rate: the one unit of the minute is taken; the next request waits for its units' due time
+    b.create_limit("api", rate="1/min")
+    lim.rate_limit("api")
+    handles: list[PendingRequest] = []
+    t = threading.Thread(
+        target=lambda: pytest.raises(
+            Exception, lim.acquire, "api", timeout=3, on_waiting=handles.append
+        )
+    )
+    t.start()
+    wait_for(lambda: handles, what="the rate waiter to queue")
+    why = handles[0].reason()
+    assert why is not None and why.cause is Cause.RATE and why.limit == "api"
+    assert "rate 1/min" in why.text and "due in" in why.text
+    t.join(30)
+
+    # template total: keys have room of their own, the template's total is what blocks
+    b.create_limit("tenant:*", 2, total=2)
+    grant(b, ["tenant:a", "tenant:*"], "ta", occupy=2)
+    r = b.acquire(["tenant:b", "tenant:*"], "tb", ttl_ms=60_000, wait=True)
+    assert r.status == QUEUED
+    found = ReadModel(b).wait_reason(["tenant:b", "tenant:*"], "tb")
+    assert found is not None
+    assert found[1].cause is Cause.TOTAL and found[1].limit == "tenant:*", found
+    assert "total is reached: 2/2" in found[1].text
