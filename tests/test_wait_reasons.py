@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from slotkeeper.broker.client import Broker
+from slotkeeper.broker.errors import AcquireTimeout
 from slotkeeper.broker.readmodel import ReadModel
 from slotkeeper.broker.records import GRANTED, QUEUED, pack_meta
 from slotkeeper.broker.waitreasons import Cause, waiter_reasons
@@ -200,7 +201,7 @@ def test_rate_and_template_total_reasons(redis_server: RedisProc, namespace: str
     handles: list[PendingRequest] = []
     t = threading.Thread(
         target=lambda: pytest.raises(
-            Exception, lim.acquire, "api", timeout=3, on_waiting=handles.append
+            AcquireTimeout, lim.acquire, "api", timeout=3, on_waiting=handles.append
         )
     )
     t.start()
