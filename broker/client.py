@@ -104,6 +104,11 @@ class Broker:
         """(key, last activity ms) of the keys made from a template, most recent first."""
         return self.transport.run(P.template_keys(self.keys, template, limit))
 
+    def recent_template_keys(self, template: str, within_ms: int, limit: int) -> list[str]:
+        """Keys of a template active within the last ``within_ms``, most recent first."""
+        since = self.server_time_ms() - within_ms
+        return self.transport.run(P.recent_template_keys(self.keys, template, since, limit))
+
     def reap_idle(self, template: str, batch: int = 200) -> int:
         """Remove keys of a template idle for its --idle-ttl (bounded calls); returns how many."""
         idle_ms = int(self.snapshot(template, 1).config.idle_ttl_s * 1000)

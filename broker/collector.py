@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.errors import BrokerUnavailable, SlotkeeperError
 from slotkeeper.broker.keys import WAIT_BUCKETS_MS
-from slotkeeper.broker.readmodel import SAMPLE, LimitStats, ProblemLog, read_limits
+from slotkeeper.broker.readmodel import SAMPLE, LimitStats, ProblemLog, read_limit, read_limits
 from slotkeeper.broker.records import Counters
 
 log = logging.getLogger("slotkeeper.metrics")
@@ -88,9 +88,11 @@ def _families(namespace: str, stats: Sequence[LimitStats], up: bool) -> list[Met
         if snap is None:
             continue
         c = snap.counters
-        if snap.config.slots is not None:
-            slots.add_metric(lv, float(snap.config.slots))
-        if snap.config.rate is not None:
+        # a template reports its keys aggregated: its capacity is its --total (if any)
+        cap = snap.config.total if snap.config.is_template else snap.config.slots
+        if cap is not None:
+            slots.add_metric(lv, float(cap))
+        if snap.config.rate is not None and not snap.config.is_template:
             rate_limit.add_metric(lv, float(snap.config.rate.units))
             rate_period.add_metric(lv, snap.config.rate.period_ms / 1000.0)
             rate_used.add_metric(lv, float(snap.rate_in_window))
@@ -132,11 +134,16 @@ class SlotkeeperCollector(Collector):
     """Reads every limit of the broker's namespace from Redis at scrape time."""
 
     def __init__(
-        self, broker: Broker, problems: ProblemLog | None = None, sample: int = SAMPLE
+        self,
+        broker: Broker,
+        problems: ProblemLog | None = None,
+        sample: int = SAMPLE,
+        per_key: int = 0,
     ) -> None:
         self.broker = broker
         self.problems = problems
         self.sample = sample
+        self.per_key = per_key  # >0: also series for up to this many keys of each template
 
     def describe(self) -> Iterator[Metric]:
         yield from _families(self.broker.namespace, (), False)
@@ -148,6 +155,11 @@ class SlotkeeperCollector(Collector):
             up = self.broker.ping()
             if up:
                 stats = read_limits(self.broker, self.sample)
+                if self.per_key > 0:  # opt-in: keys made from templates get series of their own
+                    for st in list(stats):
+                        if st.snapshot is not None and st.snapshot.config.is_template:
+                            for key, _ in self.broker.template_keys(st.name, self.per_key):
+                                stats.append(read_limit(self.broker, key, self.sample))
         except BrokerUnavailable:
             up = False
             stats = []

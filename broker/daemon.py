@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -193,6 +194,10 @@ class DaemonCollector(Collector):
         return fams
 
 
+RECENT_KEYS_MS = 60_000  # template keys active this recently get a reclaim call each pass
+RECENT_KEYS_PER_PASS = 100
+
+
 class Daemon:
     """Reclaim loop for one namespace. ``stop()`` is safe to call from a signal handler."""
 
@@ -206,6 +211,7 @@ class Daemon:
         audit_every: float = AUDIT_EVERY,
         health_broker: Broker | None = None,
         doctor_every: float = DOCTOR_EVERY,
+        per_key_metrics: int = 0,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0")
@@ -221,6 +227,7 @@ class Daemon:
         self.problems = ProblemLog(log)
         self._stop = False
         self.reaped = 0  # keys made from templates removed after their --idle-ttl
+        self.per_key_metrics = per_key_metrics
         self._redis_up: bool | None = None  # unknown until the first pass
         self._bad_limits: dict[str, str] = {}
         self._last_audit: float | None = None  # audit on the first pass
@@ -271,8 +278,17 @@ class Daemon:
                         break
                     if i == self.max_calls - 1:
                         backlog = True
-                if is_template(name):  # keys made from it that stayed idle for its --idle-ttl
+                if is_template(name):
+                    # keys made from it: remove those idle for its --idle-ttl; reclaim (and grant
+                    # due or fitting waiters of) the recently active ones, bounded per pass
                     self.reaped += self.broker.reap_idle(name, self.batch)
+                    for key in self.broker.recent_template_keys(
+                        name, RECENT_KEYS_MS, RECENT_KEYS_PER_PASS
+                    ):
+                        r = self.broker.reclaim(key, self.batch)
+                        calls += 1
+                        expired += r.expired
+                        granted += r.granted
                 self._limit_ok(name)
             except BrokerUnavailable:
                 raise
@@ -442,8 +458,14 @@ class Daemon:
 
     def registry(self) -> CollectorRegistry:
         reg = CollectorRegistry(auto_describe=True)
-        reg.register(SlotkeeperCollector(self.health_broker, self.problems))
+        reg.register(
+            SlotkeeperCollector(self.health_broker, self.problems, per_key=self.per_key_metrics)
+        )
         reg.register(DaemonCollector(self.broker.namespace, self.stats, lambda: self.doctor_report))
+        # the daemon process itself: process_* (CPU, memory, fds), python_info, python_gc_*
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
         return reg
 
     def web_app(self) -> WebApp:

@@ -15,9 +15,11 @@ key                                    type    holds
                                                the window, r_next ms for --spread) and counters
                                                (c_acquired, c_released, c_expired, c_revoked,
                                                c_timed_out, c_units, c_rejected, w1..w16
-                                               wait-time buckets, w_sum ms). A key made from a
-                                               template holds ``tpl`` (the template) instead of
-                                               config.
+                                               wait-time buckets, w_sum_us: waits summed in
+                                               microseconds; w_sum: the same in ms, written by
+                                               earlier versions, still added when read). A key
+                                               made from a template holds ``tpl`` (the
+                                               template) instead of config.
 ``sk:{ns}:holders:<name>``             ZSET    lease id (plus ``id#2``..``id#occupy``) -> expiry ms
                                                (a template: the entries of all its keys)
 ``sk:{ns}:queue:<name>``               ZSET    waiting ticket id -> -priority*1e12 + arrival seq

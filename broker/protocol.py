@@ -342,6 +342,13 @@ def idle_candidates(keys: Keys, template: str, cutoff_ms: int, batch: int) -> Op
                        "LIMIT", 0, batch))
 
 
+def recent_template_keys(keys: Keys, template: str, since_ms: int, limit: int) -> Op[list[str]]:
+    """Keys of a template active since ``since_ms`` (server clock), most recent first."""
+    return Op(lambda raw: [s(x) for x in raw],
+              command=("ZRANGE", keys.template_keys(template), "+inf", since_ms, "BYSCORE", "REV",
+                       "LIMIT", 0, limit))
+
+
 def template_keys(keys: Keys, template: str, limit: int) -> Op[list[tuple[str, int]]]:
     """(key, last activity ms) of the keys made from a template, most recent first."""
 

@@ -240,7 +240,8 @@ def parse_config(
         timed_out=num("c_timed_out"),
         units=num("c_units"),
         rejected=num("c_rejected"),
-        wait_sum_s=num("w_sum") / 1000.0,
+        # w_sum_us: microseconds; w_sum: whole ms, as earlier versions wrote it (still counted)
+        wait_sum_s=num("w_sum_us") / 1e6 + num("w_sum") / 1000.0,
         wait_buckets=buckets,
     )
     return conf, counters

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from typing import Any
 
@@ -227,12 +228,8 @@ def create(
     callback=_check_ttl_opt,
     help="Lease TTL in seconds (0: the client's default).",
 )
-@click.option(
-    "--enable/--disable",
-    "enabled",
-    default=None,
-    help="Enforce the limit, or admit everyone (still counted).",
-)
+@click.option("--enable", "enable", is_flag=True, help="Enforce the limit.")
+@click.option("--disable", "disable", is_flag=True, help="Admit everyone (still counted).")
 @click.option("--description", "-d", default=None, help="Free text shown by ls/show.")
 @click.option(
     "--create",
@@ -248,7 +245,8 @@ def set_(
     name: str,
     slots: int | None,
     ttl: float | None,
-    enabled: bool | None,
+    enable: bool,
+    disable: bool,
     description: str | None,
     create_: bool,
     rate: str | None,
@@ -259,6 +257,9 @@ def set_(
 ) -> None:
     """Change a limit or template. Lowering slots never evicts holders; raising them grants
     waiters now. Changing a template changes every key made from it."""
+    if enable and disable:
+        raise click.UsageError("--enable and --disable contradict each other: give one")
+    enabled = True if enable else False if disable else None
     extra = settings(
         name,
         slots=slots,
@@ -287,7 +288,7 @@ def set_(
             **extra,
         )
     except LimitNotFound:
-        raise LimitNotFoundCli(name) from None
+        raise LimitNotFoundCli(name, app.namespace) from None
     except InvalidArgument as exc:  # e.g. removing the rate of a limit without slots
         raise BadInput(str(exc)) from None
     snap = app.broker().snapshot(name, 1)
@@ -313,15 +314,12 @@ def set_(
 
 
 class LimitNotFoundCli(LimitNotFound):
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.args = (
-            f"limit {name!r} does not exist (or its config is unreadable): "
-            f"`slotkeeper set {name!r} --slots N --create` creates it",
-        )
+    """A missing limit whose remedy is ``set --create`` (also repairs an unreadable config)."""
 
-    def __str__(self) -> str:
-        return str(self.args[0])
+    @property
+    def create_command(self) -> str:
+        ns = "" if self.namespace == "default" else f" --namespace {self.namespace}"
+        return f"slotkeeper{ns} set {shlex.quote(self.name)} --slots N --create"
 
 
 _FIELD = {
@@ -382,10 +380,9 @@ def ls(app: App) -> None:
 def show(app: App, name: str, max_items: int) -> None:
     """Show a limit: config, counters, holders and waiters in queue order, each with the reason
     it waits."""
-    st = ReadModel(app.broker()).limit(name, max_items)
-    if not st.missing:
-        report_problems([st])
-    st = ensure_readable(st, app.namespace)
+    check_limit_name(name)  # a bad name is one error, not also a warning about an unreadable limit
+    st = ensure_readable(ReadModel(app.broker()).limit(name, max_items), app.namespace)
+    report_problems([st])
     emit(app, limit_detail(st), lambda: click.echo(limit_text(st)))
 
 

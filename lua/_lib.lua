@@ -25,8 +25,9 @@
 --   lease:  n=names, o=occupy, m=holder meta map, a=acquired ms, r=renewed ms, e=expiry ms,
 --           t=fencing token, l=ttl ms
 --   ticket: n=names, o=occupy, m=meta, p=priority, c=notify channel, a=arrival ms, e=expiry ms,
---           l=lease ttl ms, k=1 for units only (rate_limit: no lease), w=names that blocked it at
---           its last assessment, d=ms when its rate units are due (0: not blocked by rates only)
+--           l=lease ttl ms, u=arrival microseconds (for the wait-time sum; absent in older tickets),
+--           k=1 for units only (rate_limit: no lease), w=names that blocked it at its last
+--           assessment, d=ms when its rate units are due (0: not blocked by rates only)
 -- Usage of a limit is derived, never counted: ZCOUNT of its holders with expiry > now. Rate use is
 -- the sum of the units of the batches in rate:<name> within (now - period, now]; r_used in the
 -- limit's hash caches that sum (kept exact by the scripts, reset when the window is empty).
@@ -43,6 +44,7 @@ local K_TICKETS, K_TICKET_EXP, K_FENCE, K_TEMPLATES = KEYS[3], KEYS[4], KEYS[5],
 
 local _t = redis.call('TIME')
 local NOW = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
+local NOW_US = tonumber(_t[1]) * 1000000 + tonumber(_t[2])   -- wait times are summed in microseconds
 
 local NAMES, LIM = {}, {}
 local NLIM = tonumber(ARGV[1])
@@ -303,6 +305,7 @@ local function rate_take(name, c, id, occ)
     redis.call('HSET', k.cfg, 'r_next', string.format('%.3f', nx + occ * c.rate_p / c.rate_n))
   end
   hincr(k.cfg, 'c_units', occ)
+  if c.tpl and LIM[c.tpl] then hincr(LIM[c.tpl].cfg, 'c_units', occ) end   -- aggregated
 end
 
 -- ---- tickets and queues ----------------------------------------------------------------------
@@ -395,35 +398,35 @@ local function assess(id, names, occ, prio, units_only, queued)
   return true
 end
 
--- Create a lease record and its holder entries; returns token, expiry.
-local function make_lease(id, names, occ, meta, ttl, waited)
+-- Create a lease record and its holder entries; returns token, expiry. waited_us: time queued.
+local function make_lease(id, names, occ, meta, ttl, waited_us)
   local token = redis.call('INCR', K_FENCE)
   local exp = NOW + ttl
   redis.call('HSET', K_LEASES, id, cmsgpack.pack(
     {n = names, o = occ, m = meta, a = NOW, r = NOW, e = exp, t = token, l = ttl}))
   local zargs = {}
   for j, m in ipairs(members(id, occ)) do zargs[2 * j - 1] = exp; zargs[2 * j] = m end
-  local bucket = 'w' .. wait_bucket(waited)
+  local bucket = 'w' .. wait_bucket(waited_us / 1000)
   for _, name in ipairs(names) do
     local k = LIM[name].cfg
     if holds_slots(cfg(name)) then redis.call('ZADD', LIM[name].holders, unpack(zargs)) end
     hincr(k, 'c_acquired', 1)
     hincr(k, bucket, 1)
-    if waited > 0 then hincr(k, 'w_sum', waited) end
+    if waited_us > 0 then hincr(k, 'w_sum_us', waited_us) end
   end
   return token, exp
 end
 
 -- Grant a request that assess() admitted: take the rate units of every limit with a rate, then
 -- (unless units only) the lease. Returns token, expiry (0, 0 for units only).
-local function grant(id, names, occ, meta, ttl, waited, units_only)
+local function grant(id, names, occ, meta, ttl, waited_us, units_only)
   for _, name in ipairs(names) do
     local c = cfg(name)
     if c.rate_n and not c.template then rate_take(name, c, id, occ) end
   end
   touch(names)
   if units_only then return 0, 0 end
-  return make_lease(id, names, occ, meta, ttl, waited)
+  return make_lease(id, names, occ, meta, ttl, waited_us)
 end
 
 -- Is `occ` more than a limit could ever grant? Returns the cap exceeded, or nil.
@@ -463,7 +466,8 @@ local function try_grant_ticket(id, rec)
     return 'w'
   end
   drop_ticket(id, rec)
-  local token, exp = grant(id, rec.n, rec.o, rec.m, rec.l, NOW - rec.a, units_only)
+  local token, exp = grant(id, rec.n, rec.o, rec.m, rec.l,
+                           NOW_US - (tonumber(rec.u) or rec.a * 1000), units_only)
   return 'g', token, exp
 end
 

@@ -134,7 +134,7 @@ local seq = redis.call('INCR', K_FENCE)
 local score = -prio * 1e12 + seq
 local exp = NOW + ttl
 local rec = {n = EFF, o = occ, m = meta, p = prio, c = channel, a = NOW, e = exp, l = ttl,
-             k = units_only and 1 or 0, w = w, d = d}
+             u = NOW_US, k = units_only and 1 or 0, w = w, d = d}
 redis.call('HSET', K_TICKETS, id, cmsgpack.pack(rec))
 redis.call('ZADD', K_TICKET_EXP, exp, id)
 for _, name in ipairs(EFF) do

@@ -24,6 +24,7 @@ for _, name in ipairs(NAMES) do
       redis.call('HSET', k.cfg, 'r_used', u)
       c.r_used = u
       hincr(k.cfg, 'c_units', new - old)
+      if c.tpl and LIM[c.tpl] then hincr(LIM[c.tpl].cfg, 'c_units', new - old) end
       settled = settled + 1
       if new < old then grant_pass(name) end
     end

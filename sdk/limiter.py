@@ -21,6 +21,7 @@ from slotkeeper import tracing
 from slotkeeper.broker import embedded
 from slotkeeper.broker import protocol as P
 from slotkeeper.broker import records as R
+from slotkeeper.broker.client import AsyncBroker
 from slotkeeper.broker.connection import configured_namespace, configured_url, redact
 from slotkeeper.broker.errors import (
     AcquireTimeout,
@@ -66,7 +67,6 @@ ENV_OP_TIMEOUT = "SLOTKEEPER_OP_TIMEOUT"
 ASK_GRACE = 0.3
 CANCEL_GRACE = 0.6
 CLEANUP_MAX = 1.0    # s: withdrawing after a failure never takes longer (then: in the background)
-LISTENER_WAIT = 2.0  # s: at most this (and a quarter of the call's budget) for the first subscribe
 DURABLE_WAIT_MS = 2000
 
 
@@ -369,6 +369,59 @@ class Limiter:
         rt.add_lease(lease)
         return lease
 
+    def _drive(self, req: Request, on_lost: Callable[[Lease], None] | None, strict: bool,
+               units_only: bool = False, slow_wait: float | None = None,
+               on_waiting: WaitingCallback | None = None,
+               ) -> tuple[Runtime, Lease | Reservation]:
+        """Run the acquire flow with blocking I/O."""
+        rt = self.runtime
+        if req.timeout != 0:
+            rt.ensure_listener(0)  # no wait: its first subscription nudges every waiter to re-check
+        transport = rt.broker.transport
+        handle, span = self._observe(rt, req, units_only)
+        flow = self._flow(rt, req, on_lost, units_only=units_only, handle=handle,
+                          slow_wait=self._slow(slow_wait), on_waiting=on_waiting)
+        with _Outcome(req, flow, strict, handle, span) as out:
+            step = next(flow)
+            while True:
+                try:
+                    if isinstance(step, Call):
+                        value: Any = transport.run(step.op, step.deadline)
+                    else:
+                        value = step.waiting.wait(step.pause)
+                except BaseException as exc:
+                    step = flow.throw(exc)
+                    continue
+                step = flow.send(value)
+        return rt, out.result()
+
+    async def _drive_async(self, req: Request, on_lost: Callable[[Lease], None] | None,
+                           strict: bool, units_only: bool = False,
+                           slow_wait: float | None = None,
+                           on_waiting: WaitingCallback | None = None,
+                           ) -> tuple[AsyncBroker, Lease | Reservation]:
+        """Run the acquire flow on the asyncio transport (never blocks the event loop)."""
+        rt = self.runtime
+        if req.timeout != 0:
+            await rt.ensure_listener_async(0)  # (as in _drive: subscribing nudges the waiters)
+        broker = rt.async_broker()
+        handle, span = self._observe(rt, req, units_only)
+        flow = self._flow(rt, req, on_lost, bind_loop=True, units_only=units_only, handle=handle,
+                          slow_wait=self._slow(slow_wait), on_waiting=on_waiting)
+        with _Outcome(req, flow, strict, handle, span) as out:
+            step = next(flow)
+            while True:
+                try:
+                    if isinstance(step, Call):
+                        value: Any = await broker.transport.run(step.op, step.deadline)
+                    else:
+                        value = await step.waiting.await_msg(step.pause)
+                except BaseException as exc:
+                    step = flow.throw(exc)
+                    continue
+                step = flow.send(value)
+        return broker, out.result()
+
     def acquire(self, *names: str, occupy: int = 1, timeout: float | None = None,
                 priority: int = 0, ttl: float | None = None, default_slots: int | None = None,
                 strict: bool = True, on_lost: Callable[[Lease], None] | None = None,
@@ -384,26 +437,7 @@ class Limiter:
         (default: the Limiter's) logs one INFO line saying why."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
-        rt = self.runtime
-        if req.timeout != 0:  # part of the call's budget: never past timeout / op timeout
-            rt.ensure_listener(min(LISTENER_WAIT, (req.timeout or self.op_timeout) / 4))
-        transport = rt.broker.transport
-        handle, span = self._observe(rt, req)
-        flow = self._flow(rt, req, on_lost, handle=handle, slow_wait=self._slow(slow_wait),
-                          on_waiting=on_waiting)
-        with _Outcome(req, flow, strict, handle, span) as out:
-            step = next(flow)
-            while True:
-                try:
-                    if isinstance(step, Call):
-                        value: Any = transport.run(step.op, step.deadline)
-                    else:
-                        value = step.waiting.wait(step.pause)
-                except BaseException as exc:
-                    step = flow.throw(exc)
-                    continue
-                step = flow.send(value)
-        lease = out.result()
+        rt, lease = self._drive(req, on_lost, strict, slow_wait=slow_wait, on_waiting=on_waiting)
         assert isinstance(lease, Lease)
         if durable and lease.throttled:
             held, acked = rt.broker.renew_and_wait(lease.id, lease.names, lease.ttl_ms, 1,
@@ -422,26 +456,8 @@ class Limiter:
         event loop, whatever Redis does."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
-        rt = self.runtime
-        if req.timeout != 0:
-            await rt.ensure_listener_async()
-        broker = rt.async_broker()
-        handle, span = self._observe(rt, req)
-        flow = self._flow(rt, req, on_lost, bind_loop=True, handle=handle,
-                          slow_wait=self._slow(slow_wait), on_waiting=on_waiting)
-        with _Outcome(req, flow, strict, handle, span) as out:
-            step = next(flow)
-            while True:
-                try:
-                    if isinstance(step, Call):
-                        value: Any = await broker.transport.run(step.op, step.deadline)
-                    else:
-                        value = await step.waiting.await_msg(step.pause)
-                except BaseException as exc:
-                    step = flow.throw(exc)
-                    continue
-                step = flow.send(value)
-        lease = out.result()
+        broker, lease = await self._drive_async(req, on_lost, strict, slow_wait=slow_wait,
+                                                on_waiting=on_waiting)
         assert isinstance(lease, Lease)
         if durable and lease.throttled:
             held, acked = await broker.renew_and_wait(lease.id, lease.names, lease.ttl_ms, 1,
@@ -454,11 +470,12 @@ class Limiter:
     def _slow(self, slow_wait: float | None) -> float:
         return self.slow_wait if slow_wait is None else check_slow_wait(slow_wait)
 
-    def _observe(self, rt: Runtime, req: Request) -> tuple[PendingRequest, Any]:
+    def _observe(self, rt: Runtime, req: Request,
+                 units_only: bool = False) -> tuple[PendingRequest, Any]:
         """The request's waiting handle and (with the otel extra) its acquire span."""
         handle = PendingRequest(rt.broker, req.names, req.occupy, req.priority, req.label)
         span = (tracing.start_acquire(req.names, req.occupy, self.namespace, req.label)
-                if tracing.ENABLED else None)
+                if tracing.ENABLED and not units_only else None)
         return handle, span
 
     def rate_limit(self, *names: str, occupy: int = 1, timeout: float | None = None,
@@ -468,24 +485,7 @@ class Limiter:
         ``rate_limit("llm", occupy=1000).settle(730)``. Every named limit needs a rate."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority,
                            label=label)
-        rt = self.runtime
-        if req.timeout != 0:
-            rt.ensure_listener()
-        transport = rt.broker.transport
-        flow = self._flow(rt, req, None, units_only=True)
-        with _Outcome(req, flow, True) as out:
-            step = next(flow)
-            while True:
-                try:
-                    if isinstance(step, Call):
-                        value: Any = transport.run(step.op, step.deadline)
-                    else:
-                        value = step.waiting.wait(step.pause)
-                except BaseException as exc:
-                    step = flow.throw(exc)
-                    continue
-                step = flow.send(value)
-        res = out.result()
+        _, res = self._drive(req, None, True, units_only=True)
         assert isinstance(res, Reservation)
         return res
 
@@ -494,24 +494,7 @@ class Limiter:
         """Like :meth:`rate_limit`, on the asyncio transport (never blocks the event loop)."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority,
                            label=label)
-        rt = self.runtime
-        if req.timeout != 0:
-            await rt.ensure_listener_async()
-        broker = rt.async_broker()
-        flow = self._flow(rt, req, None, bind_loop=True, units_only=True)
-        with _Outcome(req, flow, True) as out:
-            step = next(flow)
-            while True:
-                try:
-                    if isinstance(step, Call):
-                        value: Any = await broker.transport.run(step.op, step.deadline)
-                    else:
-                        value = await step.waiting.await_msg(step.pause)
-                except BaseException as exc:
-                    step = flow.throw(exc)
-                    continue
-                step = flow.send(value)
-        res = out.result()
+        _, res = await self._drive_async(req, None, True, units_only=True)
         assert isinstance(res, Reservation)
         return res
 
@@ -542,9 +525,11 @@ class Limiter:
 
     # -- admin shortcuts ----------------------------------------------------------------------
 
-    def create(self, name: str, slots: int, ttl: float | None = None, enabled: bool = True,
-               description: str = "") -> None:
-        self.broker.create_limit(name, slots, ttl, enabled, description)
+    def create(self, name: str, slots: int | None = None, ttl: float | None = None,
+               enabled: bool = True, description: str = "", **settings: Any) -> None:
+        """Create a limit or template (``settings``: rate, spread, max_waiters, total,
+        idle_ttl; see :meth:`Broker.create_limit`)."""
+        self.broker.create_limit(name, slots, ttl, enabled, description, **settings)
 
     def set(self, name: str, *, slots: int | None = None, ttl: float | None = None,
             enabled: bool | None = None, description: str | None = None,

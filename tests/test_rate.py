@@ -334,3 +334,19 @@ def test_8_processes_never_exceed_the_window(redis_server: RedisProc, namespace:
     span = max(g[1] for g in grants) - min(g[0] for g in grants)
     assert n <= len(grants) <= n * (span // period + 1)
     assert lim.broker.snapshot("hot").counters.units == len(grants)
+
+
+def test_lease_settles_its_rate_units(limiter: Limiter) -> None:
+    b = limiter.broker
+    b.create_limit("gen", 4, rate="100/h")
+    lease = limiter.acquire("gen", occupy=3)
+    assert b.snapshot("gen").rate_in_window == 3
+    assert lease.settle(40)  # the call turned out to cost 40 units
+    assert b.snapshot("gen").rate_in_window == 40 and b.snapshot("gen").used == 3
+    assert lease.settle(10)
+    assert b.snapshot("gen").rate_in_window == 10
+    lease.release()
+    b.create_limit("noslots", 1)
+    plain = limiter.acquire("noslots")
+    assert plain.settle(5) is False  # no rate: nothing to settle
+    plain.release()

@@ -24,6 +24,7 @@ from slotkeeper import (
     SlotkeeperError,
 )
 from slotkeeper.broker.client import Broker
+from slotkeeper.broker.codes import Status
 from tests.support.redisproc import RedisProc
 from tests.support.stamps import max_concurrency, per_name
 
@@ -52,6 +53,7 @@ def test_key_made_from_template_on_first_use(limiter: Limiter) -> None:
     tpl = b.snapshot("tenant:*")
     assert tpl.n_keys == 2 and tpl.used == 3  # aggregate over its keys
     assert tpl.counters.acquired == 3 and snap.counters.acquired == 2
+    assert tpl.counters.units == 3 and snap.counters.units == 2  # rate units, aggregated
     with pytest.raises(OccupyExceedsLimit):
         limiter.acquire("tenant:new", occupy=3)
     with pytest.raises(LimitNotFound):
@@ -251,3 +253,47 @@ def test_daemon_pass_removes_idle_keys(limiter: Limiter) -> None:
         daemon.run_pass()
         time.sleep(0.2)
     assert daemon.reaped == 5 and b.template_keys("d:*") == []
+
+
+def test_daemon_grants_waiters_of_template_keys(limiter: Limiter) -> None:
+    """A key's waiter granted by the daemon's pass (here: after the template's slots were raised),
+    not only by its own re-ask."""
+    from slotkeeper.broker.daemon import Daemon
+
+    b = limiter.broker
+    b.create_limit("g:*", 1)
+    held = limiter.acquire("g:a")
+    waiter = Broker.from_url(limiter.url, limiter.namespace)
+    res = waiter.acquire(["g:a"], "wait-" + str(time.time_ns()), channel="")
+    assert res.status == Status.QUEUED  # and nobody will ask again for it
+    b.update_limit("g:*", slots=2)
+    assert b.snapshot("g:a").used == 1
+    Daemon(b, audit_every=0).run_pass()
+    assert b.snapshot("g:a").used == 2 and b.snapshot("g:a").n_waiters == 0
+    held.release()
+
+
+def test_metrics_aggregate_template_keys_unless_asked(limiter: Limiter) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from slotkeeper.broker.collector import SlotkeeperCollector
+
+    b = limiter.broker
+    b.create_limit("m:*", 2, rate="50/s", total=10)
+    held = [limiter.acquire(f"m:{i}") for i in range(5)]
+
+    def scrape(per_key: int) -> str:
+        reg = CollectorRegistry()
+        reg.register(SlotkeeperCollector(b, per_key=per_key))
+        return generate_latest(reg).decode()
+
+    text = scrape(0)
+    assert 'limit="m:*"' in text and 'limit="m:1"' not in text  # bounded cardinality
+    ns = limiter.namespace
+    assert f'slotkeeper_limit_slots_in_use{{limit="m:*",namespace="{ns}"}} 5.0' in text
+    assert f'slotkeeper_limit_slots{{limit="m:*",namespace="{ns}"}} 10.0' in text  # the --total
+    assert f'slotkeeper_rate_units_total{{limit="m:*",namespace="{ns}"}} 5.0' in text
+    per_key = scrape(3)
+    assert sum(f'slotkeeper_limit_slots_in_use{{limit="m:{i}"' in per_key for i in range(5)) == 3
+    for lease in held:
+        lease.release()

@@ -249,8 +249,9 @@ def render_rates(res: dict[str, Any]) -> str:
         lat = r["lateness_after_due_ms"]
         lines.append(
             f"  R2 spread {r['rate_per_s']}/s: grant after due p50 {lat['p50']} ms, p99 "
-            f"{lat['p99']} ms, max {lat['max']} ms; {r['redis_commands_per_grant']} Redis "
-            "commands per grant"
+            f"{lat['p99']} ms, max {lat['max']} ms; {r['script_calls_per_grant']} script "
+            f"calls ({r['redis_commands_per_grant']} Redis commands, counting those inside "
+            "scripts) per grant"
         )
     if "R3" in res:
         r = res["R3"]
