@@ -36,7 +36,7 @@ HEADROOM_DANGER = 0.10
 
 # Commands the client sends itself (the scripts' own are probed by lua/doctor_probe.lua).
 CLIENT_COMMANDS = ("ping", "time", "info", "smembers", "wait", "script|load", "evalsha",
-                   "eval", "subscribe")  # fmt: skip
+                   "eval", "subscribe", "xrevrange", "xread")  # fmt: skip
 
 
 class Level(str, Enum):
@@ -267,6 +267,8 @@ def _probe_client(broker: Broker) -> list[str]:
         "info": lambda: r.info("server"),
         "smembers": lambda: r.smembers(keys.limits),
         "wait": lambda: r.execute_command("WAIT", 0, 0),  # type: ignore[no-untyped-call]
+        "xrevrange": lambda: r.xrevrange(keys.events, count=1),
+        "xread": lambda: r.xread({keys.events: "0-0"}, count=1),
     }
     refused = []
     for name, fn in probes.items():

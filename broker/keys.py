@@ -31,6 +31,8 @@ key                                    type    holds
 ``sk:{ns}:ticket_exp``                 ZSET    ticket id -> expiry ms
 ``sk:{ns}:fence``                      STRING  fencing token / arrival sequence counter
 ``sk:{ns}:doctor``                     any     ``slotkeeper doctor``'s ACL probe (deleted at once)
+``sk:{ns}:events``                     STREAM  audit events (broker/events.py), XADD MAXLEN ~ cap
+``sk:{ns}:settings``                   HASH    namespace settings: events (0 = off), events_cap
 ``sk:{ns}:wake:<client>`` (channel)    PUBSUB  grant notifications to one process (not a key)
 =====================================  ======  =================================================
 """
@@ -129,6 +131,8 @@ class Keys:
             f"{b}:ticket_exp",
             f"{b}:fence",
             f"{b}:templates",
+            f"{b}:events",
+            f"{b}:settings",
         ]
 
     def limit(self, name: str) -> list[str]:

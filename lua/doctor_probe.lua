@@ -16,6 +16,7 @@ local PROBES = {
   {'zcard', K}, {'zscore', K, 'm'}, {'zrem', K, 'm'}, {'del', K},
   {'sadd', K, 'm'}, {'sismember', K, 'm'}, {'srem', K, 'm'}, {'del', K},
   {'incr', K}, {'del', K},
+  {'xadd', K, 'MAXLEN', '~', 10, '*', 'k', 'doctor'}, {'del', K},
   {'publish', CH, 'doctor'},
   {'time'},
 }

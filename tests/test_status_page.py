@@ -36,15 +36,20 @@ document.querySelectorAll('section.limit[data-limit]').forEach(function(sec){
   out[sec.dataset.limit] = {used: Number(sec.dataset.used), slots: Number(sec.dataset.slots),
     usage_text: usage ? usage.textContent : null, holders: holders, waiters: waiters};
 });
+out.__events__ = Array.from(document.querySelectorAll('tr.event')).map(function(row){
+  return [row.dataset.kind, row.cells[4].textContent, row.cells[5].textContent];
+});
 return out;
 """
 
 
 def page_limits(driver: Any) -> dict[str, dict[str, Any]]:
     """What the page shows per limit (read in one script call: the page may refresh meanwhile)."""
-    shown: dict[str, dict[str, Any]] = driver.execute_script(READ_PAGE)
-    for v in shown.values():
-        v["waiters"] = [tuple(w) for w in v["waiters"]]
+    shown: dict[str, Any] = driver.execute_script(READ_PAGE)
+    shown["__events__"] = [tuple(e) for e in shown["__events__"]]
+    for k, v in shown.items():
+        if k != "__events__":
+            v["waiters"] = [tuple(w) for w in v["waiters"]]
     return shown
 
 
@@ -81,8 +86,8 @@ def test_status_page_matches_redis_and_refreshes(
         driver.get(d.base + "/?refresh=1")
         assert "slotkeeper" in driver.title and namespace in driver.title
         shown = page_limits(driver)
-        assert set(shown) == {"gpu:0", "db", "print"}
-        for name in shown:
+        assert set(shown) == {"gpu:0", "db", "print", "__events__"}
+        for name in ("gpu:0", "db", "print"):
             snap = b.snapshot(name)
             assert (shown[name]["used"], shown[name]["slots"]) == (snap.used, snap.config.slots)
             assert shown[name]["usage_text"] == f"{snap.used} / {snap.config.slots}"
@@ -102,6 +107,9 @@ def test_status_page_matches_redis_and_refreshes(
         shown = page_limits(driver)
         assert late.id in shown["print"]["holders"]
         assert shown["print"]["holders"][late.id][5] == "late-comer"
+        # recent events, newest first: the late grant is on top
+        assert shown["__events__"][0][:2] == ("grant", late.id)
+        assert "late-comer" in shown["__events__"][0][2]
         driver.save_screenshot(
             os.environ.get("SLOTKEEPER_SCREENSHOT") or str(tmp_path / "shot.png")
         )
