@@ -454,7 +454,8 @@ local function grant(id, names, occ, meta, ttl, waited_us, units_only)
     if c.rate_n and not c.template then rate_take(name, c, id, occ) end
   end
   touch(names)
-  emit('grant', id, names, occ, meta, (units_only and 'units ' or '') .. 'waited ' .. fmt(waited))
+  emit('grant', id, names, occ, meta,
+    (units_only and 'units ' or '') .. 'waited ' .. fmt(math.floor(waited_us / 1000)))
   if units_only then return 0, 0 end
   return make_lease(id, names, occ, meta, ttl, waited_us)
 end
