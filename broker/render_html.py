@@ -186,10 +186,10 @@ def _limit(st: LimitStats) -> str:
     if cfg.rate is not None:
         room = "now" if not s.rate_room_ms else f"in {duration(s.rate_room_ms / 1000)}"
         rate = (
-            f'<p class="rate" data-rate-used="{s.rate_in_window}" data-rate="{_e(cfg.rate)}">'
+            f'<div class="rate" data-rate-used="{s.rate_in_window}" data-rate="{_e(cfg.rate)}">'
             f"rate {_e(cfg.rate)}{' (spread)' if cfg.spread else ''}: {s.rate_in_window} "
             f"used in the window{_bar(s.rate_in_window, cfg.rate.units)} next unit free {room}"
-            "</p>"
+            "</div>"
         )
     desc = f'<p class="desc">{_e(cfg.description)}</p>' if cfg.description else ""
     more = st.leases - len(s.holders)
