@@ -220,15 +220,16 @@ def _events(events: Sequence[dict[str, Any]] | None) -> str:
         body = '<p class="none">no events recorded</p>'
     else:
         body = _table(
-            ["time", "event", "limits", "occupy", "lease", "holder"],
+            ["time", "event", "limits", "occupy", "lease", "holder", "detail"],
             [
                 [
                     time.strftime("%H:%M:%S", time.localtime(ev.get("time", 0))),
                     ev.get("kind", ""),
                     ", ".join(ev.get("names", [])),
-                    ev.get("occupy", ""),
+                    ev.get("occupy") or "",
                     ev.get("lease_id", ""),
                     " ".join(str(x) for x in (ev.get("host"), ev.get("pid"), ev.get("label")) if x),
+                    ev.get("detail", ""),
                 ]
                 for ev in events
             ],
