@@ -36,7 +36,7 @@ HEADROOM_DANGER = 0.10
 
 # Commands the client sends itself (the scripts' own are probed by lua/doctor_probe.lua).
 CLIENT_COMMANDS = ("ping", "time", "info", "smembers", "wait", "script|load", "evalsha",
-                   "eval", "subscribe", "xrevrange", "xread")  # fmt: skip
+                   "subscribe", "xrevrange", "xread")  # fmt: skip
 
 
 class Level(str, Enum):
@@ -283,10 +283,6 @@ def _probe_client(broker: Broker) -> list[str]:
     except BrokerError:  # NOSCRIPT: allowed
         pass
     try:
-        _call(broker, lambda: r.eval("return 1", 0))
-    except PermissionDenied:
-        refused.append("eval")
-    try:
         _call(broker, lambda: r.script_load(source("doctor_probe")))  # EVALSHA finds it next
     except PermissionDenied:
         refused.append("script|load")
@@ -303,7 +299,7 @@ def _probe_client(broker: Broker) -> list[str]:
 
 def check_permissions(broker: Broker) -> Check:
     refused = _probe_client(broker)
-    if "evalsha" not in refused and not {"eval", "script|load"} <= set(refused):
+    if not {"evalsha", "script|load"} & set(refused):
         refused += broker.probe_permissions()
     if refused:
         grants = " ".join(f"+{c}" for c in refused)

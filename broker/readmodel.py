@@ -41,6 +41,7 @@ log = logging.getLogger("slotkeeper.readmodel")
 SAMPLE = 1000  # holders/waiters read per limit; beyond that, leases are counted in chunks
 COUNT_CHUNK = 5000
 EVENT_PAGE = 1000
+BUSIEST_OF = 20  # recently active keys of a template looked at for its busiest
 
 
 @dataclass(frozen=True)
@@ -156,13 +157,24 @@ class ReadModel:
         """One limit that could be read; raises LimitNotFound or LimitUnreadable otherwise."""
         return ensure_readable(self.limit(name, sample), self.namespace)
 
-    def recent_template_keys(self, stats: list[LimitStats], n: int = 3) -> dict[str, list[str]]:
-        """The ``n`` most recently active keys of each template among ``stats``."""
-        return {
-            st.name: [k for k, _ in self.broker.template_keys(st.name, n)]
-            for st in stats
-            if st.snapshot is not None and st.snapshot.config.is_template
-        }
+    def busiest_template_keys(
+        self, stats: list[LimitStats], n: int = 3
+    ) -> dict[str, list[tuple[str, int]]]:
+        """Per template among ``stats``: up to ``n`` of its keys with the most slots in use
+        (among its BUSIEST_OF most recently active ones), busiest first."""
+        out: dict[str, list[tuple[str, int]]] = {}
+        for st in stats:
+            if st.snapshot is None or not st.snapshot.config.is_template:
+                continue
+            keys = []
+            for key, _ in self.broker.template_keys(st.name, BUSIEST_OF):
+                try:
+                    keys.append((key, int(self.broker.snapshot(key, 1).used)))
+                except LimitNotFound:
+                    continue  # removed meanwhile
+            keys.sort(key=lambda x: -x[1])
+            out[st.name] = keys[:n]
+        return out
 
     def wait_reason(self, names: Sequence[str], ticket_id: str) -> tuple[int, WaitReason] | None:
         """(position, reason) of a waiting request across all its limits; None if no longer

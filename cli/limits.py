@@ -352,14 +352,14 @@ def ls(app: App) -> None:
     model = ReadModel(app.broker())
     stats = model.limits()
     report_problems(stats)
-    recent = model.recent_template_keys(stats)
+    busiest = model.busiest_template_keys(stats)
     data = []
     for st in stats:
         d = limit_summary(st)
-        if st.name in recent:
-            d["recent_keys"] = recent[st.name]
+        if st.name in busiest:
+            d["busiest_keys"] = [{"name": k, "used": u} for k, u in busiest[st.name]]
         data.append(d)
-    emit(app, data, limits_table(app.namespace, stats, recent))
+    emit(app, data, limits_table(app.namespace, stats, busiest))
 
 
 # -- show -----------------------------------------------------------------------------------------

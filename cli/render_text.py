@@ -46,9 +46,11 @@ def capacity(snap: Snapshot) -> str:
 
 
 def limits_table(
-    namespace: str, stats: list[LimitStats], recent: dict[str, list[str]] | None = None
+    namespace: str,
+    stats: list[LimitStats],
+    busiest: dict[str, list[tuple[str, int]]] | None = None,
 ) -> str:
-    """``ls``: one row per limit; ``recent`` names the busiest keys of each template."""
+    """``ls``: one row per limit; ``busiest`` names each template's busiest keys (slots used)."""
     if not stats:
         return (
             f"no limits in namespace {namespace!r} (create one: slotkeeper create NAME --slots N)"
@@ -68,11 +70,11 @@ def limits_table(
             rate = f"{s.rate_in_window}/{c.rate}" + (" spread" if c.spread else "")
         desc = c.description
         if c.is_template:
-            keys = ", ".join((recent or {}).get(st.name, []))
+            keys = ", ".join(f"{k} ({u})" for k, u in (busiest or {}).get(st.name, []))
             desc = (
                 f"template: {s.n_keys} key(s)"
                 + (f", total {c.total}" if c.total else "")
-                + (f"; recent: {keys}" if keys else "")
+                + (f"; busiest: {keys}" if keys else "")
                 + (f"; {desc}" if desc else "")
             )
         rows.append(

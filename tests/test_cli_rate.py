@@ -63,10 +63,13 @@ def test_templates_in_ls_and_show(sk: Run, broker: Broker, redis_server: RedisPr
     lim = Limiter(redis_server.url, namespace)
     for t in ("acme", "globex"):
         lim.acquire(f"tenant:{t}").release()
+    held = lim.acquire("tenant:globex")
     ls = json.loads(ok(sk("--json", "ls")).stdout)
     assert len(ls) == 1 and ls[0]["name"] == "tenant:*" and ls[0]["keys"] == 2
-    assert set(ls[0]["recent_keys"]) == {"tenant:acme", "tenant:globex"}
-    assert "template: 2 key(s), total 20" in ok(sk("ls")).stdout
+    assert ls[0]["busiest_keys"] == [{"name": "tenant:globex", "used": 1},
+                                     {"name": "tenant:acme", "used": 0}]
+    assert "template: 2 key(s), total 20; busiest: tenant:globex (1)" in ok(sk("ls")).stdout
+    held.release()
     show = json.loads(ok(sk("--json", "show", "tenant:acme")).stdout)
     assert show["made_from"] == "tenant:*" and show["slots"] == 2 and show["rate"] == "5/s"
     assert "made from:   template 'tenant:*'" in ok(sk("show", "tenant:acme")).stdout
