@@ -56,11 +56,14 @@ def holder_brief(h: Holder) -> str:
     """'host pid 123 worker w "label" (2 slots)' -- who a holder is, in one phrase."""
     if h.garbage:
         return f"lease {h.lease_id} (unreadable record)"
-    who = f"{h.host} pid {h.pid}"
+    parts = [h.host] if h.host else []
+    if h.pid:
+        parts.append(f"pid {h.pid}")
     if h.worker and h.worker != h.host:
-        who += f" worker {h.worker}"
+        parts.append(f"worker {h.worker}")
     if h.label:
-        who += f" {h.label!r}"
+        parts.append(repr(h.label))
+    who = " ".join(parts) or f"lease {h.lease_id}"
     if h.occupy > 1:
         who += f" ({h.occupy} slots)"
     return who

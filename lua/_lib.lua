@@ -261,7 +261,9 @@ local function purge_holders(name, batch)
     count(name, 'c_expired', #ids)
     for _, lid in ipairs(ids) do   -- one event per lease: its record goes with the first purge
       local rec = load(K_LEASES, lid)
-      if rec then emit('expire', lid, rec.n, rec.o, rec.m, fmt(NOW - tonumber(rec.e))) end
+      if rec then
+        emit('expire', lid, rec.n, rec.o, rec.m, 'expired ' .. fmt(NOW - tonumber(rec.e)) .. ' ms ago')
+      end
     end
     RECORDS_DELETED = RECORDS_DELETED + redis.call('HDEL', K_LEASES, unpack(ids))
   end
@@ -455,7 +457,7 @@ local function grant(id, names, occ, meta, ttl, waited_us, units_only)
   end
   touch(names)
   emit('grant', id, names, occ, meta,
-    (units_only and 'units ' or '') .. 'waited ' .. fmt(math.floor(waited_us / 1000)))
+    (units_only and 'units ' or '') .. 'waited ' .. fmt(math.floor(waited_us / 1000)) .. ' ms')
   if units_only then return 0, 0 end
   return make_lease(id, names, occ, meta, ttl, waited_us)
 end

@@ -28,7 +28,7 @@ local miss = missing_key(rec.n)
 if miss then return {NEED_KEYS, miss} end
 drop_ticket(id, rec)
 emit(timed_out and 'timeout' or 'cancel', id, rec.n, rec.o, rec.m,
-  'waited ' .. fmt(NOW - (tonumber(rec.a) or NOW)))
+  'waited ' .. fmt(NOW - (tonumber(rec.a) or NOW)) .. ' ms')
 for _, name in ipairs(rec.n) do
   if timed_out then count(name, 'c_timed_out', 1) end
   purge_holders(name, PURGE_BATCH)

@@ -15,7 +15,7 @@ if miss then return {NEED_KEYS, miss} end
 
 redis.call('HDEL', K_LEASES, id)
 emit(kind == 'revoke' and 'revoke' or 'release', id, rec.n, rec.o, rec.m,
-  'held ' .. fmt(NOW - (tonumber(rec.a) or NOW)))
+  'held ' .. fmt(NOW - (tonumber(rec.a) or NOW)) .. ' ms')
 local mem = members(id, tonumber(rec.o))
 local field = kind == 'revoke' and 'c_revoked' or 'c_released'
 for _, name in ipairs(rec.n) do

@@ -65,7 +65,7 @@ def test_every_transition_is_recorded_with_its_fields(broker: Broker) -> None:
     g = events(b)[-1]
     assert (g.kind, g.lease_id, g.names, g.occupy) == ("grant", "L1", ("gpu",), 2)
     assert (g.host, g.pid, g.worker, g.label) == ("node-3", 777, "w9", "etl-job")
-    assert g.detail == "waited 0" and t0 <= g.time_ms <= b.server_time_ms()
+    assert g.detail == "waited 0 ms" and t0 <= g.time_ms <= b.server_time_ms()
 
     # a waiter: timeout; another waiter granted from the queue on release
     assert b.acquire(["gpu"], "T1", ttl_ms=60_000, wait=True, meta=META).status == QUEUED
