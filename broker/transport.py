@@ -6,8 +6,8 @@ and the error mapping below, so every rule is the same on both paths.
 
 Every mutating script is idempotent on its client-made id, so re-sending after a lost reply is
 safe. After NOSCRIPT (a restarted or flushed Redis) a script is loaded with SCRIPT LOAD and run
-again by EVALSHA: the namespace ACL grants those two, never EVAL. A call retries connection errors with backoff until its deadline, then raises
-:class:`BrokerUnavailable`.
+again by EVALSHA: the namespace ACL grants those two, never EVAL. A call retries connection
+errors with backoff until its deadline, then raises :class:`BrokerUnavailable`.
 """
 
 from __future__ import annotations
