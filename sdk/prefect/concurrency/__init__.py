@@ -1,0 +1,25 @@
+"""Drop-ins for ``prefect.concurrency``: change the import, keep the code.
+
+=============================================  ==============================================
+Prefect 3                                       slotkeeper
+=============================================  ==============================================
+``from prefect.concurrency.sync import ...``    ``from slotkeeper.prefect.concurrency.sync import ...``
+``from prefect.concurrency.asyncio import ...``  ``from slotkeeper.prefect.concurrency.asyncio import ...``
+=============================================  ==============================================
+
+The limits live in slotkeeper's Redis (``slotkeeper create NAME --slots N``, or ``slotkeeper
+apply`` on ``prefect gcl ls`` output); no Prefect server is involved. See
+:mod:`slotkeeper.prefect.concurrency.common` for how each argument maps.
+"""
+
+from slotkeeper.prefect.concurrency.common import (
+    AcquireConcurrencySlotTimeoutError,
+    ConcurrencyLimitMissing,
+    ConcurrencySlotAcquisitionError,
+)
+
+__all__ = [
+    "AcquireConcurrencySlotTimeoutError",
+    "ConcurrencyLimitMissing",
+    "ConcurrencySlotAcquisitionError",
+]

@@ -1,0 +1,280 @@
+"""The Prefect drop-ins (slotkeeper.prefect.concurrency.sync / .asyncio) against a real Redis.
+
+The per-worker example from Prefect's docs runs with only its import line changed, each flow run
+a separate process (as a Prefect worker starts them) on two worker ids; the bound of each worker
+is checked by the independent observer over stamps the flow-run processes write."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from slotkeeper import Limiter, LimitNotFound
+from slotkeeper.broker.errors import LeaseLost
+from slotkeeper.cli.main import cli
+from slotkeeper.limiter import set_default_limiter
+from slotkeeper.prefect.concurrency import asyncio as sk_async
+from slotkeeper.prefect.concurrency import sync as sk_sync
+from slotkeeper.prefect.concurrency.common import (
+    AcquireConcurrencySlotTimeoutError,
+    ConcurrencyLimitMissing,
+    ConcurrencySlotAcquisitionError,
+)
+from tests.support.observer import check
+from tests.support.redisproc import RedisProc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def lim(limiter: Limiter, monkeypatch: pytest.MonkeyPatch) -> Iterator[Limiter]:
+    """The drop-ins use the process default limiter (as Prefect code has no limiter argument)."""
+    monkeypatch.setenv("SLOTKEEPER_URL", limiter.url)
+    monkeypatch.setenv("SLOTKEEPER_NAMESPACE", limiter.namespace)
+    set_default_limiter(limiter)
+    yield limiter
+    import slotkeeper.limiter as module
+
+    module._default = None
+
+
+def holders(lim: Limiter, name: str) -> list[str]:
+    return [h.lease_id for h in lim.broker.snapshot(name).holders]
+
+
+def test_str_or_list_names_held_atomically_and_released(lim: Limiter) -> None:
+    lim.create("a", 2)
+    lim.create("b", 2)
+    with sk_sync.concurrency("a") as got:
+        assert got is None  # Prefect's context manager yields nothing
+        assert len(holders(lim, "a")) == 1
+    with sk_sync.concurrency(["a", "b"], occupy=2):
+        assert lim.broker.snapshot("a").used == 2 and lim.broker.snapshot("b").used == 2
+    assert lim.broker.snapshot("a").used == 0 and lim.broker.snapshot("b").used == 0
+    with sk_sync.concurrency([]):  # no names: nothing to do, as in Prefect
+        pass
+
+
+def test_timeout_raises_timeout_error_and_prefect_class(lim: Limiter) -> None:
+    from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError as PrefectTimeout
+
+    lim.create("one", 1)
+    with sk_sync.concurrency("one"):
+        with pytest.raises(TimeoutError) as info:
+            with sk_sync.concurrency("one", timeout_seconds=0.2):
+                pytest.fail("entered without a slot")
+    assert isinstance(info.value, AcquireConcurrencySlotTimeoutError)
+    assert isinstance(info.value, PrefectTimeout)
+    assert lim.broker.snapshot("one").used == 0
+
+
+def test_max_retries_zero_is_one_attempt(lim: Limiter) -> None:
+    lim.create("one", 1)
+    with sk_sync.concurrency("one"):
+        with pytest.raises(ConcurrencySlotAcquisitionError):
+            with sk_sync.concurrency("one", max_retries=0):
+                pytest.fail("entered without a slot")
+    with sk_sync.concurrency("one", max_retries=0):
+        assert lim.broker.snapshot("one").used == 1
+
+
+def test_strict_missing_limit_raises_prefects_error(lim: Limiter) -> None:
+    from prefect.concurrency.asyncio import (
+        ConcurrencySlotAcquisitionError as PrefectAcquisitionError,
+    )
+
+    lim.create("here", 1)
+    with pytest.raises(ConcurrencyLimitMissing) as info:
+        with sk_sync.concurrency(["here", "nowhere"], strict=True):
+            pytest.fail("ran although a limit is missing")
+    assert isinstance(info.value, PrefectAcquisitionError)
+    assert isinstance(info.value, LimitNotFound) and info.value.name == "nowhere"
+    assert lim.broker.snapshot("here").used == 0
+
+
+def test_non_strict_skips_missing_names_with_a_warning(
+    lim: Limiter, caplog: pytest.LogCaptureFixture
+) -> None:
+    lim.create("here", 1)
+    with caplog.at_level(logging.WARNING, logger="slotkeeper"):
+        with sk_sync.concurrency(["nowhere", "here"]):
+            assert lim.broker.snapshot("here").used == 1  # the existing limit is still held
+        with sk_sync.concurrency("nowhere"):
+            pass  # nothing exists: runs unthrottled
+    assert sum("'nowhere' does not exist" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_holder_and_lease_duration_land_on_the_lease(lim: Limiter, redis_server: RedisProc) -> None:
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+
+    lim.create("gpu", 1)
+    run_id = uuid.uuid4()
+    holder = ConcurrencyLeaseHolder(type="task_run", id=run_id)
+    with sk_sync.concurrency("gpu", holder=holder, lease_duration=120):
+        (h,) = lim.broker.snapshot("gpu").holders
+        assert h.label == f"task_run:{run_id}"
+        assert 110_000 < h.expires_ms - h.acquired_ms <= 120_000
+        out = CliRunner().invoke(
+            cli, ["--url", redis_server.url, "--namespace", lim.namespace, "show", "gpu"]
+        )
+        assert out.exit_code == 0, out.output
+        assert f"task_run:{run_id}" in out.output
+    with sk_sync.concurrency("gpu", holder={"type": "flow_run", "id": "abc"}):
+        assert lim.broker.snapshot("gpu").holders[0].label == "flow_run:abc"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "raises"),
+    [
+        ({}, False),  # Prefect's default follows strict=False: log, do not raise
+        ({"strict": True}, True),
+        ({"raise_on_lease_renewal_failure": True}, True),
+        ({"strict": True, "raise_on_lease_renewal_failure": False}, False),
+    ],
+)
+def test_lost_lease_raises_on_exit_per_raise_on_lease_renewal_failure(
+    lim: Limiter, kwargs: dict[str, bool], raises: bool
+) -> None:
+    lim.create("gpu", 1)
+
+    def body() -> None:
+        with sk_sync.concurrency("gpu", **kwargs):
+            (lease_id,) = holders(lim, "gpu")
+            assert lim.broker.revoke(lease_id)
+
+    if raises:
+        with pytest.raises(LeaseLost):
+            body()
+    else:
+        body()
+    assert lim.broker.snapshot("gpu").used == 0
+
+
+def test_async_concurrency_bounds_tasks_and_times_out(lim: Limiter) -> None:
+    lim.create("api", 2)
+    inside = 0
+    peak = 0
+
+    async def one() -> None:
+        nonlocal inside, peak
+        async with sk_async.concurrency("api", holder={"type": "task_run", "id": "x"}):
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.05)
+            inside -= 1
+
+    async def main() -> None:
+        await asyncio.gather(*(one() for _ in range(8)))
+        async with sk_async.concurrency("api", occupy=2):
+            with pytest.raises(AcquireConcurrencySlotTimeoutError):
+                async with sk_async.concurrency("api", timeout_seconds=0.1):
+                    pytest.fail("entered without a slot")
+        with pytest.raises(ConcurrencyLimitMissing):
+            async with sk_async.concurrency("nowhere", strict=True):
+                pytest.fail("ran although the limit is missing")
+
+    asyncio.run(main())
+    assert peak == 2
+    assert lim.broker.snapshot("api").used == 0
+
+
+def test_drop_in_imports_without_prefect() -> None:
+    code = (
+        "import sys; sys.modules['prefect'] = None\n"  # any `import prefect` now fails
+        "from slotkeeper.prefect.concurrency.sync import concurrency\n"
+        "from slotkeeper.prefect.concurrency.asyncio import concurrency as aconcurrency\n"
+        "from slotkeeper.prefect.concurrency import ConcurrencyLimitMissing\n"
+        "from slotkeeper import SlotkeeperError\n"
+        "assert issubclass(ConcurrencyLimitMissing, SlotkeeperError)\n"
+        "try:\n"
+        "    from slotkeeper.prefect import ThrottledTaskRunner\n"
+        "except ImportError:\n"
+        "    print('runner needs prefect')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "runner needs prefect"
+
+
+# -- the per-worker example -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[str]:
+    from tests.benchmarks.peer_prefect import PrefectServer
+
+    before = os.environ.get("PREFECT_HOME")
+    server = PrefectServer()
+    try:
+        yield server.__enter__()
+    finally:
+        server.__exit__(None, None, None)
+        if before is None:
+            os.environ.pop("PREFECT_HOME", None)
+        else:
+            os.environ["PREFECT_HOME"] = before
+
+
+def test_per_worker_example_with_its_import_swapped(
+    limiter: Limiter, prefect_api: str, tmp_path: Path
+) -> None:
+    """3 flow-run processes per worker id (gpu-1, gpu-2), 2 flow runs each; 2 GPU slots per
+    worker. The observer sweeps the inference intervals of each worker's limit."""
+    slots = {"gpu:gpu-1": 2, "gpu:gpu-2": 2}
+    for name, n in slots.items():
+        limiter.create(name, n)
+    stamps = tmp_path / "stamps"
+    stamps.mkdir()
+    per_worker, runs = 3, 2
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        SLOTKEEPER_URL=limiter.url,
+        SLOTKEEPER_NAMESPACE=limiter.namespace,
+        PREFECT_API_URL=prefect_api,
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_LOGGING_LEVEL="WARNING",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONPATH=str(ROOT),
+    )
+    procs = []
+    image = 0
+    for worker in ("gpu-1", "gpu-2"):
+        for _ in range(per_worker):
+            images = [str(image + i) for i in range(runs)]
+            image += runs
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "tests.support.prefect_flow_run",
+                        str(stamps),
+                        str(2 * per_worker),
+                        *images,
+                    ],
+                    cwd=ROOT,
+                    env={**env, "WORKER_ID": worker},
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-4000:]
+    rep = check(stamps, slots)
+    assert not rep.violations, rep.violations
+    assert rep.counts["ok"] == 2 * per_worker * runs, rep.summary()
+    # both workers really had more flow runs in the GPU step than slots: the bound was exercised
+    assert rep.max_use == slots, rep.summary()
+    for name in slots:
+        assert limiter.broker.snapshot(name).used == 0
