@@ -7,11 +7,15 @@ from typing import Any
 
 import msgpack
 
+from slotkeeper.broker.codes import Status
 from slotkeeper.broker.keys import WAIT_BUCKETS_MS
 
-# Script status codes (see lua/_lib.lua).
-OK, GRANTED, QUEUED, BUSY, NOT_FOUND, OCCUPY_EXCEEDS, LOST = 0, 1, 2, 3, 4, 5, 6
-CANCELLED, EXISTS, HELD, REJECTED, NEED_KEYS, MORE = 7, 8, 9, 10, 11, 12
+# Script status codes, re-exported from their one table (slotkeeper.broker.codes).
+OK, GRANTED, QUEUED, BUSY, NOT_FOUND = Status.OK, Status.GRANTED, Status.QUEUED, Status.BUSY, \
+    Status.NOT_FOUND
+OCCUPY_EXCEEDS, LOST, CANCELLED, EXISTS = Status.OCCUPY_EXCEEDS, Status.LOST, Status.CANCELLED, \
+    Status.EXISTS
+HELD, REJECTED, NEED_KEYS, MORE = Status.HELD, Status.REJECTED, Status.NEED_KEYS, Status.MORE
 
 
 def pack_meta(host: str, pid: int, worker: str, label: str) -> bytes:
@@ -73,6 +77,7 @@ class HeartbeatResult:
     lost_tickets: list[str]
     granted_tickets: list[str]
     now_ms: int
+    failed_leases: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

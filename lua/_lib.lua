@@ -21,9 +21,10 @@
 -- Usage of a limit is derived, never counted: ZCOUNT of its holders with expiry > now.
 -- An expired lease's record is deleted when any of its limits purges its holder entry (the record
 -- is garbage once expired; the other limits purge their own entries by score, without it).
--- Every time comes from redis TIME. Status codes returned by scripts (first element of the reply):
---   0 OK, 1 GRANTED, 2 QUEUED, 3 BUSY, 4 NOT_FOUND, 5 OCCUPY_EXCEEDS, 6 LOST, 7 CANCELLED,
---   8 EXISTS, 9 HELD, 10 REJECTED, 11 NEED_KEYS, 12 MORE
+-- Every time comes from redis TIME. Status codes (first element of a reply: OK, GRANTED, QUEUED,
+-- BUSY, NOT_FOUND, OCCUPY_EXCEEDS, LOST, CANCELLED, EXISTS, HELD, REJECTED, NEED_KEYS, MORE) are
+-- Lua locals declared by a line the script registry generates from slotkeeper.broker.codes.Status
+-- and puts before this prelude: scripts return them by name, never as bare numbers.
 
 local K_LIMITS, K_LEASES = KEYS[1], KEYS[2]
 local K_TICKETS, K_TICKET_EXP, K_FENCE = KEYS[3], KEYS[4], KEYS[5]
@@ -186,15 +187,16 @@ local function make_lease(id, names, occ, meta, ttl, waited)
 end
 
 -- Can this waiting ticket be granted now? 'g' (granted: token, expiry; ttl is rec.l), 'w' (keep waiting),
--- 'r' (needs limits whose keys were not passed: its owner must retry), 'x' (rejected: reason, name).
+-- 'r' (needs limits whose keys were not passed: its owner must retry), 'x' (rejected: reason, name,
+-- slots).
 local function try_grant_ticket(id, rec)
   for _, name in ipairs(rec.n) do
     if not LIM[name] then return 'r' end
   end
   for _, name in ipairs(rec.n) do
     local c = cfg(name)
-    if not c then return 'x', 'missing', name end
-    if c.enabled and rec.o > c.slots then return 'x', 'exceeds', name end
+    if not c then return 'x', 'missing', name, 0 end
+    if c.enabled and rec.o > c.slots then return 'x', 'exceeds', name, c.slots end
   end
   for _, name in ipairs(rec.n) do
     local head = live_head(name)
@@ -213,13 +215,13 @@ local function grant_pass(name)
   for _ = 1, GRANT_BUDGET do
     local id, rec = live_head(name)
     if not id then break end
-    local st, a, b = try_grant_ticket(id, rec)
+    local st, a, b, c = try_grant_ticket(id, rec)
     if st == 'g' then
       notify(rec, id, 'g ' .. fmt(a) .. ' ' .. fmt(b) .. ' ' .. fmt(rec.l))
       granted = granted + 1
     elseif st == 'x' then
       drop_ticket(id, rec)
-      notify(rec, id, 'x ' .. a .. ' ' .. b)
+      notify(rec, id, 'x ' .. a .. ' ' .. fmt(c) .. ' ' .. b)   -- x <reason> <slots> <name>
     else
       if st == 'r' then notify(rec, id, 'r') end
       break
