@@ -54,11 +54,7 @@ def ray_node_id() -> str | None:
 
 def worker_name(explicit: str | None = None) -> str:
     return (
-        explicit
-        or os.environ.get(ENV_WORKER)
-        or dask_worker_name()
-        or ray_node_id()
-        or host_name()
+        explicit or os.environ.get(ENV_WORKER) or dask_worker_name() or ray_node_id() or host_name()
     )
 
 

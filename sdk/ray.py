@@ -145,8 +145,11 @@ class ThrottledRay:
         call = self.plan.call(inner, names, **self.options) if names else None
         if call is None:
             remote = fn if hasattr(fn, "remote") else ray.remote(inner)
-            ref = remote.options(**opts).remote(*args, **kwargs) if opts else remote.remote(
-                *args, **kwargs)
+            ref = (
+                remote.options(**opts).remote(*args, **kwargs)
+                if opts
+                else remote.remote(*args, **kwargs)
+            )
         else:
             opts.setdefault("name", call.__name__)
             ref = _remote().options(**opts).remote(call, *args, **kwargs)
@@ -168,8 +171,9 @@ class ThrottledRay:
     def __enter__(self) -> ThrottledRay:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.shutdown(wait=True)
 
     def __repr__(self) -> str:

@@ -9,10 +9,11 @@
 >>> sem.close()
 
 The semaphore carries its limiter's configuration (URL, namespace; default the process's) into
-the tasks it is passed to, so workers need no setup. The semaphore *is* the slotkeeper limit ``name`` (created with ``max_leases`` slots if missing),
-so every Semaphore of that name — in any Dask cluster, or outside Dask — and every
-``slotkeeper.limit(name)`` share one bound. Waiters queue FIFO and are woken by the release
-itself; the state lives in Redis, so a scheduler restart loses nothing.
+the tasks it is passed to, so workers need no setup. The semaphore *is* the slotkeeper limit
+``name`` (created with ``max_leases`` slots if missing), so every Semaphore of that name — in
+any Dask cluster, or outside Dask — and every ``slotkeeper.limit(name)`` share one bound.
+Waiters queue FIFO and are woken by the release itself; the state lives in Redis, so a
+scheduler restart loses nothing.
 
 Differences from Dask's Semaphore (and why):
 
@@ -70,8 +71,9 @@ class Semaphore:
     """At most ``max_leases`` holders of ``name`` at once, everywhere the Redis is shared.
 
     ``register``, ``scheduler_rpc`` and ``loop`` are accepted for compatibility with
-    ``distributed.Semaphore`` (there is no scheduler state to register). ``limiter`` (default: the
-    process's, taken at construction) and ``ttl`` (lease TTL in seconds, default the limiter's) are slotkeeper's."""
+    ``distributed.Semaphore`` (there is no scheduler state to register). slotkeeper's own:
+    ``limiter`` (default: the process's, taken at construction) and ``ttl`` (lease TTL in
+    seconds, default the limiter's)."""
 
     def __init__(
         self,
@@ -125,8 +127,12 @@ class Semaphore:
         return registered().__await__()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"name": self.name, "max_leases": self.max_leases, "limiter": self.limiter,
-                "ttl": self.ttl}
+        return {
+            "name": self.name,
+            "max_leases": self.max_leases,
+            "limiter": self.limiter,
+            "ttl": self.ttl,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -139,8 +145,12 @@ class Semaphore:
     # -- leases -------------------------------------------------------------------------------
 
     def _kwargs(self, timeout: float | None) -> dict[str, Any]:
-        return dict(timeout=timeout, ttl=self.ttl, default_slots=self.max_leases,
-                    label=f"Semaphore {self.name}")
+        return dict(
+            timeout=timeout,
+            ttl=self.ttl,
+            default_slots=self.max_leases,
+            label=f"Semaphore {self.name}",
+        )
 
     def _taken(self, lease: Lease) -> bool:
         with self._lock:
@@ -201,16 +211,18 @@ class Semaphore:
         self.acquire()
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()
 
     async def __aenter__(self) -> Semaphore:
         await self.acquire_async()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()
 
 

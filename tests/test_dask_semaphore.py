@@ -72,9 +72,7 @@ def test_bound_held_across_worker_processes(client: Any, slim: Limiter, tmp_path
     assert sem.get_value() == 0
 
 
-def test_timeouts_return_false_and_get_value_sees_every_holder(
-    client: Any, slim: Limiter
-) -> None:
+def test_timeouts_return_false_and_get_value_sees_every_holder(client: Any, slim: Limiter) -> None:
     sem = Semaphore(max_leases=1, name="one-" + uuid.uuid4().hex[:6], limiter=slim)
     assert sem.get_value() == 0
     assert sem.acquire() is True

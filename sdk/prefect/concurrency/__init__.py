@@ -1,11 +1,9 @@
 """Drop-ins for ``prefect.concurrency``: change the import, keep the code.
 
-=============================================  ==============================================
-Prefect 3                                       slotkeeper
-=============================================  ==============================================
-``from prefect.concurrency.sync import ...``    ``from slotkeeper.prefect.concurrency.sync import ...``
-``from prefect.concurrency.asyncio import ...``  ``from slotkeeper.prefect.concurrency.asyncio import ...``
-=============================================  ==============================================
+    from prefect.concurrency.sync import concurrency, rate_limit        # before
+    from slotkeeper.prefect.concurrency.sync import concurrency, rate_limit  # after
+
+and the same for ``prefect.concurrency.asyncio``.
 
 The limits live in slotkeeper's Redis (``slotkeeper create NAME --slots N``, or ``slotkeeper
 apply`` on ``prefect gcl ls`` output); no Prefect server is involved. See

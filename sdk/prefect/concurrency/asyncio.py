@@ -47,8 +47,16 @@ async def concurrency(
     raise_on_lease_renewal_failure: bool | None = None,
 ) -> AsyncIterator[None]:
     """Hold ``occupy`` slots of every limit in ``names`` around the block (Prefect 3's API)."""
-    plan = Plan.make(names, occupy, timeout_seconds, max_retries, lease_duration, strict, holder,
-                     raise_on_lease_renewal_failure)
+    plan = Plan.make(
+        names,
+        occupy,
+        timeout_seconds,
+        max_retries,
+        lease_duration,
+        strict,
+        holder,
+        raise_on_lease_renewal_failure,
+    )
     lease = await acquire(plan)
     failed = True
     try:

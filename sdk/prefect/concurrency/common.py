@@ -5,8 +5,9 @@ How Prefect 3's ``concurrency(...)`` arguments map onto slotkeeper:
 * ``names``: one name or a list; an empty one does nothing (as in Prefect). ``{worker}`` and
   ``{host}`` resolve where the code runs (slotkeeper names).
 * ``occupy``: slots taken of *every* named limit, atomically.
-* ``timeout_seconds``: ``None`` waits forever; on timeout :class:`AcquireConcurrencySlotTimeoutError`
-  (a ``TimeoutError``, and Prefect's class of that name when Prefect is installed).
+* ``timeout_seconds``: ``None`` waits forever; on timeout
+  :class:`AcquireConcurrencySlotTimeoutError` (a ``TimeoutError``, and Prefect's class of that
+  name when Prefect is installed).
 * ``max_retries``: Prefect re-polls its server after a 423 answer; slotkeeper waits in a FIFO queue
   and is woken by the release itself, so there is nothing to retry. ``max_retries=0`` keeps its
   meaning ("one attempt"): if the slots are not free at once,
@@ -134,8 +135,9 @@ class Plan:
         ):
             raise InvalidType("max_retries must be None or an int")
         timeout = 0.0 if max_retries is not None and max_retries <= 0 else timeout_seconds
-        raise_on_lost = strict if raise_on_lease_renewal_failure is None else (
-            raise_on_lease_renewal_failure)
+        raise_on_lost = (
+            strict if raise_on_lease_renewal_failure is None else (raise_on_lease_renewal_failure)
+        )
         lim = get_limiter()
         return cls(
             limiter=lim,
@@ -159,14 +161,19 @@ class Plan:
                 raise ConcurrencyLimitMissing(exc.name, exc.namespace) from exc
             log.warning(
                 "%s limit %r does not exist - skipping it (strict=False); create it with "
-                "`slotkeeper create %s --slots N`", what, exc.name, exc.name)
+                "`slotkeeper create %s --slots N`",
+                what,
+                exc.name,
+                exc.name,
+            )
             self.names = tuple(n for n in self.names if n != exc.name)
             return
         if isinstance(exc, AcquireTimeout):
             if self.timeout == 0:
                 raise ConcurrencySlotAcquisitionError(
                     f"Unable to acquire concurrency slots on {list(self.names)!r} "
-                    "(max_retries=0 and no slot free)") from exc
+                    "(max_retries=0 and no slot free)"
+                ) from exc
             raise AcquireConcurrencySlotTimeoutError(
                 f"Attempt to acquire concurrency slots timed out after {self.timeout:g} second(s)"
             ) from exc

@@ -1,6 +1,7 @@
 """Drop-in for ``prefect.concurrency.sync``: ``concurrency`` and ``rate_limit`` on slotkeeper.
 
->>> from slotkeeper.prefect.concurrency.sync import concurrency   # was: from prefect.concurrency.sync
+>>> # was: from prefect.concurrency.sync import concurrency
+>>> from slotkeeper.prefect.concurrency.sync import concurrency
 >>> with concurrency("gpu:gpu-1", occupy=1):
 ...     run_model()
 
@@ -47,8 +48,16 @@ def concurrency(
     raise_on_lease_renewal_failure: bool | None = None,
 ) -> Iterator[None]:
     """Hold ``occupy`` slots of every limit in ``names`` around the block (Prefect 3's API)."""
-    plan = Plan.make(names, occupy, timeout_seconds, max_retries, lease_duration, strict, holder,
-                     raise_on_lease_renewal_failure)
+    plan = Plan.make(
+        names,
+        occupy,
+        timeout_seconds,
+        max_retries,
+        lease_duration,
+        strict,
+        holder,
+        raise_on_lease_renewal_failure,
+    )
     lease = acquire(plan)
     failed = True
     try:
