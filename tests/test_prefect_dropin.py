@@ -278,3 +278,63 @@ def test_per_worker_example_with_its_import_swapped(
     assert rep.max_use == slots, rep.summary()
     for name in slots:
         assert limiter.broker.snapshot(name).used == 0
+
+
+# -- slotkeeper apply on Prefect's own limits -----------------------------------------------------
+
+
+def prefect_cli(api: str, home: Path, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_API_URL=api, PREFECT_HOME=str(home), PREFECT_LOGGING_LEVEL="WARNING")
+    res = subprocess.run(
+        [sys.executable, "-m", "prefect", *args], env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def test_apply_reads_prefect_gcl_ls_json_and_rest_objects(
+    prefect_api: str, redis_server: RedisProc, namespace: str, tmp_path: Path
+) -> None:
+    import json
+    import urllib.request
+
+    tag = uuid.uuid4().hex[:6]
+    gpu, lic = f"gpu:gpu-{tag}", f"license-{tag}"
+    prefect_cli(prefect_api, tmp_path, "gcl", "create", gpu, "--limit", "2")
+    prefect_cli(prefect_api, tmp_path, "gcl", "create", lic, "--limit", "5", "--disable")
+    listed = json.loads(prefect_cli(prefect_api, tmp_path, "gcl", "ls", "--output", "json"))
+    mine = [g for g in listed if g["name"] in (gpu, lic)]
+    assert len(mine) == 2, listed
+    ls_file = tmp_path / "gcl.json"
+    ls_file.write_text(json.dumps(mine))
+
+    def sk(*args: str) -> str:
+        out = CliRunner().invoke(cli, ["--url", redis_server.url, "--namespace", namespace, *args])
+        assert out.exit_code == 0, out.output
+        return out.output
+
+    lim = Limiter(redis_server.url, namespace)
+    dry = sk("apply", "-f", str(ls_file), "--dry-run")
+    assert f"+ create {gpu}" in dry and f"+ create {lic}" in dry and "dry run" in dry
+    assert lim.broker.list_limits() == []
+    sk("apply", "-f", str(ls_file))
+    assert lim.broker.limit_slots(gpu) == 2 and lim.broker.limit_slots(lic) == 5
+    assert lim.broker.snapshot(gpu).config.enabled
+    assert not lim.broker.snapshot(lic).config.enabled  # inactive in Prefect: disabled here
+
+    req = urllib.request.Request(
+        prefect_api + "/v2/concurrency_limits/filter",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        rest = [g for g in json.load(r) if g["name"] in (gpu, lic)]
+    assert {"name", "limit", "active", "slot_decay_per_second"} <= rest[0].keys()
+    rest_file = tmp_path / "rest.json"
+    rest_file.write_text(json.dumps(rest))
+    assert "no changes" in sk("apply", "-f", str(rest_file))  # the same limits, REST shape
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({**rest[0], "limit": 7}))  # `prefect gcl inspect --output json`
+    assert f"~ update {rest[0]['name']} (slots: " in sk("apply", "-f", str(one), "--dry-run")
