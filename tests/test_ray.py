@@ -74,7 +74,11 @@ def on(res: str) -> dict[str, Any]:
     return {"resources": {res: 1}, "num_cpus": 1}
 
 
-def test_runtime_env_carries_the_broker_config(rlim: Limiter) -> None:
+def test_runtime_env_carries_the_broker_config(cluster: Cluster, rlim: Limiter) -> None:
+    from slotkeeper.naming import host_name, ray_node_id, worker_name
+
+    assert ray_node_id() is None  # the driver is not a Ray task: {worker} stays the host
+    assert worker_name() == host_name()
     env = skr.runtime_env(rlim, {"env_vars": {"A": "1"}, "pip": ["x"]})
     assert env["pip"] == ["x"]
     assert env["env_vars"] == {
