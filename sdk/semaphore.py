@@ -28,7 +28,7 @@ Differences from Dask's Semaphore (and why):
 * ``close()`` gives back this object's leases and deletes the limit if nobody holds it (Dask
   drops the state even while held); a held limit is left in place with a warning.
 * ``acquire``/``release`` are plain blocking calls; in ``async`` code use ``async with sem`` or
-  ``await sem.acquire_async()``.
+  ``await sem.acquire_async()`` / ``await sem.release_async()``.
 """
 
 from __future__ import annotations
@@ -174,14 +174,20 @@ class Semaphore:
             return False
         return self._taken(lease)
 
-    def release(self) -> bool:
-        """Give back this object's oldest lease. True if it was still held; False if it had
-        been lost (expired or revoked) meanwhile. ``ReleasedTooOften`` if none is held."""
+    def _oldest(self) -> Lease:
         with self._lock:
             if not self._leases:
                 raise ReleasedTooOften("Released too often")
-            lease = self._leases.popleft()
-        return lease.release()
+            return self._leases.popleft()
+
+    def release(self) -> bool:
+        """Give back this object's oldest lease. True if it was still held; False if it had
+        been lost (expired or revoked) meanwhile. ``ReleasedTooOften`` if none is held."""
+        return self._oldest().release()
+
+    async def release_async(self) -> bool:
+        """``release`` without blocking the event loop."""
+        return await self._oldest().release_async()
 
     def get_value(self) -> int:
         """Leases held right now on this semaphore, by anyone (slots in use of the limit)."""
@@ -223,7 +229,7 @@ class Semaphore:
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.release()
+        await self.release_async()
 
 
 __all__ = ["ReleasedTooOften", "Semaphore", "parse_timeout"]

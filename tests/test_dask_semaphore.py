@@ -130,7 +130,7 @@ def test_async_with_and_close(slim: Limiter) -> None:
     async def main() -> None:
         s2 = await Semaphore(max_leases=2, name=sem.name, limiter=slim)
         assert await s2.acquire_async(timeout=1)
-        s2.release()
+        assert await s2.release_async()
         await asyncio.gather(*(one() for _ in range(6)))
 
     asyncio.run(main())

@@ -21,7 +21,7 @@ from slotkeeper.prefect.concurrency.common import (
     ConcurrencyLimitMissing,
     ConcurrencySlotAcquisitionError,
     Plan,
-    finish,
+    finish_async,
 )
 
 
@@ -63,7 +63,7 @@ async def concurrency(
         yield
         failed = False
     finally:
-        finish(lease, failed, plan.raise_on_lost)
+        await finish_async(lease, failed, plan.raise_on_lost)
 
 
 __all__ = [

@@ -35,6 +35,7 @@ from typing import Any
 from slotkeeper.broker.errors import (
     AcquireTimeout,
     InvalidType,
+    LeaseLost,
     LimitNotFound,
     SlotkeeperError,
 )
@@ -180,12 +181,21 @@ class Plan:
         raise exc
 
 
-def finish(lease: Lease | None, failed: bool, raise_on_lost: bool) -> None:
-    if lease is None:
-        return
-    from slotkeeper.throttle import finish as release
+def judge(lease: Lease, held: bool, failed: bool, raise_on_lost: bool) -> None:
+    """After the release: ``LeaseLost`` if the lease was lost while the block ran (and it did
+    not fail by itself), when ``raise_on_lease_renewal_failure`` asks for it."""
+    if not held and lease.throttled and raise_on_lost and not failed:
+        raise LeaseLost(lease.id, lease.names)
 
-    release(lease, failed, raise_on_lost)
+
+def finish(lease: Lease | None, failed: bool, raise_on_lost: bool) -> None:
+    if lease is not None:
+        judge(lease, lease.release(), failed, raise_on_lost)
+
+
+async def finish_async(lease: Lease | None, failed: bool, raise_on_lost: bool) -> None:
+    if lease is not None:
+        judge(lease, await lease.release_async(), failed, raise_on_lost)
 
 
 __all__ = [
@@ -195,5 +205,6 @@ __all__ = [
     "Plan",
     "check_names",
     "finish",
+    "finish_async",
     "holder_label",
 ]
