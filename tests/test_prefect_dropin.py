@@ -64,6 +64,16 @@ def test_str_or_list_names_held_atomically_and_released(lim: Limiter) -> None:
         pass
 
 
+def test_worker_template_resolves_where_the_block_runs(
+    lim: Limiter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLOTKEEPER_WORKER", "gpu-9")
+    lim.create("gpu:gpu-9", 1)
+    with sk_sync.concurrency("gpu:{worker}", strict=True):
+        (h,) = lim.broker.snapshot("gpu:gpu-9").holders
+        assert h.worker == "gpu-9"
+
+
 def test_timeout_raises_timeout_error_and_prefect_class(lim: Limiter) -> None:
     from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError as PrefectTimeout
 
