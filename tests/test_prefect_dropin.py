@@ -95,6 +95,9 @@ def test_max_retries_zero_is_one_attempt(lim: Limiter) -> None:
                 pytest.fail("entered without a slot")
     with sk_sync.concurrency("one", max_retries=0):
         assert lim.broker.snapshot("one").used == 1
+    with pytest.raises(ConcurrencySlotAcquisitionError):  # Prefect: 422, more than the limit
+        with sk_sync.concurrency("one", occupy=2):
+            pytest.fail("entered with occupy > slots")
 
 
 def test_strict_missing_limit_raises_prefects_error(lim: Limiter) -> None:

@@ -4,7 +4,8 @@ How Prefect 3's ``concurrency(...)`` arguments map onto slotkeeper:
 
 * ``names``: one name or a list; an empty one does nothing (as in Prefect). ``{worker}`` and
   ``{host}`` resolve where the code runs (slotkeeper names).
-* ``occupy``: slots taken of *every* named limit, atomically.
+* ``occupy``: slots taken of *every* named limit, atomically; more than a limit's slots raises
+  :class:`OccupyTooLarge` at once (a ``ConcurrencySlotAcquisitionError``, as Prefect's 422).
 * ``timeout_seconds``: ``None`` waits forever; on timeout
   :class:`AcquireConcurrencySlotTimeoutError` (a ``TimeoutError``, and Prefect's class of that
   name when Prefect is installed).
@@ -37,6 +38,7 @@ from slotkeeper.broker.errors import (
     InvalidType,
     LeaseLost,
     LimitNotFound,
+    OccupyExceedsLimit,
     SlotkeeperError,
 )
 from slotkeeper.lease import Lease
@@ -69,6 +71,10 @@ class ConcurrencySlotAcquisitionError(SlotkeeperError, *_ACQ_BASES):  # type: ig
 
 class ConcurrencyLimitMissing(ConcurrencySlotAcquisitionError, LimitNotFound):
     """``strict=True`` and a named limit does not exist."""
+
+
+class OccupyTooLarge(ConcurrencySlotAcquisitionError, OccupyExceedsLimit):
+    """``occupy`` is larger than a limit's slots (Prefect answers 422 for this)."""
 
 
 class AcquireConcurrencySlotTimeoutError(AcquireTimeout, *_TIMEOUT_BASES):  # type: ignore[misc]
@@ -169,6 +175,8 @@ class Plan:
             )
             self.names = tuple(n for n in self.names if n != exc.name)
             return
+        if isinstance(exc, OccupyExceedsLimit):
+            raise OccupyTooLarge(exc.name, exc.occupy, exc.slots) from exc
         if isinstance(exc, AcquireTimeout):
             if self.timeout == 0:
                 raise ConcurrencySlotAcquisitionError(
@@ -202,6 +210,7 @@ __all__ = [
     "AcquireConcurrencySlotTimeoutError",
     "ConcurrencyLimitMissing",
     "ConcurrencySlotAcquisitionError",
+    "OccupyTooLarge",
     "Plan",
     "check_names",
     "finish",
