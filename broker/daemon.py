@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -399,6 +400,10 @@ class Daemon:
         reg = CollectorRegistry(auto_describe=True)
         reg.register(SlotkeeperCollector(self.health_broker, self.problems))
         reg.register(DaemonCollector(self.broker.namespace, self.stats))
+        # the daemon process itself: process_* (CPU, memory, fds), python_info, python_gc_*
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
         return reg
 
     def serve_metrics(self, host: str, port: int) -> MetricsServer:

@@ -1,6 +1,6 @@
 """Cluster-wide figures of a namespace, read from Redis, and their Prometheus export.
 
-Every counter and histogram here is kept in Redis by the Lua scripts (DESIGN.md §14), so every
+Every counter and histogram here is kept in Redis by the Lua scripts, so every
 daemon on every machine exports the same figures: aggregate with ``max by (namespace, limit)``,
 never ``sum``, when several daemons are scraped.
 
@@ -52,6 +52,7 @@ class LimitStats:
     waiters: int = 0
     problems: tuple[str, ...] = ()
     error: str | None = None
+    exception: SlotkeeperError | None = None  # why it could not be read (route by its type)
 
     @property
     def ok(self) -> bool:
@@ -116,7 +117,7 @@ def read_limit(broker: Broker, name: str, sample: int = SAMPLE, count: bool = Tr
         msg = str(exc).split(" script: ", 1)[0]  # drop Redis's script sha / line noise
         if f"{name!r}" not in msg:
             msg = f"limit {name!r}: {msg}"
-        return LimitStats(name, None, error=f"{msg} (unreadable)")
+        return LimitStats(name, None, error=f"{msg} (unreadable)", exception=exc)
 
 
 def read_limits(broker: Broker, sample: int = SAMPLE, count: bool = True) -> list[LimitStats]:

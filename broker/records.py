@@ -191,7 +191,8 @@ def parse_config(
         expired=num("c_expired"),
         revoked=num("c_revoked"),
         timed_out=num("c_timed_out"),
-        wait_sum_s=num("w_sum") / 1000.0,
+        # w_sum_us: microseconds; w_sum: whole ms, as earlier versions wrote it (still counted)
+        wait_sum_s=num("w_sum_us") / 1e6 + num("w_sum") / 1000.0,
         wait_buckets=buckets,
     )
     return conf, counters

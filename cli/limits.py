@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import click
 
 from slotkeeper.broker.errors import InvalidArgument, LimitHeld, LimitNotFound
+from slotkeeper.broker.keys import check_name
 from slotkeeper.broker.metrics import LimitStats, read_limit, read_limits, wait_quantile
 from slotkeeper.broker.records import Holder, Snapshot, Waiter
 from slotkeeper.cli.context import App, json_option, pass_app
@@ -94,12 +96,8 @@ def create(
     callback=_check_ttl_opt,
     help="Lease TTL in seconds (0: the client's default).",
 )
-@click.option(
-    "--enable/--disable",
-    "enabled",
-    default=None,
-    help="Enforce the limit, or admit everyone (still counted).",
-)
+@click.option("--enable", "enable", is_flag=True, help="Enforce the limit.")
+@click.option("--disable", "disable", is_flag=True, help="Admit everyone (still counted).")
 @click.option("--description", "-d", default=None, help="Free text shown by ls/show.")
 @click.option(
     "--create",
@@ -114,11 +112,15 @@ def set_(
     name: str,
     slots: int | None,
     ttl: float | None,
-    enabled: bool | None,
+    enable: bool,
+    disable: bool,
     description: str | None,
     create_: bool,
 ) -> None:
     """Change a limit. Lowering slots never evicts holders; raising them grants waiters now."""
+    if enable and disable:
+        raise click.UsageError("--enable and --disable contradict each other: give one")
+    enabled = True if enable else False if disable else None
     if slots is None and ttl is None and enabled is None and description is None:
         raise click.UsageError(
             "nothing to change: give --slots, --ttl, --enable/--disable or --description"
@@ -128,7 +130,7 @@ def set_(
             name, slots=slots, ttl=ttl, enabled=enabled, description=description, create=create_
         )
     except LimitNotFound:
-        raise LimitNotFoundCli(name) from None
+        raise LimitNotFoundCli(name, app.namespace) from None
     snap = app.broker().snapshot(name, 1)
     cfg = _config_dict(snap)
     if created:
@@ -151,15 +153,12 @@ def set_(
 
 
 class LimitNotFoundCli(LimitNotFound):
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.args = (
-            f"limit {name!r} does not exist (or its config is unreadable): "
-            f"`slotkeeper set {name!r} --slots N --create` creates it",
-        )
+    """A missing limit whose remedy is ``set --create`` (also repairs an unreadable config)."""
 
-    def __str__(self) -> str:
-        return str(self.args[0])
+    @property
+    def create_command(self) -> str:
+        ns = "" if self.namespace == "default" else f" --namespace {self.namespace}"
+        return f"slotkeeper{ns} set {shlex.quote(self.name)} --slots N --create"
 
 
 _FIELD = {"desc": "description", "slots": "slots", "ttl": "ttl", "enabled": "enabled"}
@@ -307,12 +306,12 @@ def waiter_dict(pos: int, w: Waiter, now_ms: int) -> dict[str, Any]:
 @pass_app
 def show(app: App, name: str, max_items: int) -> None:
     """Show a limit: config, counters, holders and waiters in queue order."""
+    check_name(name)  # a bad name is one error, not also a warning about an unreadable limit
     st = read_limit(app.broker(), name, max_items)
     if st.snapshot is None:
-        if st.error and "does not exist" in st.error:
-            raise LimitNotFound(name, app.namespace)
-        report_problems([st])
-        raise InvalidArgument(f"limit {name!r} cannot be read")
+        if isinstance(st.exception, LimitNotFound):
+            raise st.exception
+        raise InvalidArgument(f"limit {name!r} cannot be read: {st.error}")
     report_problems([st])
     s = st.snapshot
     c = s.counters

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +12,7 @@ from slotkeeper.broker.errors import BrokerUnavailable
 from slotkeeper.broker.metrics import LimitStats, read_limits, wait_quantile
 from slotkeeper.cli.context import App, json_option, pass_app
 from slotkeeper.cli.limits import stats_dict
-from slotkeeper.cli.output import duration, is_tty, table
+from slotkeeper.cli.output import duration, is_tty, table, to_json
 
 BAR = 12
 CLEAR = "\x1b[H\x1b[2J"
@@ -58,12 +57,14 @@ def _rate(r: float | None) -> str:
 
 
 def render(
-    app: App, stats: list[LimitStats], prev: Sample | None, cur: Sample, interval: float
+    app: App, stats: list[LimitStats], prev: Sample | None, cur: Sample, refresh: float | None
 ) -> str:
+    """One view; ``refresh`` is the interval of a live view (None: printed once)."""
     head = (
-        f"slotkeeper top  {app.display_url}  namespace {app.namespace}  "
-        f"{time.strftime('%H:%M:%S')}  (every {interval:g}s, Ctrl-C quits)"
+        f"slotkeeper top  {app.display_url}  namespace {app.namespace}  {time.strftime('%H:%M:%S')}"
     )
+    if refresh is not None:
+        head += f"  (every {refresh:g}s, Ctrl-C quits)"
     if not stats:
         return head + "\n\nno limits (create one: slotkeeper create NAME --slots N)"
     rows: list[list[Any]] = []
@@ -151,7 +152,7 @@ def top(app: App, interval: float, once: bool, iterations: int | None) -> None:
                     d["acquired_per_second"], d["expired_per_second"] = rates(prev, cur, st.name)
                     limits.append(d)
                 click.echo(
-                    json.dumps(
+                    to_json(
                         {
                             "time": time.time(),
                             "namespace": app.namespace,
@@ -161,7 +162,7 @@ def top(app: App, interval: float, once: bool, iterations: int | None) -> None:
                     )
                 )
             else:
-                text = render(app, stats, prev, cur, interval)
+                text = render(app, stats, prev, cur, None if iterations == 1 else interval)
                 if error:
                     text = text.split("\n\n")[0] + f"\n\nRedis unreachable: {error}"
                 click.echo((CLEAR if tty else "") + text + ("" if tty else "\n"))

@@ -17,7 +17,7 @@
 --   lease:  n=names, o=occupy, m=holder meta map, a=acquired ms, r=renewed ms, e=expiry ms,
 --           t=fencing token, l=ttl ms
 --   ticket: n=names, o=occupy, m=meta, p=priority, c=notify channel, a=arrival ms, e=expiry ms,
---           l=lease ttl ms
+--           l=lease ttl ms, u=arrival microseconds (for the wait-time sum; absent in older tickets)
 -- Usage of a limit is derived, never counted: ZCOUNT of its holders with expiry > now.
 -- An expired lease's record is deleted when any of its limits purges its holder entry (the record
 -- is garbage once expired; the other limits purge their own entries by score, without it).
@@ -31,6 +31,7 @@ local K_TICKETS, K_TICKET_EXP, K_FENCE = KEYS[3], KEYS[4], KEYS[5]
 
 local _t = redis.call('TIME')
 local NOW = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
+local NOW_US = tonumber(_t[1]) * 1000000 + tonumber(_t[2])   -- wait times are summed in microseconds
 
 local NAMES, LIM = {}, {}
 local NLIM = tonumber(ARGV[1])
@@ -167,21 +168,21 @@ local function wait_bucket(ms)
   return #WAIT_BOUNDS + 1
 end
 
--- Create a lease record and its holder entries; returns token, expiry.
-local function make_lease(id, names, occ, meta, ttl, waited)
+-- Create a lease record and its holder entries; returns token, expiry. waited_us: time queued.
+local function make_lease(id, names, occ, meta, ttl, waited_us)
   local token = redis.call('INCR', K_FENCE)
   local exp = NOW + ttl
   redis.call('HSET', K_LEASES, id, cmsgpack.pack(
     {n = names, o = occ, m = meta, a = NOW, r = NOW, e = exp, t = token, l = ttl}))
   local zargs = {}
   for j, m in ipairs(members(id, occ)) do zargs[2 * j - 1] = exp; zargs[2 * j] = m end
-  local bucket = 'w' .. wait_bucket(waited)
+  local bucket = 'w' .. wait_bucket(waited_us / 1000)
   for _, name in ipairs(names) do
     local k = LIM[name].cfg
     redis.call('ZADD', LIM[name].holders, unpack(zargs))
     hincr(k, 'c_acquired', 1)
     hincr(k, bucket, 1)
-    if waited > 0 then hincr(k, 'w_sum', waited) end
+    if waited_us > 0 then hincr(k, 'w_sum_us', waited_us) end
   end
   return token, exp
 end
@@ -205,7 +206,8 @@ local function try_grant_ticket(id, rec)
     if c.enabled and used(name) + rec.o > c.slots then return 'w' end
   end
   drop_ticket(id, rec)
-  local token, exp = make_lease(id, rec.n, rec.o, rec.m, rec.l, NOW - rec.a)
+  local token, exp = make_lease(id, rec.n, rec.o, rec.m, rec.l,
+                                    NOW_US - (tonumber(rec.u) or rec.a * 1000))
   return 'g', token, exp
 end
 

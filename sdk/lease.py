@@ -118,14 +118,24 @@ class Lease:
         if not self._needs_release():
             return self._known_outcome()
         assert self._runtime is not None
-        return self._released_as(self._runtime.release(self))
+        try:
+            ok = self._runtime.release(self)
+        except BaseException:
+            self._released_as(False)  # nobody can say it was released: no longer trusted
+            raise
+        return self._released_as(ok)
 
     async def release_async(self) -> bool:
         """:meth:`release` for asyncio code (never blocks the event loop)."""
         if not self._needs_release():
             return self._known_outcome()
         assert self._runtime is not None
-        return self._released_as(await self._runtime.release_async(self))
+        try:
+            ok = await self._runtime.release_async(self)
+        except BaseException:
+            self._released_as(False)
+            raise
+        return self._released_as(ok)
 
     def renew(self) -> bool:
         """Renew now (the heartbeat does this by itself). False if the lease is lost."""

@@ -51,8 +51,9 @@ ENV_OP_TIMEOUT = "SLOTKEEPER_OP_TIMEOUT"
 # A call with a timeout returns within timeout + 1 s whatever Redis does: the last acquire round
 # trip may run until timeout + ASK_GRACE, withdrawing the ticket until timeout + CANCEL_GRACE
 # (what cannot be withdrawn by then is withdrawn in the background, or expires by its TTL).
-ASK_GRACE = 0.5
-CANCEL_GRACE = 0.9
+ASK_GRACE = 0.3
+CANCEL_GRACE = 0.6
+CLEANUP_MAX = 1.0    # s: withdrawing after a failure never takes longer (then: in the background)
 DURABLE_WAIT_MS = 2000
 
 
@@ -250,8 +251,18 @@ class Limiter:
                     reason, slots, name = rejected
                     raise P.rejection(reason, name, slots, self.namespace, req.occupy)
                 if t_end is not None and time.monotonic() >= t_end:
-                    res = yield Call(P.cancel(keys, req.names, lid, timed_out=True),
-                                     deadline(CANCEL_GRACE))
+                    try:
+                        res = yield Call(P.cancel(keys, req.names, lid, timed_out=True),
+                                         deadline(CANCEL_GRACE))
+                    except BrokerUnavailable as exc:
+                        # no slot in time is what the caller learns; the withdrawal (and the
+                        # release of a grant that raced it) goes on in the background
+                        pending = False
+                        rt.defer_withdrawal(req.names, lid, ticket_ttl_ms)
+                        raise AcquireTimeout(
+                            f"no slot on {', '.join(req.names)} within {req.timeout:g} s "
+                            "(Redis did not answer the withdrawal in time; it is retried in the "
+                            "background)") from exc
                     if res.status != R.GRANTED:
                         pending = False
                         raise AcquireTimeout(
@@ -271,12 +282,12 @@ class Limiter:
             # if Redis cannot be reached by the deadline, the heartbeat thread keeps trying
             if pending and not isinstance(exc, (LimitNotFound, OccupyExceedsLimit)):
                 try:
-                    end = deadline(CANCEL_GRACE)
+                    end = min(deadline(CANCEL_GRACE), time.monotonic() + CLEANUP_MAX)
                     if end - time.monotonic() < 0.02:
                         raise BrokerUnavailable("no time left to withdraw")
                     c = yield Call(P.cancel(keys, req.names, lid, timed_out=False), end)
                     if c.status == R.GRANTED:
-                        yield Call(P.release(keys, req.names, lid), deadline(CANCEL_GRACE))
+                        yield Call(P.release(keys, req.names, lid), end)
                 except BaseException:  # unreachable, or interrupted again (e.g. a second
                     # cancellation while the event loop shuts down): finish it in the background
                     log.info("slotkeeper: could not withdraw ticket %s now; retrying in the "
@@ -304,7 +315,7 @@ class Limiter:
                            default_slots=default_slots, label=label)
         rt = self.runtime
         if req.timeout != 0:
-            rt.ensure_listener()
+            rt.ensure_listener(0)  # no wait: its first subscription nudges every waiter to re-check
         transport = rt.broker.transport
         flow = self._flow(rt, req, on_lost)
         with _Outcome(req, flow, strict) as out:
@@ -337,7 +348,7 @@ class Limiter:
                            default_slots=default_slots, label=label)
         rt = self.runtime
         if req.timeout != 0:
-            await rt.ensure_listener_async()
+            await rt.ensure_listener_async(0)  # (as in acquire: subscribing nudges the waiters)
         broker = rt.async_broker()
         flow = self._flow(rt, req, on_lost, bind_loop=True)
         with _Outcome(req, flow, strict) as out:
