@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.errors import BrokerUnavailable, SlotkeeperError
-from slotkeeper.broker.keys import check_name
+from slotkeeper.broker.keys import check_limit_name, is_template
 from slotkeeper.broker.metrics import (
     MetricsServer,
     ProblemLog,
@@ -179,6 +179,10 @@ class DaemonCollector(Collector):
         return fams
 
 
+RECENT_KEYS_MS = 60_000  # template keys active this recently get a reclaim call each pass
+RECENT_KEYS_PER_PASS = 100
+
+
 class Daemon:
     """Reclaim loop for one namespace. ``stop()`` is safe to call from a signal handler."""
 
@@ -191,6 +195,7 @@ class Daemon:
         max_calls: int = MAX_CALLS_PER_LIMIT,
         audit_every: float = AUDIT_EVERY,
         health_broker: Broker | None = None,
+        per_key_metrics: int = 0,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0")
@@ -205,6 +210,8 @@ class Daemon:
         self.stats = DaemonStats()
         self.problems = ProblemLog(log)
         self._stop = False
+        self.reaped = 0  # keys made from templates removed after their --idle-ttl
+        self.per_key_metrics = per_key_metrics
         self._redis_up: bool | None = None  # unknown until the first pass
         self._bad_limits: dict[str, str] = {}
         self._last_audit: float | None = None  # audit on the first pass
@@ -233,7 +240,7 @@ class Daemon:
             if self._stop:
                 break
             try:
-                check_name(name)
+                check_limit_name(name)
             except SlotkeeperError as exc:
                 self._limit_failed(name, f"limit {name!r} has an unusable name: {exc}")
                 errors += 1
@@ -252,6 +259,17 @@ class Daemon:
                         break
                     if i == self.max_calls - 1:
                         backlog = True
+                if is_template(name):
+                    # keys made from it: remove those idle for its --idle-ttl; reclaim (and grant
+                    # due or fitting waiters of) the recently active ones, bounded per pass
+                    self.reaped += self.broker.reap_idle(name, self.batch)
+                    for key in self.broker.recent_template_keys(
+                        name, RECENT_KEYS_MS, RECENT_KEYS_PER_PASS
+                    ):
+                        r = self.broker.reclaim(key, self.batch)
+                        calls += 1
+                        expired += r.expired
+                        granted += r.granted
                 self._limit_ok(name)
             except BrokerUnavailable:
                 raise
@@ -398,7 +416,8 @@ class Daemon:
 
     def registry(self) -> CollectorRegistry:
         reg = CollectorRegistry(auto_describe=True)
-        reg.register(SlotkeeperCollector(self.health_broker, self.problems))
+        reg.register(SlotkeeperCollector(self.health_broker, self.problems,
+                                         per_key=self.per_key_metrics))
         reg.register(DaemonCollector(self.broker.namespace, self.stats))
         # the daemon process itself: process_* (CPU, memory, fds), python_info, python_gc_*
         ProcessCollector(registry=reg)

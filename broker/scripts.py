@@ -19,6 +19,8 @@ SCRIPT_NAMES = (
     "snapshot",
     "limit_config",
     "limit_delete",
+    "settle",
+    "reap_idle",
 )
 
 

@@ -5,8 +5,9 @@ by ``asyncio.wait_for``; it never blocks or sleeps on the event loop). Both shar
 and the error mapping below, so every rule is the same on both paths.
 
 Every mutating script is idempotent on its client-made id, so re-sending after a lost reply is
-safe. A call retries connection errors with backoff until its deadline, then raises
-:class:`BrokerUnavailable`.
+safe. After NOSCRIPT (a restarted or flushed Redis) a script is loaded with SCRIPT LOAD and run
+again by EVALSHA: the namespace ACL grants those two, never EVAL. A call retries connection
+errors with backoff until its deadline, then raises :class:`BrokerUnavailable`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ def _script_args(op: Op[Any]) -> tuple[Any, ...]:
     return (len(op.keys), *op.keys, *op.args)
 
 
+def _where(client: Any, op: Op[Any]) -> dict[str, Any]:
+    """Where SCRIPT LOAD must go: on Redis Cluster the node owning the op's keys (redis-py would
+    send a keyless command to a random node); a plain client has only one place."""
+    if hasattr(client, "get_node_from_key") and op.keys:
+        return {"target_nodes": client.get_node_from_key(op.keys[0])}
+    return {}
+
+
 class SyncTransport:
     """Runs ops on a redis-py client (thread-safe: the pool gives each thread a connection)."""
 
@@ -70,8 +79,9 @@ class SyncTransport:
             return c.execute_command(*op.command)
         try:
             return c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
-        except redis.exceptions.NoScriptError:
-            return c.execute_command("EVAL", source(op.script), *_script_args(op))
+        except redis.exceptions.NoScriptError:  # (SCRIPT LOAD, not EVAL: see the module doc)
+            c.execute_command("SCRIPT", "LOAD", source(op.script), **_where(c, op))
+            return c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
 
     def run(self, op: Op[T], deadline: float | None = None, retry: bool = True) -> T:
         """Run ``op``, retrying connection errors until ``deadline`` (monotonic; default: now +
@@ -146,7 +156,8 @@ class AsyncTransport:
         try:
             return await c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
         except redis.exceptions.NoScriptError:
-            return await c.execute_command("EVAL", source(op.script), *_script_args(op))
+            await c.execute_command("SCRIPT", "LOAD", source(op.script), **_where(c, op))
+            return await c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
 
     async def run(self, op: Op[T], deadline: float | None = None, retry: bool = True) -> T:
         return op.parse(await self.call(lambda: self._execute(op), deadline, retry))

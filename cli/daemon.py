@@ -52,6 +52,14 @@ LEVELS = ("debug", "info", "warning", "error")
     show_default=True,
 )
 @click.option("--once", is_flag=True, help="Run one reclaim pass and exit (cron, tests).")
+@click.option(
+    "--per-key-metrics",
+    type=click.IntRange(0, 100_000),
+    default=0,
+    metavar="N",
+    help="Also export series for up to N keys of each template (most recently active first). "
+    "Default 0: a template's keys are aggregated under the template's name.",
+)
 @pass_app
 def daemon(
     app: App,
@@ -62,6 +70,7 @@ def daemon(
     no_metrics: bool,
     log_level: str,
     once: bool,
+    per_key_metrics: int,
 ) -> None:
     """Reclaim expired leases and tickets promptly, wake waiters, export metrics.
 
@@ -80,7 +89,13 @@ def daemon(
         raise click.ClickException(str(exc)) from None
     broker = Broker.from_url(url, app.namespace)
     health = Broker.from_url(url, app.namespace, socket_timeout=2.0, socket_connect_timeout=1.0)
-    d = Daemon(broker, interval=interval, batch=batch, health_broker=health)
+    d = Daemon(
+        broker,
+        interval=interval,
+        batch=batch,
+        health_broker=health,
+        per_key_metrics=per_key_metrics,
+    )
     signal.signal(signal.SIGTERM, d.stop)
     signal.signal(signal.SIGINT, d.stop)
     srv = None

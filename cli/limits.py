@@ -9,12 +9,14 @@ from typing import Any
 
 import click
 
-from slotkeeper.broker.errors import InvalidArgument, LimitHeld, LimitNotFound
-from slotkeeper.broker.keys import check_name
+from slotkeeper.broker.errors import InvalidArgument, LimitHeld, LimitNotFound, SlotkeeperError
+from slotkeeper.broker.keys import check_limit_name, is_template
 from slotkeeper.broker.metrics import LimitStats, read_limit, read_limits, wait_quantile
+from slotkeeper.broker.protocol import check_max_waiters, check_total
+from slotkeeper.broker.rates import duration_text, parse_duration, parse_rate
 from slotkeeper.broker.records import Holder, Snapshot, Waiter
 from slotkeeper.cli.context import App, json_option, pass_app
-from slotkeeper.cli.output import duration, emit, table, ttl_text, warn
+from slotkeeper.cli.output import BadInput, duration, emit, table, ttl_text, warn
 
 SHOW_MAX = 1000
 
@@ -49,15 +51,111 @@ def _check_ttl_opt(_ctx: click.Context, _p: click.Parameter, v: float | None) ->
 # -- create / set ---------------------------------------------------------------------------------
 
 
+def settings(
+    name: str,
+    *,
+    slots: int | None,
+    rate: str | None,
+    spread: bool | None,
+    max_waiters: int | None,
+    total: int | None,
+    idle_ttl: str | None,
+    creating: bool,
+) -> dict[str, Any]:
+    """Validate the rate/template/backpressure options before anything is written: bad input is
+    one line on stderr and exit status 2."""
+    out: dict[str, Any] = {}
+    unset: list[str] = []
+    try:
+        name = check_limit_name(name)
+        template = is_template(name)
+        if rate is not None and rate.strip().lower() in ("none", "off"):
+            if creating:
+                raise InvalidArgument("--rate none only makes sense for `set`")
+            unset.append("rate")
+        elif rate is not None:
+            out["rate"] = parse_rate(rate)
+        if creating and slots is None and "rate" not in out:
+            raise InvalidArgument(f"limit {name!r} needs --slots N, --rate N/P, or both")
+        if spread and "rate" not in out and creating:
+            raise InvalidArgument("--spread needs --rate")
+        if max_waiters is not None:
+            if max_waiters == -1 and not creating:
+                unset.append("max_waiters")
+            else:
+                out["max_waiters"] = check_max_waiters(max_waiters)
+        if total is not None:
+            if not template:
+                raise InvalidArgument(
+                    f"--total applies to templates only (names ending in '*'), not {name!r}"
+                )
+            if total == 0:
+                unset.append("total")
+            else:
+                out["total"] = check_total(total)
+        if idle_ttl is not None:
+            if not template:
+                raise InvalidArgument(
+                    f"--idle-ttl applies to templates only (names ending in '*'), not {name!r}"
+                )
+            out["idle_ttl"] = parse_duration(idle_ttl, "--idle-ttl")
+    except SlotkeeperError as exc:
+        raise BadInput(str(exc)) from None
+    if spread is not None:
+        out["spread"] = spread
+    if unset:
+        out["unset"] = unset
+    return out
+
+
+def _rate_opts(fn: Any) -> Any:
+    for opt in reversed(
+        [
+            click.option(
+                "--rate",
+                "-r",
+                metavar="N/P",
+                help="At most N units granted in any sliding window P: N/s, N/min, N/h "
+                "(e.g. 600/min). `set --rate none` removes it.",
+            ),
+            click.option(
+                "--spread/--no-spread",
+                default=None,
+                help="Space grants evenly (one unit every P/N) instead of allowing bursts of N.",
+            ),
+            click.option(
+                "--max-waiters",
+                type=int,
+                metavar="N",
+                help="At most N waiters: the next request fails at once with QueueFull "
+                "(`set --max-waiters -1` removes the cap).",
+            ),
+            click.option(
+                "--total",
+                type=int,
+                metavar="N",
+                help="Templates: cap on the slots held over all keys made from it (0 removes).",
+            ),
+            click.option(
+                "--idle-ttl",
+                metavar="DURATION",
+                help="Templates: keys with no holders and no waiters go after this long "
+                "(e.g. 1h, 30min, 90s; default 1h).",
+            ),
+        ]
+    ):
+        fn = opt(fn)
+    return fn
+
+
 @click.command()
 @click.argument("name")
 @click.option(
     "--slots",
     "-s",
     type=int,
-    required=True,
     callback=_check_slots_opt,
-    help="How many slots the limit has.",
+    help="How many slots the limit has (optional with --rate).",
 )
 @click.option(
     "--ttl",
@@ -68,12 +166,47 @@ def _check_ttl_opt(_ctx: click.Context, _p: click.Parameter, v: float | None) ->
 )
 @click.option("--disabled", is_flag=True, help="Create it disabled (admits everyone).")
 @click.option("--description", "-d", default="", help="Free text shown by ls/show.")
+@_rate_opts
 @pass_app
 def create(
-    app: App, name: str, slots: int, ttl: float | None, disabled: bool, description: str
+    app: App,
+    name: str,
+    slots: int | None,
+    ttl: float | None,
+    disabled: bool,
+    description: str,
+    rate: str | None,
+    spread: bool | None,
+    max_waiters: int | None,
+    total: int | None,
+    idle_ttl: str | None,
 ) -> None:
-    """Create limit NAME with N slots."""
-    app.broker().create_limit(name, slots, ttl, not disabled, description)
+    """Create limit NAME with N slots and/or a rate. A NAME ending in '*' is a template: every
+    name with that prefix gets a limit of its own made from it on first use."""
+    extra = settings(
+        name,
+        slots=slots,
+        rate=rate,
+        spread=spread,
+        max_waiters=max_waiters,
+        total=total,
+        idle_ttl=idle_ttl,
+        creating=True,
+    )
+    extra.pop("unset", None)
+    app.broker().create_limit(name, slots, ttl, not disabled, description, **extra)
+    r = extra.get("rate")
+    what = ", ".join(
+        x
+        for x in (
+            f"{slots} slot(s)" if slots is not None else "",
+            f"rate {r}" + (" spread" if extra.get("spread") else "") if r else "",
+            f"total {total}" if total else "",
+            f"max {max_waiters} waiter(s)" if max_waiters is not None else "",
+        )
+        if x
+    )
+    kind = "template" if is_template(name) else "limit"
     emit(
         app,
         {
@@ -82,8 +215,13 @@ def create(
             "ttl": ttl or 0,
             "enabled": not disabled,
             "description": description,
+            "rate": str(r) if r else None,
+            "spread": bool(extra.get("spread")),
+            "max_waiters": max_waiters,
+            "total": total,
+            "template": is_template(name),
         },
-        f"created limit {name!r}: {slots} slot(s)" + (" (disabled)" if disabled else ""),
+        f"created {kind} {name!r}: {what}" + (" (disabled)" if disabled else ""),
     )
 
 
@@ -103,9 +241,10 @@ def create(
     "--create",
     "create_",
     is_flag=True,
-    help="Create the limit if it does not exist (needs --slots); also repairs a limit "
+    help="Create the limit if it does not exist (needs --slots or --rate); also repairs a limit "
     "whose config is unreadable.",
 )
+@_rate_opts
 @pass_app
 def set_(
     app: App,
@@ -116,27 +255,55 @@ def set_(
     disable: bool,
     description: str | None,
     create_: bool,
+    rate: str | None,
+    spread: bool | None,
+    max_waiters: int | None,
+    total: int | None,
+    idle_ttl: str | None,
 ) -> None:
-    """Change a limit. Lowering slots never evicts holders; raising them grants waiters now."""
+    """Change a limit or template. Lowering slots never evicts holders; raising them grants
+    waiters now. Changing a template changes every key made from it."""
     if enable and disable:
         raise click.UsageError("--enable and --disable contradict each other: give one")
     enabled = True if enable else False if disable else None
-    if slots is None and ttl is None and enabled is None and description is None:
-        raise click.UsageError(
-            "nothing to change: give --slots, --ttl, --enable/--disable or --description"
+    extra = settings(
+        name,
+        slots=slots,
+        rate=rate,
+        spread=spread,
+        max_waiters=max_waiters,
+        total=total,
+        idle_ttl=idle_ttl,
+        creating=False,
+    )
+    if slots is None and ttl is None and enabled is None and description is None and not extra:
+        raise BadInput(
+            "nothing to change: give --slots, --ttl, --enable/--disable, --description, --rate, "
+            "--spread, --max-waiters, --total or --idle-ttl"
         )
+    if create_ and slots is None and "rate" not in extra:
+        raise BadInput("--create needs --slots or --rate")
     try:
         created, changed = app.broker().update_limit(
-            name, slots=slots, ttl=ttl, enabled=enabled, description=description, create=create_
+            name,
+            slots=slots,
+            ttl=ttl,
+            enabled=enabled,
+            description=description,
+            create=create_,
+            **extra,
         )
     except LimitNotFound:
         raise LimitNotFoundCli(name, app.namespace) from None
+    except InvalidArgument as exc:  # e.g. removing the rate of a limit without slots
+        raise BadInput(str(exc)) from None
     snap = app.broker().snapshot(name, 1)
     cfg = _config_dict(snap)
     if created:
-        msg = f"created limit {name!r}: {snap.config.slots} slot(s)"
+        msg = f"created limit {name!r}: {_capacity(snap)}"
     elif changed:
-        fields = ", ".join(f"{_FIELD.get(f, f)}={cfg.get(_FIELD.get(f, f))}" for f in changed)
+        shown = dict.fromkeys(_FIELD.get(f, f) for f in changed)
+        fields = ", ".join(f"{f}={cfg.get(f)}" for f in shown)
         msg = f"updated limit {name!r}: {fields}"
     else:
         msg = f"limit {name!r} unchanged"
@@ -145,7 +312,7 @@ def set_(
         {
             "name": name,
             "created": created,
-            "changed": [_FIELD.get(f, f) for f in changed],
+            "changed": list(dict.fromkeys(_FIELD.get(f, f) for f in changed)),
             "config": cfg,
         },
         msg,
@@ -161,18 +328,47 @@ class LimitNotFoundCli(LimitNotFound):
         return f"slotkeeper{ns} set {shlex.quote(self.name)} --slots N --create"
 
 
-_FIELD = {"desc": "description", "slots": "slots", "ttl": "ttl", "enabled": "enabled"}
+_FIELD = {
+    "desc": "description",
+    "slots": "slots",
+    "ttl": "ttl",
+    "enabled": "enabled",
+    "rate_n": "rate",
+    "rate_p": "rate",
+    "spread": "spread",
+    "maxw": "max_waiters",
+    "total": "total",
+    "idle": "idle_ttl",
+}
 
 
 def _config_dict(snap: Snapshot) -> dict[str, Any]:
     c = snap.config
-    return {
+    out: dict[str, Any] = {
         "name": c.name,
         "slots": c.slots,
         "ttl": c.ttl_s,
         "enabled": c.enabled,
         "description": c.description,
+        "rate": str(c.rate) if c.rate else None,
+        "spread": c.spread,
+        "max_waiters": c.max_waiters,
     }
+    if c.is_template:
+        out.update(template=True, total=c.total, idle_ttl=duration_text(c.idle_ttl_s))
+    if c.template:
+        out["made_from"] = c.template
+    return out
+
+
+def _capacity(snap: Snapshot) -> str:
+    c = snap.config
+    parts = []
+    if c.slots is not None:
+        parts.append(f"{c.slots} slot(s)")
+    if c.rate is not None:
+        parts.append(f"rate {c.rate}" + (" spread" if c.spread else ""))
+    return ", ".join(parts) or "-"
 
 
 # -- ls -------------------------------------------------------------------------------------------
@@ -195,8 +391,15 @@ def stats_dict(st: LimitStats) -> dict[str, Any]:
                 "acquired": snap.counters.acquired,
                 "expired": snap.counters.expired,
                 "wait_p95_seconds": p95,
+                "rate": str(snap.config.rate) if snap.config.rate else None,
+                "rate_in_window": snap.rate_in_window if snap.config.rate else None,
+                "spread": snap.config.spread,
+                "max_waiters": snap.config.max_waiters,
+                "rejected": snap.counters.rejected,
             }
         )
+        if snap.config.is_template:
+            out.update(template=True, total=snap.config.total, keys=snap.n_keys)
     out["problems"] = st.messages()
     return out
 
@@ -209,13 +412,34 @@ def report_problems(stats: list[LimitStats]) -> None:
             warn(m)
 
 
+BUSIEST_OF = 20  # recently active keys of a template that `ls` looks at
+
+
+def busiest_keys(broker: Any, template: str, n: int = 3) -> list[tuple[str, int]]:
+    """Up to ``n`` keys of a template with the most slots in use (among its most recently active
+    ones), busiest first."""
+    out = []
+    for key, _ in broker.template_keys(template, BUSIEST_OF):
+        try:
+            out.append((key, int(broker.snapshot(key, 1).used)))
+        except LimitNotFound:
+            continue  # removed meanwhile
+    out.sort(key=lambda x: -x[1])
+    return out[:n]
+
+
 @click.command("ls")
 @json_option
 @pass_app
 def ls(app: App) -> None:
     """List every limit: slots, use, leases, waiters."""
-    stats = read_limits(app.broker())
+    broker = app.broker()
+    stats = read_limits(broker)
     report_problems(stats)
+    busiest: dict[str, list[tuple[str, int]]] = {}
+    for st in stats:
+        if st.snapshot is not None and st.snapshot.config.is_template:
+            busiest[st.name] = busiest_keys(broker, st.name)
 
     def text() -> None:
         if not stats:
@@ -228,32 +452,62 @@ def ls(app: App) -> None:
         for st in stats:
             s = st.snapshot
             if s is None:
-                rows.append([st.name, "?", "?", "?", "?", "UNREADABLE", "", ""])
+                rows.append([st.name, "?", "?", "?", "?", "?", "UNREADABLE", "", ""])
                 continue
             state = "yes" if s.config.enabled else "no"
             if st.problems:
                 state += " (!)"
+            c = s.config
+            rate = "-"
+            if c.rate is not None:
+                rate = f"{s.rate_in_window}/{c.rate}" + (" spread" if c.spread else "")
+            desc = c.description
+            if c.is_template:
+                keys = ", ".join(f"{k} ({u})" for k, u in busiest.get(st.name, []))
+                desc = (
+                    f"template: {s.n_keys} key(s)"
+                    + (f", total {c.total}" if c.total else "")
+                    + (f"; busiest: {keys}" if keys else "")
+                    + (f"; {desc}" if desc else "")
+                )
             rows.append(
                 [
                     st.name,
                     s.used,
-                    s.config.slots,
+                    "-" if c.slots is None else c.slots,
+                    rate,
                     st.leases,
                     st.waiters,
                     state,
-                    ttl_text(s.config.ttl_s),
-                    s.config.description,
+                    ttl_text(c.ttl_s),
+                    desc,
                 ]
             )
         click.echo(
             table(
-                ["NAME", "USED", "SLOTS", "LEASES", "WAITERS", "ENABLED", "TTL", "DESCRIPTION"],
+                [
+                    "NAME",
+                    "USED",
+                    "SLOTS",
+                    "RATE",
+                    "LEASES",
+                    "WAITERS",
+                    "ENABLED",
+                    "TTL",
+                    "DESCRIPTION",
+                ],
                 rows,
-                right=(1, 2, 3, 4),
+                right=(1, 2, 4, 5),
             )
         )
 
-    emit(app, [stats_dict(st) for st in stats], text)
+    data = []
+    for st in stats:
+        d = stats_dict(st)
+        if st.name in busiest:
+            d["busiest_keys"] = [{"name": k, "used": u} for k, u in busiest[st.name]]
+        data.append(d)
+    emit(app, data, text)
 
 
 # -- show -----------------------------------------------------------------------------------------
@@ -306,7 +560,7 @@ def waiter_dict(pos: int, w: Waiter, now_ms: int) -> dict[str, Any]:
 @pass_app
 def show(app: App, name: str, max_items: int) -> None:
     """Show a limit: config, counters, holders and waiters in queue order."""
-    check_name(name)  # a bad name is one error, not also a warning about an unreadable limit
+    check_limit_name(name)  # a bad name is one error, not also a warning about an unreadable limit
     st = read_limit(app.broker(), name, max_items)
     if st.snapshot is None:
         if isinstance(st.exception, LimitNotFound):
@@ -323,12 +577,16 @@ def show(app: App, name: str, max_items: int) -> None:
         "used": s.used,
         "leases": st.leases,
         "waiters": st.waiters,
+        "rate_in_window": s.rate_in_window,
+        "keys": s.n_keys,
         "counters": {
             "acquired": c.acquired,
             "released": c.released,
             "expired": c.expired,
             "revoked": c.revoked,
             "timed_out": c.timed_out,
+            "rate_units": c.units,
+            "rejected": c.rejected,
             "wait_p50_seconds": wait_quantile(c, 0.5),
             "wait_p95_seconds": wait_quantile(c, 0.95),
             "wait_sum_seconds": c.wait_sum_s,
@@ -341,11 +599,29 @@ def show(app: App, name: str, max_items: int) -> None:
     def text() -> None:
         cfg = s.config
         click.echo(f"limit:       {cfg.name}")
+        slots = "no slot cap" if cfg.slots is None else f"{s.used}/{cfg.slots} in use"
         click.echo(
-            f"slots:       {s.used}/{cfg.slots} in use by {st.leases} lease(s)"
+            f"slots:       {slots} by {st.leases} lease(s)"
             + ("" if cfg.enabled else "  [DISABLED: admits everyone]")
         )
         click.echo(f"ttl:         {ttl_text(cfg.ttl_s)}")
+        if cfg.rate is not None:
+            room = "now" if not s.rate_room_ms else f"in {duration(s.rate_room_ms / 1000)}"
+            click.echo(
+                f"rate:        {s.rate_in_window}/{cfg.rate} used in the window"
+                + (" (spread)" if cfg.spread else "")
+                + f"; next unit free {room}"
+            )
+        if cfg.max_waiters is not None:
+            click.echo(f"max waiters: {cfg.max_waiters} ({c.rejected} request(s) rejected so far)")
+        if cfg.is_template:
+            click.echo(
+                f"template:    {s.n_keys} key(s) made from it"
+                + (f", total {cfg.total} slot(s)" if cfg.total else "")
+                + f", idle keys go after {duration_text(cfg.idle_ttl_s)}"
+            )
+        if cfg.template:
+            click.echo(f"made from:   template {cfg.template!r}")
         if cfg.description:
             click.echo(f"description: {cfg.description}")
         click.echo(f"created:     {_ts(cfg.created_ms)}   updated: {_ts(cfg.updated_ms)}")

@@ -49,6 +49,13 @@ def one_line(msg: str) -> str:
     return " ".join(str(msg).split())
 
 
+class BadInput(click.UsageError):
+    """Bad input to a command: one line on stderr, exit status 2, nothing written."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {one_line(self.format_message())}", err=True)
+
+
 def width(s: str) -> int:
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in s)
 

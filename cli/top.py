@@ -79,14 +79,18 @@ def render(
         flags = []
         if not s.config.enabled:
             flags.append("disabled")
+        if s.config.rate is not None:
+            flags.append(f"rate {s.rate_in_window}/{s.config.rate}")
+        if s.config.is_template:
+            flags.append(f"template: {s.n_keys} key(s)")
         if st.problems:
             flags.append(f"{len(st.problems)} problem(s)")
             notes += st.messages()
         rows.append(
             [
                 st.name,
-                f"{s.used}/{s.config.slots}",
-                bar(s.used, s.config.slots),
+                f"{s.used}/{'-' if s.config.slots is None else s.config.slots}",
+                bar(s.used, s.config.slots or 0),
                 st.leases,
                 st.waiters,
                 duration(wait_quantile(s.counters, 0.95)),

@@ -1,8 +1,8 @@
 -- release.lua — give a lease's slots back (or revoke it), then grant waiters that now fit.
--- KEYS: the fixed five + three per limit the lease holds (see _lib.lua).
+-- KEYS: the fixed six + five per limit the lease holds (see _lib.lua).
 -- ARGV: n, names..., id, kind ('release' | 'revoke')
--- Returns: {0 OK} | {6 LOST} (expired, revoked or unknown: frees nothing)
---        | {11 NEED_KEYS, name} (the caller did not pass every limit the lease holds; nothing done)
+-- Returns: {OK} | {LOST} (expired, revoked or unknown: frees nothing)
+--        | {NEED_KEYS, name} (the caller did not pass every limit the lease holds; nothing done)
 -- Complexity: O(n * (occupy * log N + grant pass)).
 local id = ARGV[A0 + 1]
 local kind = ARGV[A0 + 2]
@@ -24,4 +24,6 @@ for _, name in ipairs(rec.n) do
   purge_holders(name, PURGE_BATCH)
   grant_pass(name)
 end
+for _, name in ipairs(rec.n) do cfg(name) end
+touch(rec.n)
 return {OK}

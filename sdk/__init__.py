@@ -16,13 +16,17 @@ from slotkeeper.broker.errors import (
     LimitExists,
     LimitHeld,
     LimitNotFound,
+    NoRate,
     OccupyExceedsLimit,
+    QueueFull,
     SlotkeeperError,
 )
 from slotkeeper.executor import ThrottledExecutor
 from slotkeeper.lease import Lease
 from slotkeeper.limit import limit, limited
 from slotkeeper.limiter import Limiter, configure, get_limiter
+from slotkeeper.rate_limit import rate_limit, rate_limit_async
+from slotkeeper.reservation import Reservation
 from slotkeeper.tags import tagged, tags
 
 __version__ = "0.1.0"
@@ -40,13 +44,18 @@ __all__ = [
     "LimitHeld",
     "LimitNotFound",
     "Limiter",
+    "NoRate",
     "OccupyExceedsLimit",
+    "QueueFull",
+    "Reservation",
     "SlotkeeperError",
     "ThrottledExecutor",
     "configure",
     "get_limiter",
     "limit",
     "limited",
+    "rate_limit",
+    "rate_limit_async",
     "tagged",
     "tags",
 ]

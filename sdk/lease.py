@@ -137,6 +137,18 @@ class Lease:
             raise
         return self._released_as(ok)
 
+    def settle(self, units: int) -> bool:
+        """Correct the rate units this lease took on entry (``occupy`` of each named limit with a
+        rate) to ``units``, e.g. the true cost known only afterwards. False if its grant has left
+        every window already (or no limit has a rate)."""
+        if self._runtime is None:
+            return False
+        taken = getattr(self, "_units", self.occupy)
+        ok: bool = self._runtime.broker.settle(self.names, self.id, taken, units)
+        if ok:
+            self._units = units
+        return ok
+
     def renew(self) -> bool:
         """Renew now (the heartbeat does this by itself). False if the lease is lost."""
         if self._runtime is None:

@@ -19,6 +19,7 @@ from typing import Any
 from slotkeeper.broker import embedded
 from slotkeeper.broker import protocol as P
 from slotkeeper.broker import records as R
+from slotkeeper.broker.client import AsyncBroker
 from slotkeeper.broker.connection import configured_namespace, configured_url, redact
 from slotkeeper.broker.errors import (
     AcquireTimeout,
@@ -41,6 +42,7 @@ from slotkeeper.broker.protocol import (
 from slotkeeper.broker.transport import DEFAULT_OP_TIMEOUT
 from slotkeeper.lease import Lease
 from slotkeeper.naming import check_template, host_name, resolve, worker_name
+from slotkeeper.reservation import Reservation
 from slotkeeper.runtime import Runtime, Waiting, live_runtimes, new_id, runtime_for
 
 log = logging.getLogger("slotkeeper")
@@ -172,7 +174,8 @@ class Limiter:
         )
 
     def _flow(self, rt: Runtime, req: Request, on_lost: Callable[[Lease], None] | None,
-              bind_loop: bool = False) -> Generator[Step, Any, Lease]:
+              bind_loop: bool = False,
+              units_only: bool = False) -> Generator[Step, Any, Lease | Reservation]:
         """The acquire flow, free of I/O: it yields :class:`Call` (run this op by this deadline)
         and :class:`Wait` (wait for a notification) steps, and is sent their results (or has their
         exceptions thrown in). :meth:`acquire` drives it with blocking I/O, :meth:`acquire_async`
@@ -205,17 +208,35 @@ class Limiter:
                 keys, req.names, lid, occupy=req.occupy, ttl_ms=req.ttl_ms,
                 default_ttl_ms=default_ttl_ms, priority=req.priority, wait=wait,
                 channel=rt.channel, meta=meta, default_slots=req.default_slots,
-                recheck=recheck), deadline())
+                recheck=recheck, units_only=units_only), deadline())
+
+        def withdraw(timed_out: bool, grace: float) -> Call:
+            return Call(P.cancel(keys, req.names, lid, timed_out=timed_out,
+                                 units_only_occupy=req.occupy if units_only else 0),
+                        deadline(grace))
+
+        what = "rate units" if units_only else "slot"
 
         w: Waiting | None = None
         pending = False  # a ticket (or an unseen grant) of ours may exist in Redis
         try:
+            if P.templates_stale(self.namespace):  # which templates may make these names
+                yield Call(P.list_templates(keys), deadline())
             pending, sent = True, time.monotonic()
-            res: R.AcquireResult = yield ask()
+            try:
+                res: R.AcquireResult = yield ask()
+            except LimitNotFound:
+                # a template made since our list was read? read it again and ask once more
+                if P.templates_stale(self.namespace, 0.1):
+                    yield Call(P.list_templates(keys), deadline())
+                    lid = new_id()
+                    res = yield ask()
+                else:
+                    raise
             granted_after = sent  # the grant was made after this send: its lease runs from here
             if res.status == R.BUSY:
                 pending = False
-                raise AcquireTimeout(f"no free slot on {', '.join(req.names)} (timeout=0)")
+                raise AcquireTimeout(f"no free {what} on {', '.join(req.names)} (timeout=0)")
             while res.status != R.GRANTED:
                 if res.status == R.LOST:  # our ticket expired (e.g. we were paused): ask anew
                     lid = new_id()
@@ -237,6 +258,8 @@ class Limiter:
                 pause = FALLBACK_CHECK
                 if res.next_check_ms > 0:
                     pause = min(pause, res.next_check_ms / 1000.0 + 0.005)
+                if res.due_ms > 0:  # rate units due then: ask exactly then (pushed, not polled)
+                    pause = min(pause, res.due_ms / 1000.0)
                 if t_end is not None:
                     pause = min(pause, max(0.0, t_end - time.monotonic()))
                 msg = yield Wait(w, pause)
@@ -245,6 +268,10 @@ class Limiter:
                 if grant is not None:
                     res = grant
                     break
+                due = P.parse_due_message(msg) if msg else None
+                if due is not None and (t_end is None or time.monotonic() < t_end):
+                    res = R.AcquireResult(R.QUEUED, due_ms=due)  # the broker moved our due time
+                    continue
                 rejected = P.parse_reject_message(msg) if msg else None
                 if rejected is not None:
                     pending = False  # the script dropped our ticket
@@ -252,21 +279,20 @@ class Limiter:
                     raise P.rejection(reason, name, slots, self.namespace, req.occupy)
                 if t_end is not None and time.monotonic() >= t_end:
                     try:
-                        res = yield Call(P.cancel(keys, req.names, lid, timed_out=True),
-                                         deadline(CANCEL_GRACE))
+                        res = yield withdraw(True, CANCEL_GRACE)
                     except BrokerUnavailable as exc:
                         # no slot in time is what the caller learns; the withdrawal (and the
                         # release of a grant that raced it) goes on in the background
                         pending = False
                         rt.defer_withdrawal(req.names, lid, ticket_ttl_ms)
                         raise AcquireTimeout(
-                            f"no slot on {', '.join(req.names)} within {req.timeout:g} s "
+                            f"no {what} on {', '.join(req.names)} within {req.timeout:g} s "
                             "(Redis did not answer the withdrawal in time; it is retried in the "
                             "background)") from exc
                     if res.status != R.GRANTED:
                         pending = False
                         raise AcquireTimeout(
-                            f"no slot on {', '.join(req.names)} within {req.timeout:g} s")
+                            f"no {what} on {', '.join(req.names)} within {req.timeout:g} s")
                     break
                 sent = time.monotonic()
                 res = yield ask()
@@ -285,8 +311,10 @@ class Limiter:
                     end = min(deadline(CANCEL_GRACE), time.monotonic() + CLEANUP_MAX)
                     if end - time.monotonic() < 0.02:
                         raise BrokerUnavailable("no time left to withdraw")
-                    c = yield Call(P.cancel(keys, req.names, lid, timed_out=False), end)
-                    if c.status == R.GRANTED:
+                    c = yield Call(P.cancel(keys, req.names, lid, timed_out=False,
+                                            units_only_occupy=req.occupy if units_only else 0),
+                                   end)
+                    if c.status == R.GRANTED and not units_only:
                         yield Call(P.release(keys, req.names, lid), end)
                 except BaseException:  # unreachable, or interrupted again (e.g. a second
                     # cancellation while the event loop shuts down): finish it in the background
@@ -297,27 +325,22 @@ class Limiter:
         finally:
             if w is not None:
                 rt.drop_waiting(w)
+        if units_only:
+            return Reservation(rt.broker, lid, req.names, req.occupy)
         ttl_ms = res.ttl_ms or req.ttl_ms or default_ttl_ms  # the script may pick the limit's ttl
         lease = Lease(rt, lid, req.names, req.occupy, res.token, res.expires_ms, ttl_ms, on_lost,
                       granted_after=granted_after)
         rt.add_lease(lease)
         return lease
 
-    def acquire(self, *names: str, occupy: int = 1, timeout: float | None = None,
-                priority: int = 0, ttl: float | None = None, default_slots: int | None = None,
-                strict: bool = True, on_lost: Callable[[Lease], None] | None = None,
-                label: str | None = None, durable: bool = False) -> Lease:
-        """Take ``occupy`` slots of every named limit at once (blocking).
-
-        ``durable=True`` returns only once a replica acknowledged the grant (Redis WAIT), so a
-        failover right after cannot forget it; without a replica it raises BrokerUnavailable."""
-        req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
-                           default_slots=default_slots, label=label)
+    def _drive(self, req: Request, on_lost: Callable[[Lease], None] | None, strict: bool,
+               units_only: bool = False) -> tuple[Runtime, Lease | Reservation]:
+        """Run the acquire flow with blocking I/O."""
         rt = self.runtime
         if req.timeout != 0:
             rt.ensure_listener(0)  # no wait: its first subscription nudges every waiter to re-check
         transport = rt.broker.transport
-        flow = self._flow(rt, req, on_lost)
+        flow = self._flow(rt, req, on_lost, units_only=units_only)
         with _Outcome(req, flow, strict) as out:
             step = next(flow)
             while True:
@@ -330,7 +353,43 @@ class Limiter:
                     step = flow.throw(exc)
                     continue
                 step = flow.send(value)
-        lease = out.result()
+        return rt, out.result()
+
+    async def _drive_async(self, req: Request, on_lost: Callable[[Lease], None] | None,
+                           strict: bool, units_only: bool = False,
+                           ) -> tuple[AsyncBroker, Lease | Reservation]:
+        """Run the acquire flow on the asyncio transport (never blocks the event loop)."""
+        rt = self.runtime
+        if req.timeout != 0:
+            await rt.ensure_listener_async(0)  # (as in _drive: subscribing nudges the waiters)
+        broker = rt.async_broker()
+        flow = self._flow(rt, req, on_lost, bind_loop=True, units_only=units_only)
+        with _Outcome(req, flow, strict) as out:
+            step = next(flow)
+            while True:
+                try:
+                    if isinstance(step, Call):
+                        value: Any = await broker.transport.run(step.op, step.deadline)
+                    else:
+                        value = await step.waiting.await_msg(step.pause)
+                except BaseException as exc:
+                    step = flow.throw(exc)
+                    continue
+                step = flow.send(value)
+        return broker, out.result()
+
+    def acquire(self, *names: str, occupy: int = 1, timeout: float | None = None,
+                priority: int = 0, ttl: float | None = None, default_slots: int | None = None,
+                strict: bool = True, on_lost: Callable[[Lease], None] | None = None,
+                label: str | None = None, durable: bool = False) -> Lease:
+        """Take ``occupy`` slots of every named limit at once (blocking).
+
+        ``durable=True`` returns only once a replica acknowledged the grant (Redis WAIT), so a
+        failover right after cannot forget it; without a replica it raises BrokerUnavailable."""
+        req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
+                           default_slots=default_slots, label=label)
+        rt, lease = self._drive(req, on_lost, strict)
+        assert isinstance(lease, Lease)
         if durable and lease.throttled:
             held, acked = rt.broker.renew_and_wait(lease.id, lease.names, lease.ttl_ms, 1,
                                                    DURABLE_WAIT_MS)
@@ -346,24 +405,8 @@ class Limiter:
         event loop, whatever Redis does."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
-        rt = self.runtime
-        if req.timeout != 0:
-            await rt.ensure_listener_async(0)  # (as in acquire: subscribing nudges the waiters)
-        broker = rt.async_broker()
-        flow = self._flow(rt, req, on_lost, bind_loop=True)
-        with _Outcome(req, flow, strict) as out:
-            step = next(flow)
-            while True:
-                try:
-                    if isinstance(step, Call):
-                        value: Any = await broker.transport.run(step.op, step.deadline)
-                    else:
-                        value = await step.waiting.await_msg(step.pause)
-                except BaseException as exc:
-                    step = flow.throw(exc)
-                    continue
-                step = flow.send(value)
-        lease = out.result()
+        broker, lease = await self._drive_async(req, on_lost, strict)
+        assert isinstance(lease, Lease)
         if durable and lease.throttled:
             held, acked = await broker.renew_and_wait(lease.id, lease.names, lease.ttl_ms, 1,
                                                       DURABLE_WAIT_MS)
@@ -371,6 +414,26 @@ class Limiter:
                 await lease.release_async()
             self._check_durable(lease, held, acked, None)
         return lease
+
+    def rate_limit(self, *names: str, occupy: int = 1, timeout: float | None = None,
+                   priority: int = 0, label: str | None = None) -> Reservation:
+        """Take ``occupy`` units of every named limit's rate at once (blocking); nothing to
+        release. The returned reservation can be settled to the true cost afterwards:
+        ``rate_limit("llm", occupy=1000).settle(730)``. Every named limit needs a rate."""
+        req = self.request(names, occupy=occupy, timeout=timeout, priority=priority,
+                           label=label)
+        _, res = self._drive(req, None, True, units_only=True)
+        assert isinstance(res, Reservation)
+        return res
+
+    async def rate_limit_async(self, *names: str, occupy: int = 1, timeout: float | None = None,
+                               priority: int = 0, label: str | None = None) -> Reservation:
+        """Like :meth:`rate_limit`, on the asyncio transport (never blocks the event loop)."""
+        req = self.request(names, occupy=occupy, timeout=timeout, priority=priority,
+                           label=label)
+        _, res = await self._drive_async(req, None, True, units_only=True)
+        assert isinstance(res, Reservation)
+        return res
 
     @staticmethod
     def _check_durable(lease: Lease, held: bool, acked: int,
@@ -399,9 +462,11 @@ class Limiter:
 
     # -- admin shortcuts ----------------------------------------------------------------------
 
-    def create(self, name: str, slots: int, ttl: float | None = None, enabled: bool = True,
-               description: str = "") -> None:
-        self.broker.create_limit(name, slots, ttl, enabled, description)
+    def create(self, name: str, slots: int | None = None, ttl: float | None = None,
+               enabled: bool = True, description: str = "", **settings: Any) -> None:
+        """Create a limit or template (``settings``: rate, spread, max_waiters, total,
+        idle_ttl; see :meth:`Broker.create_limit`)."""
+        self.broker.create_limit(name, slots, ttl, enabled, description, **settings)
 
     def set(self, name: str, *, slots: int | None = None, ttl: float | None = None,
             enabled: bool | None = None, description: str | None = None,
@@ -441,11 +506,12 @@ class _Outcome:
     caller was interrupted outside it, closing hands the withdrawal of its ticket to the heartbeat
     thread instead of leaving it to whenever the flow is collected."""
 
-    def __init__(self, req: Request, flow: Generator[Step, Any, Lease], strict: bool) -> None:
+    def __init__(self, req: Request, flow: Generator[Step, Any, Lease | Reservation],
+                 strict: bool) -> None:
         self.req, self.flow, self.strict = req, flow, strict
-        self._lease: Lease | None = None
+        self._lease: Lease | Reservation | None = None
 
-    def result(self) -> Lease:
+    def result(self) -> Lease | Reservation:
         assert self._lease is not None
         return self._lease
 

@@ -394,7 +394,7 @@ class Runtime:
             finally:
                 if ps is not None:
                     try:
-                        await asyncio.shield(ps.aclose())
+                        await asyncio.shield(ps.aclose())  # type: ignore[no-untyped-call]
                     except BaseException:
                         pass
 
