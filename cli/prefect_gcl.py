@@ -7,7 +7,9 @@ and ``slot_decay_per_second`` (default 0); other keys (``id``, ``created``, ``ac
 ``denied_slots``...) are ignored.
 
 Mapping: ``name`` -> name, ``limit`` -> slots, ``active`` -> enabled (a disabled limit admits
-everyone, as an inactive Prefect limit does).
+everyone, as an inactive Prefect limit does), and ``slot_decay_per_second`` d > 0 (a Prefect rate
+limit: N at once, then one every 1/d s) -> ``rate: N/Ps`` with P = N/d seconds rounded to whole
+seconds (``limit=10, slot_decay_per_second=2`` -> ``10/5s``), which ``rate_limit`` then uses.
 """
 
 from __future__ import annotations
@@ -43,13 +45,21 @@ def to_limit(item: dict[str, Any], where: str) -> dict[str, Any]:
     decay = item.get("slot_decay_per_second") or 0
     if isinstance(decay, bool) or not isinstance(decay, int | float) or math.isnan(decay):
         raise InvalidArgument(f"{where}: slot_decay_per_second must be a number")
-    if decay > 0:
-        raise InvalidArgument(
-            f"{where}: limit {item['name']!r} has slot_decay_per_second={decay:g} (a Prefect "
-            "rate limit); this slotkeeper has no rate limits to map it to"
-        )
     active = item.get("active", True)
-    return {"name": item["name"], "slots": item["limit"], "enabled": bool(active)}
+    out = {"name": item["name"], "slots": item["limit"], "enabled": bool(active)}
+    if decay > 0:
+        out["rate"] = decay_rate(item["limit"], float(decay), where)
+    return out
+
+
+def decay_rate(limit: object, decay: float, where: str) -> str:
+    """Prefect's bucket (``limit`` N at once, refilled at ``decay`` d per second) as a sliding
+    window: N units per N/d seconds (whole seconds, at least 1; more units if N/d < 1 s)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidArgument(f"{where}: a decaying limit needs limit >= 1")
+    period = max(1, round(limit / decay))
+    units = max(limit, round(decay * period))
+    return f"{units}/{period}s"
 
 
 def read_limits_file(text: str, source: str = "<input>") -> list[LimitSpec]:

@@ -200,6 +200,38 @@ def test_async_concurrency_bounds_tasks_and_times_out(lim: Limiter) -> None:
     assert lim.broker.snapshot("api").used == 0
 
 
+def test_rate_limit_takes_units_of_the_rate(lim: Limiter, caplog: pytest.LogCaptureFixture) -> None:
+    lim.broker.create_limit("api", rate="3/min")
+    lim.broker.create_limit("plain", slots=1)
+    for _ in range(3):
+        assert sk_sync.rate_limit("api", timeout_seconds=0) is None  # a burst of N
+    with pytest.raises(AcquireConcurrencySlotTimeoutError):
+        sk_sync.rate_limit(["api"], timeout_seconds=0.2)
+    assert lim.broker.snapshot("api").rate_in_window == 3
+    with pytest.raises(ConcurrencySlotAcquisitionError):  # Prefect: needs a slot decay
+        sk_sync.rate_limit("plain")
+    with pytest.raises(ConcurrencyLimitMissing):
+        sk_sync.rate_limit("nowhere", strict=True)
+    with caplog.at_level(logging.WARNING, logger="slotkeeper"):
+        sk_sync.rate_limit("nowhere")  # skipped with a warning
+    assert any("'nowhere' does not exist" in r.getMessage() for r in caplog.records)
+    sk_sync.rate_limit([])
+
+
+def test_async_rate_limit(lim: Limiter) -> None:
+    lim.broker.create_limit("api", rate="2/min")
+
+    async def main() -> None:
+        await sk_async.rate_limit("api", occupy=2, timeout_seconds=0)
+        with pytest.raises(TimeoutError):
+            await sk_async.rate_limit("api", timeout_seconds=0.2)
+        with pytest.raises(ConcurrencyLimitMissing):
+            await sk_async.rate_limit(["api", "nowhere"], strict=True)
+
+    asyncio.run(main())
+    assert lim.broker.snapshot("api").rate_in_window == 2
+
+
 def test_drop_in_imports_without_prefect() -> None:
     code = (
         "import sys; sys.modules['prefect'] = None\n"  # any `import prefect` now fails
@@ -316,9 +348,13 @@ def test_apply_reads_prefect_gcl_ls_json_and_rest_objects(
     gpu, lic = f"gpu:gpu-{tag}", f"license-{tag}"
     prefect_cli(prefect_api, tmp_path, "gcl", "create", gpu, "--limit", "2")
     prefect_cli(prefect_api, tmp_path, "gcl", "create", lic, "--limit", "5", "--disable")
+    api = f"api-{tag}"
+    prefect_cli(
+        prefect_api, tmp_path, "gcl", "create", api, "--limit", "10", "--slot-decay-per-second", "2"
+    )
     listed = json.loads(prefect_cli(prefect_api, tmp_path, "gcl", "ls", "--output", "json"))
-    mine = [g for g in listed if g["name"] in (gpu, lic)]
-    assert len(mine) == 2, listed
+    mine = [g for g in listed if g["name"] in (gpu, lic, api)]
+    assert len(mine) == 3, listed
     ls_file = tmp_path / "gcl.json"
     ls_file.write_text(json.dumps(mine))
 
@@ -330,11 +366,22 @@ def test_apply_reads_prefect_gcl_ls_json_and_rest_objects(
     lim = Limiter(redis_server.url, namespace)
     dry = sk("apply", "-f", str(ls_file), "--dry-run")
     assert f"+ create {gpu}" in dry and f"+ create {lic}" in dry and "dry run" in dry
+    assert f"+ create {api}" in dry and "rate='10/5s'" in dry  # 10 at once, then 2/s
     assert lim.broker.list_limits() == []
     sk("apply", "-f", str(ls_file))
     assert lim.broker.limit_slots(gpu) == 2 and lim.broker.limit_slots(lic) == 5
     assert lim.broker.snapshot(gpu).config.enabled
     assert not lim.broker.snapshot(lic).config.enabled  # inactive in Prefect: disabled here
+    assert str(lim.broker.snapshot(api).config.rate) == "10/5s"
+    set_default_limiter(lim)  # the migrated rate limit serves the drop-in's rate_limit
+    try:
+        sk_sync.rate_limit(api, occupy=10, timeout_seconds=0)
+        with pytest.raises(TimeoutError):
+            sk_sync.rate_limit(api, timeout_seconds=0)
+    finally:
+        import slotkeeper.limiter as module
+
+        module._default = None
 
     req = urllib.request.Request(
         prefect_api + "/v2/concurrency_limits/filter",
@@ -343,7 +390,7 @@ def test_apply_reads_prefect_gcl_ls_json_and_rest_objects(
         method="POST",
     )
     with urllib.request.urlopen(req, timeout=30) as r:
-        rest = [g for g in json.load(r) if g["name"] in (gpu, lic)]
+        rest = [g for g in json.load(r) if g["name"] in (gpu, lic, api)]
     assert {"name", "limit", "active", "slot_decay_per_second"} <= rest[0].keys()
     rest_file = tmp_path / "rest.json"
     rest_file.write_text(json.dumps(rest))

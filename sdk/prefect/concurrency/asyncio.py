@@ -17,12 +17,14 @@ from typing import Any
 from slotkeeper.broker.errors import SlotkeeperError
 from slotkeeper.lease import Lease
 from slotkeeper.prefect.concurrency.common import (
+    DEFAULT_LEASE,
     AcquireConcurrencySlotTimeoutError,
     ConcurrencyLimitMissing,
     ConcurrencySlotAcquisitionError,
     Plan,
     finish_async,
 )
+from slotkeeper.rate_limit import rate_limit_async
 
 
 async def acquire(plan: Plan) -> Lease | None:
@@ -66,9 +68,29 @@ async def concurrency(
         await finish_async(lease, failed, plan.raise_on_lost)
 
 
+async def rate_limit(
+    names: str | list[str],
+    occupy: int = 1,
+    timeout_seconds: float | None = None,
+    strict: bool = False,
+) -> None:
+    """Wait (without blocking the loop) until ``occupy`` units of every named limit's rate are
+    taken (Prefect 3's API). Each limit needs a rate; there is nothing to release."""
+    plan = Plan.make(names, occupy, timeout_seconds, None, DEFAULT_LEASE, strict, None, None)
+    while plan.names:
+        try:
+            await rate_limit_async(
+                *plan.names, occupy=plan.occupy, timeout=plan.timeout, limiter=plan.limiter
+            )
+            return
+        except SlotkeeperError as exc:
+            plan.failed(exc, "rate")
+
+
 __all__ = [
     "AcquireConcurrencySlotTimeoutError",
     "ConcurrencyLimitMissing",
     "ConcurrencySlotAcquisitionError",
     "concurrency",
+    "rate_limit",
 ]

@@ -21,6 +21,10 @@ How Prefect 3's ``concurrency(...)`` arguments map onto slotkeeper:
   holding the limits that do exist (unthrottled if none does).
 * ``holder``: Prefect's ``ConcurrencyLeaseHolder`` (or a ``{"type": ..., "id": ...}`` dict, or a
   str) becomes the lease's holder label ``type:id`` (``slotkeeper show NAME``).
+* ``rate_limit(names, occupy, timeout_seconds, strict)`` takes ``occupy`` units of every named
+  limit's rate (``slotkeeper create api --rate 10/10s``), nothing to release; a limit without a
+  rate raises :class:`ConcurrencySlotAcquisitionError`, as Prefect does for a limit without a
+  slot decay. Missing limits, ``strict`` and timeouts behave as for ``concurrency``.
 * ``raise_on_lease_renewal_failure`` (default: ``strict``): if the lease was lost while the block
   ran (expired or revoked), ``slotkeeper.LeaseLost`` is raised when the block exits. Prefect
   cancels the block at once instead; slotkeeper does not interrupt running code.
@@ -38,6 +42,7 @@ from slotkeeper.broker.errors import (
     InvalidType,
     LeaseLost,
     LimitNotFound,
+    NoRate,
     OccupyExceedsLimit,
     SlotkeeperError,
 )
@@ -46,6 +51,8 @@ from slotkeeper.limiter import Limiter, get_limiter
 from slotkeeper.naming import check_template, resolve
 
 log = logging.getLogger("slotkeeper")
+
+DEFAULT_LEASE = 300.0  # s: Prefect's default lease_duration
 
 
 def _prefect_errors() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
@@ -124,6 +131,7 @@ class Plan:
     strict: bool
     label: str | None
     raise_on_lost: bool
+    one_attempt: bool = False  # max_retries=0: no slot free at once is an acquisition error
 
     @classmethod
     def make(
@@ -141,7 +149,8 @@ class Plan:
             isinstance(max_retries, bool) or not isinstance(max_retries, int)
         ):
             raise InvalidType("max_retries must be None or an int")
-        timeout = 0.0 if max_retries is not None and max_retries <= 0 else timeout_seconds
+        one_attempt = max_retries is not None and max_retries <= 0
+        timeout = 0.0 if one_attempt else timeout_seconds
         raise_on_lost = (
             strict if raise_on_lease_renewal_failure is None else (raise_on_lease_renewal_failure)
         )
@@ -155,6 +164,7 @@ class Plan:
             strict=bool(strict),
             label=holder_label(holder),
             raise_on_lost=bool(raise_on_lost),
+            one_attempt=one_attempt,
         )
 
     def kwargs(self) -> dict[str, Any]:
@@ -175,10 +185,14 @@ class Plan:
             )
             self.names = tuple(n for n in self.names if n != exc.name)
             return
+        if isinstance(exc, NoRate):  # Prefect: 422, rate limiting needs a slot decay
+            raise ConcurrencySlotAcquisitionError(
+                f"{exc} (rate_limit() needs limits with a rate, as Prefect's need a slot decay)"
+            ) from exc
         if isinstance(exc, OccupyExceedsLimit):
             raise OccupyTooLarge(exc.name, exc.occupy, exc.slots) from exc
         if isinstance(exc, AcquireTimeout):
-            if self.timeout == 0:
+            if self.one_attempt:
                 raise ConcurrencySlotAcquisitionError(
                     f"Unable to acquire concurrency slots on {list(self.names)!r} "
                     "(max_retries=0 and no slot free)"
@@ -210,6 +224,7 @@ __all__ = [
     "AcquireConcurrencySlotTimeoutError",
     "ConcurrencyLimitMissing",
     "ConcurrencySlotAcquisitionError",
+    "DEFAULT_LEASE",
     "OccupyTooLarge",
     "Plan",
     "check_names",

@@ -18,12 +18,14 @@ from typing import Any
 from slotkeeper.broker.errors import SlotkeeperError
 from slotkeeper.lease import Lease
 from slotkeeper.prefect.concurrency.common import (
+    DEFAULT_LEASE,
     AcquireConcurrencySlotTimeoutError,
     ConcurrencyLimitMissing,
     ConcurrencySlotAcquisitionError,
     Plan,
     finish,
 )
+from slotkeeper.rate_limit import rate_limit as _rate_limit
 
 
 def acquire(plan: Plan) -> Lease | None:
@@ -67,9 +69,28 @@ def concurrency(
         finish(lease, failed, plan.raise_on_lost)
 
 
+def rate_limit(
+    names: str | list[str],
+    occupy: int = 1,
+    timeout_seconds: float | None = None,
+    strict: bool = False,
+) -> None:
+    """Block until ``occupy`` units of every named limit's rate are taken (Prefect 3's API).
+    Each limit needs a rate (``slotkeeper create NAME --rate N/P``); there is nothing to
+    release."""
+    plan = Plan.make(names, occupy, timeout_seconds, None, DEFAULT_LEASE, strict, None, None)
+    while plan.names:
+        try:
+            _rate_limit(*plan.names, occupy=plan.occupy, timeout=plan.timeout, limiter=plan.limiter)
+            return
+        except SlotkeeperError as exc:
+            plan.failed(exc, "rate")
+
+
 __all__ = [
     "AcquireConcurrencySlotTimeoutError",
     "ConcurrencyLimitMissing",
     "ConcurrencySlotAcquisitionError",
     "concurrency",
+    "rate_limit",
 ]
