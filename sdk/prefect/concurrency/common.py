@@ -152,7 +152,7 @@ class Plan:
         one_attempt = max_retries is not None and max_retries <= 0
         timeout = 0.0 if one_attempt else timeout_seconds
         raise_on_lost = (
-            strict if raise_on_lease_renewal_failure is None else (raise_on_lease_renewal_failure)
+            strict if raise_on_lease_renewal_failure is None else raise_on_lease_renewal_failure
         )
         lim = get_limiter()
         return cls(
@@ -178,10 +178,11 @@ class Plan:
                 raise ConcurrencyLimitMissing(exc.name, exc.namespace) from exc
             log.warning(
                 "%s limit %r does not exist - skipping it (strict=False); create it with "
-                "`slotkeeper create %s --slots N`",
+                "`slotkeeper create %s %s`",
                 what,
                 exc.name,
                 exc.name,
+                "--rate N/P" if what == "rate" else "--slots N",
             )
             self.names = tuple(n for n in self.names if n != exc.name)
             return
