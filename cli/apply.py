@@ -10,7 +10,7 @@ import click
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.errors import LimitHeld, SlotkeeperError
 from slotkeeper.broker.keys import is_template
-from slotkeeper.broker.metrics import read_limits
+from slotkeeper.broker.readmodel import read_limits
 from slotkeeper.broker.records import DEFAULT_IDLE_TTL
 from slotkeeper.cli.context import App, json_option, pass_app
 from slotkeeper.cli.output import emit, warn

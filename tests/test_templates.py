@@ -276,7 +276,7 @@ def test_daemon_grants_waiters_of_template_keys(limiter: Limiter) -> None:
 def test_metrics_aggregate_template_keys_unless_asked(limiter: Limiter) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from slotkeeper.broker.metrics import SlotkeeperCollector
+    from slotkeeper.broker.collector import SlotkeeperCollector
 
     b = limiter.broker
     b.create_limit("m:*", 2, rate="50/s", total=10)
