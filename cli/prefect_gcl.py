@@ -35,7 +35,7 @@ def prefect_limits(doc: object) -> list[dict[str, Any]] | None:
     if _is_gcl(doc):
         assert isinstance(doc, dict)
         return [doc]
-    if isinstance(doc, list) and doc and all(_is_gcl(i) for i in doc):
+    if isinstance(doc, list) and all(_is_gcl(i) for i in doc):  # `gcl ls` with none: []
         return list(doc)
     return None
 

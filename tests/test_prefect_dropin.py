@@ -14,6 +14,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -398,3 +399,21 @@ def test_apply_reads_prefect_gcl_ls_json_and_rest_objects(
     one = tmp_path / "one.json"
     one.write_text(json.dumps({**rest[0], "limit": 7}))  # `prefect gcl inspect --output json`
     assert f"~ update {rest[0]['name']} (slots: " in sk("apply", "-f", str(one), "--dry-run")
+
+
+def test_apply_reads_an_empty_prefect_list_and_rejects_bad_decay(
+    redis_server: RedisProc, namespace: str, tmp_path: Path
+) -> None:
+    def sk(path: Path) -> Any:
+        return CliRunner().invoke(
+            cli, ["--url", redis_server.url, "--namespace", namespace, "apply", "-f", str(path)]
+        )
+
+    empty = tmp_path / "none.json"
+    empty.write_text("[]")  # `prefect gcl ls --output json` with no limits
+    out = sk(empty)
+    assert out.exit_code == 0 and "no changes (0 limit(s)" in out.output, out.output
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"name": "api", "limit": 5, "slot_decay_per_second": "fast"}]')
+    out = sk(bad)
+    assert out.exit_code != 0 and "slot_decay_per_second must be a number" in out.output
