@@ -23,6 +23,7 @@ fails this test. To add a block: write it, run this test; if it needs limits, ad
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -82,6 +83,17 @@ SETUP: dict[str, Setup] = {
         timeout=600,
     ),
     "README.md > The `slotkeeper` command > 3": Setup(stdout_has=("gpu:gpu-1 holds lease",)),
+    "README.md > prefect-gcl": Setup(  # a Prefect API with limits: tests/test_prefect_dropin.py
+        subst={
+            "prefect gcl ls --output json > gcl.json": "echo '"
+            + json.dumps([{"name": "gpu:gpu-1", "limit": 2, "active": True}])
+            .replace("{", "{{")
+            .replace("}", "}}")  # subst values go through str.format
+            + "' > gcl.json"
+        },
+        stdout_has=("+ create gpu:gpu-1 (slots=2",),
+    ),
+    "README.md > ray": Setup(stdout_has=("[0, 1, 2, 3]",), timeout=300),  # a local Ray instance
 }
 
 CANNOT_RUN_HERE: dict[str, str] = {
