@@ -64,6 +64,12 @@ class Setup:
 
 SETUP: dict[str, Setup] = {
     "README.md > Why am I waiting? > 1": Setup(limits={"gpu": 1}),
+    "README.md > Rates, per-key limits, backpressure > 1": Setup(  # limits with rates
+        prelude=("from slotkeeper import get_limiter\n"
+                 "_b = get_limiter().broker\n"
+                 "_b.create_limit('api', rate='600/min')\n"
+                 "_b.create_limit('db', 10)\n"
+                 "_b.create_limit('llm', rate='100000/h')\n")),
     "README.md > slotkeeper > 1": Setup(
         limits={"gpu:gpu-1": 2}, env={"SLOTKEEPER_WORKER": "gpu-1"}, prelude="def train(): pass\n"
     ),
@@ -116,7 +122,7 @@ TOO_LONG: dict[str, str] = {
     "README.md > Quick start > 1": "installs the package into a new venv (minutes); the demo itself "
     "runs in tests/test_cli_demo.py",
     "README.md > Quick start > 2": "the whole test suite (this test is part of it)",
-    "README.md > Performance > 1": "benchmarks (minutes); `bench --quick` runs in "
+    "README.md > Rates and templates > 1": "benchmarks (minutes); `bench --quick` runs in "
     "tests/test_bench_smoke.py",
     "deploy/README.md > Checking this directory > 1": "installs the deploy checkers and runs the "
     "deploy tests (both run in scripts/test.sh anyway)",
