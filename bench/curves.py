@@ -196,7 +196,7 @@ def c3_limits(
     from prometheus_client import generate_latest
 
     from slotkeeper.broker.daemon import Daemon
-    from slotkeeper.broker.metrics import read_limits
+    from slotkeeper.broker.readmodel import ReadModel
 
     broker = Broker.from_url(url, ns)
     timer = _CallTimer(broker)
@@ -208,7 +208,7 @@ def c3_limits(
         _create_limits(url, ns, have, n - have)
         have = n
         row: dict[str, Any] = {"limits": n}
-        row["ls"] = timer.measure(lambda: read_limits(broker))
+        row["ls"] = timer.measure(lambda: ReadModel(broker).limits())  # what `ls` reads
         row["scrape"] = timer.measure(lambda: generate_latest(registry))
         row["daemon_pass"] = timer.measure(daemon.run_pass)
         for k in ("ls", "scrape", "daemon_pass"):

@@ -129,6 +129,9 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     cpu = _get(result, "ratios", "W1_client_cpu_per_cycle")
     if cpu is not None:
         check("W1 client CPU per cycle vs reference", cpu, "<= 1.5x", cpu <= 1.5)
+    events = _get(result, "ratios", "W1_events_on_vs_off")
+    if events is not None:
+        check("W1 cycles/s events on vs off", events, ">= 0.9x", events >= 0.9)
     p50, p99 = _get(wl, "W3", "slotkeeper", "p50_ms"), _get(wl, "W3", "slotkeeper", "p99_ms")
     if p50 is not None:
         check("W3 handoff p50 ms", p50, "<= 0.5", p50 <= 0.5)

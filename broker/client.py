@@ -85,6 +85,11 @@ class Broker:
     def server_time_ms(self) -> int:
         return self.transport.run(P.server_time_ms())
 
+    def probe_permissions(self) -> list[str]:
+        """The commands the scripts use that this ACL user may not run (see ``slotkeeper
+        doctor``). Raises PermissionDenied if scripts cannot run at all."""
+        return self.transport.run(P.probe_permissions(self.keys), retry=False)
+
     def list_limits(self) -> list[str]:
         return self.transport.run(P.list_limits(self.keys))
 

@@ -30,6 +30,9 @@ key                                    type    holds
 ``sk:{ns}:tickets``                    HASH    ticket id -> msgpack ticket record
 ``sk:{ns}:ticket_exp``                 ZSET    ticket id -> expiry ms
 ``sk:{ns}:fence``                      STRING  fencing token / arrival sequence counter
+``sk:{ns}:doctor``                     any     ``slotkeeper doctor``'s ACL probe (deleted at once)
+``sk:{ns}:events``                     STREAM  audit events (broker/events.py), XADD MAXLEN ~ cap
+``sk:{ns}:settings``                   HASH    namespace settings: events (0 = off), events_cap
 ``sk:{ns}:wake:<client>`` (channel)    PUBSUB  grant notifications to one process (not a key)
 =====================================  ======  =================================================
 """
@@ -128,6 +131,8 @@ class Keys:
             f"{b}:ticket_exp",
             f"{b}:fence",
             f"{b}:templates",
+            f"{b}:events",
+            f"{b}:settings",
         ]
 
     def limit(self, name: str) -> list[str]:
@@ -164,6 +169,21 @@ class Keys:
     @property
     def tickets(self) -> str:
         return f"{self.base}:tickets"
+
+    @property
+    def events(self) -> str:
+        """The audit event stream (broker/events.py)."""
+        return f"{self.base}:events"
+
+    @property
+    def settings(self) -> str:
+        """Namespace settings: ``events`` (0/1), ``events_cap``."""
+        return f"{self.base}:settings"
+
+    @property
+    def doctor_probe(self) -> str:
+        """Written and deleted by ``slotkeeper doctor``'s permission probe."""
+        return f"{self.base}:doctor"
 
     def wake_channel(self, client_id: str) -> str:
         return f"{self.base}:wake:{client_id}"

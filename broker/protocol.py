@@ -28,6 +28,13 @@ from slotkeeper.broker.errors import (
     OccupyExceedsLimit,
     QueueFull,
 )
+from slotkeeper.broker.events import (
+    DEFAULT_CAP,
+    Event,
+    check_cap,
+    parse_entries,
+    parse_xread,
+)
 from slotkeeper.broker.keys import Keys, check_limit_name, check_name, is_template, template_prefix
 from slotkeeper.broker.rates import Rate, parse_duration, parse_rate
 
@@ -424,6 +431,7 @@ def snapshot(keys: Keys, name: str, max_items: int = 1000) -> Op[R.Snapshot]:
             problems.append(f"limit {name!r}: its template {s(tname)!r} is gone")
         conf, counters = R.parse_config(name, flat, problems, s(tname),
                                         tflat if s(tname) else None)
+        config_problems = list(problems)
         hs = []
         for i in range(0, len(holders), 2):
             h = R.holder_from(s(holders[i]), R.decode_record(holders[i + 1]))
@@ -437,7 +445,8 @@ def snapshot(keys: Keys, name: str, max_items: int = 1000) -> Op[R.Snapshot]:
                 problems.append(f"limit {name!r}: ticket {w.ticket_id} has an unreadable record")
             ws.append(w)
         return R.Snapshot(conf, counters, int(used), int(now), hs, ws, int(n_h), int(n_w),
-                          problems, in_window, room, n_keys)
+                          problems, config_problems=config_problems,
+                          rate_in_window=in_window, rate_room_ms=room, n_keys=n_keys)
 
     return _script(keys, "snapshot", [check_limit_name(name)], [max_items], parse)
 
@@ -523,6 +532,13 @@ def limit_delete(keys: Keys, name: str, batch: int = DELETE_BATCH) -> Op[bool]:
     return _script(keys, "limit_delete", [check_limit_name(name)], [batch], parse)
 
 
+def probe_permissions(keys: Keys) -> Op[list[str]]:
+    """The commands the scripts use that this ACL user may not run (lua/doctor_probe.lua: writes
+    and deletes the key ``sk:{ns}:doctor``, publishes once on a channel nobody listens to)."""
+    return Op(lambda reply: [s(x) for x in reply], script="doctor_probe",
+              keys=(*keys.fixed(), keys.doctor_probe), args=(0, keys.wake_channel("doctor")))
+
+
 def reclaim(keys: Keys, name: str | None, batch: int = 500) -> Op[R.ReclaimResult]:
     def parse(r: list[Any]) -> R.ReclaimResult:
         return R.ReclaimResult(int(r[0]), int(r[1]), int(r[2]), int(r[3]), bool(int(r[4])))
@@ -569,3 +585,43 @@ def wait_replicas(replicas: int, timeout_ms: int) -> Op[int]:
 
 def drop_holder_entry(keys: Keys, name: str, lease_id: str) -> Op[int]:
     return Op(int, command=("ZREM", keys.limit(name)[1], lease_id))
+
+
+# -- audit events (broker/events.py) ----------------------------------------------------------
+
+
+def events_range(keys: Keys, newest: str = "+", oldest: str = "-",
+                 count: int = 1000) -> Op[list[Event]]:
+    """Up to ``count`` events between two stream ids, newest first (XREVRANGE)."""
+    return Op(parse_entries, command=("XREVRANGE", keys.events, newest, oldest, "COUNT", count))
+
+
+def events_after(keys: Keys, after_id: str, block_ms: int = 0,
+                 count: int = 1000) -> Op[list[Event]]:
+    """Events added after ``after_id``, oldest first; waits up to ``block_ms`` for one."""
+    cmd: tuple[Any, ...] = ("XREAD", "COUNT", count)
+    if block_ms > 0:
+        cmd += ("BLOCK", block_ms)
+    return Op(parse_xread, command=(*cmd, "STREAMS", keys.events, after_id))
+
+
+def event_settings(keys: Keys) -> Op[tuple[bool, int]]:
+    """(recording on, cap) of the namespace (defaults: on, DEFAULT_CAP)."""
+
+    def parse(raw: list[Any]) -> tuple[bool, int]:
+        on = raw[0] is None or s(raw[0]) != "0"
+        cap = _int_or_zero(raw[1]) or DEFAULT_CAP
+        return on, cap
+
+    return Op(parse, command=("HMGET", keys.settings, "events", "events_cap"))
+
+
+def set_event_settings(keys: Keys, enabled: bool | None, cap: int | None) -> Op[int]:
+    args: list[Any] = []
+    if enabled is not None:
+        args += ["events", 1 if enabled else 0]
+    if cap is not None:
+        args += ["events_cap", check_cap(cap)]
+    if not args:
+        raise InvalidArgument("nothing to change: give enabled and/or cap")
+    return Op(int, command=("HSET", keys.settings, *args))

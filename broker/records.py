@@ -123,6 +123,9 @@ class Waiter:
     arrived_ms: int
     expires_ms: int
     garbage: bool = False
+    blocked_by: tuple[str, ...] = ()  # the limits that blocked it when the broker last looked
+    due_ms: int = 0  # when its rate units are due (0: not waiting for a rate)
+    units_only: bool = False  # a rate_limit() request (takes units, holds no slot)
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,7 @@ class Snapshot:
     n_holder_entries: int = 0
     n_waiters: int = 0
     problems: list[str] = field(default_factory=list)
+    config_problems: list[str] = field(default_factory=list)  # the subset about config fields
     rate_in_window: int = 0  # units granted within the current window
     rate_room_ms: int = 0  # ms until the window has room for one unit (0: now)
     n_keys: int = 0  # templates: keys made from it
@@ -273,9 +277,13 @@ def holder_from(lease_id: str, rec: dict[str, Any] | None) -> Holder:
 def waiter_from(ticket_id: str, rec: dict[str, Any] | None) -> Waiter:
     if rec is None:
         return Waiter(ticket_id, 0, [], 0, "?", 0, "?", "", 0, 0, garbage=True)
+    blocked = rec.get("w")
     return Waiter(
         ticket_id=ticket_id,
         priority=_int(rec.get("p")),
         arrived_ms=_int(rec.get("a")),
+        blocked_by=tuple(_s(x) for x in blocked) if isinstance(blocked, list) else (),
+        due_ms=_int(rec.get("d")),
+        units_only=_int(rec.get("k")) == 1,
         **_common(rec),
     )

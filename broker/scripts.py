@@ -19,6 +19,7 @@ SCRIPT_NAMES = (
     "snapshot",
     "limit_config",
     "limit_delete",
+    "doctor_probe",
     "settle",
     "reap_idle",
 )

@@ -21,7 +21,12 @@ import redis.asyncio
 
 from slotkeeper.broker.connection import redact
 from slotkeeper.broker.deadline import DEADLINE
-from slotkeeper.broker.errors import BrokerError, BrokerUnavailable, SlotkeeperError
+from slotkeeper.broker.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    PermissionDenied,
+    SlotkeeperError,
+)
 from slotkeeper.broker.protocol import Op
 from slotkeeper.broker.scripts import sha, source
 
@@ -43,6 +48,8 @@ def unavailable(where: str, tries: int, exc: BaseException | None) -> BrokerUnav
 
 def wrap(exc: Exception) -> SlotkeeperError:
     """A non-retryable redis-py error as the slotkeeper error it means."""
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return PermissionDenied(f"Redis ACL: {redact(str(exc))}")
     if isinstance(exc, redis.ResponseError):
         return BrokerError(f"Redis error: {redact(str(exc))}")
     return BrokerError(f"Redis client error: {redact(str(exc))}")

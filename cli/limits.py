@@ -4,27 +4,21 @@ from __future__ import annotations
 
 import shlex
 import sys
-import time
 from typing import Any
 
 import click
 
 from slotkeeper.broker.errors import InvalidArgument, LimitHeld, LimitNotFound, SlotkeeperError
 from slotkeeper.broker.keys import check_limit_name, is_template
-from slotkeeper.broker.metrics import LimitStats, read_limit, read_limits, wait_quantile
 from slotkeeper.broker.protocol import check_max_waiters, check_total
-from slotkeeper.broker.rates import duration_text, parse_duration, parse_rate
-from slotkeeper.broker.records import Holder, Snapshot, Waiter
+from slotkeeper.broker.rates import parse_duration, parse_rate
+from slotkeeper.broker.readmodel import LimitStats, ReadModel, ensure_readable
+from slotkeeper.broker.render_json import config_dict, limit_detail, limit_summary
 from slotkeeper.cli.context import App, json_option, pass_app
-from slotkeeper.cli.output import BadInput, duration, emit, table, ttl_text, warn
+from slotkeeper.cli.output import BadInput, emit, warn
+from slotkeeper.cli.render_text import capacity, limit_text, limits_table, problem_lines
 
 SHOW_MAX = 1000
-
-
-def _ts(ms: int) -> str:
-    if not ms:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
 
 def confirm(question: str, yes: bool) -> None:
@@ -298,9 +292,9 @@ def set_(
     except InvalidArgument as exc:  # e.g. removing the rate of a limit without slots
         raise BadInput(str(exc)) from None
     snap = app.broker().snapshot(name, 1)
-    cfg = _config_dict(snap)
+    cfg = config_dict(snap.config)
     if created:
-        msg = f"created limit {name!r}: {_capacity(snap)}"
+        msg = f"created limit {name!r}: {capacity(snap)}"
     elif changed:
         shown = dict.fromkeys(_FIELD.get(f, f) for f in changed)
         fields = ", ".join(f"{f}={cfg.get(f)}" for f in shown)
@@ -342,208 +336,33 @@ _FIELD = {
 }
 
 
-def _config_dict(snap: Snapshot) -> dict[str, Any]:
-    c = snap.config
-    out: dict[str, Any] = {
-        "name": c.name,
-        "slots": c.slots,
-        "ttl": c.ttl_s,
-        "enabled": c.enabled,
-        "description": c.description,
-        "rate": str(c.rate) if c.rate else None,
-        "spread": c.spread,
-        "max_waiters": c.max_waiters,
-    }
-    if c.is_template:
-        out.update(template=True, total=c.total, idle_ttl=duration_text(c.idle_ttl_s))
-    if c.template:
-        out["made_from"] = c.template
-    return out
-
-
-def _capacity(snap: Snapshot) -> str:
-    c = snap.config
-    parts = []
-    if c.slots is not None:
-        parts.append(f"{c.slots} slot(s)")
-    if c.rate is not None:
-        parts.append(f"rate {c.rate}" + (" spread" if c.spread else ""))
-    return ", ".join(parts) or "-"
-
-
 # -- ls -------------------------------------------------------------------------------------------
 
 
-def stats_dict(st: LimitStats) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": st.name}
-    if st.snapshot is not None:
-        snap = st.snapshot
-        p95 = wait_quantile(snap.counters, 0.95)
-        out.update(
-            {
-                "slots": snap.config.slots,
-                "used": snap.used,
-                "leases": st.leases,
-                "waiters": st.waiters,
-                "enabled": snap.config.enabled,
-                "ttl": snap.config.ttl_s,
-                "description": snap.config.description,
-                "acquired": snap.counters.acquired,
-                "expired": snap.counters.expired,
-                "wait_p95_seconds": p95,
-                "rate": str(snap.config.rate) if snap.config.rate else None,
-                "rate_in_window": snap.rate_in_window if snap.config.rate else None,
-                "spread": snap.config.spread,
-                "max_waiters": snap.config.max_waiters,
-                "rejected": snap.counters.rejected,
-            }
-        )
-        if snap.config.is_template:
-            out.update(template=True, total=snap.config.total, keys=snap.n_keys)
-    out["problems"] = st.messages()
-    return out
-
-
 def report_problems(stats: list[LimitStats]) -> None:
-    for st in stats:
-        for m in st.messages():
-            if "field '" in m:
-                m += f" (repair: slotkeeper set {st.name!r} --slots N --create)"
-            warn(m)
-
-
-BUSIEST_OF = 20  # recently active keys of a template that `ls` looks at
-
-
-def busiest_keys(broker: Any, template: str, n: int = 3) -> list[tuple[str, int]]:
-    """Up to ``n`` keys of a template with the most slots in use (among its most recently active
-    ones), busiest first."""
-    out = []
-    for key, _ in broker.template_keys(template, BUSIEST_OF):
-        try:
-            out.append((key, int(broker.snapshot(key, 1).used)))
-        except LimitNotFound:
-            continue  # removed meanwhile
-    out.sort(key=lambda x: -x[1])
-    return out[:n]
+    for line in problem_lines(stats):
+        warn(line)
 
 
 @click.command("ls")
 @json_option
 @pass_app
 def ls(app: App) -> None:
-    """List every limit: slots, use, leases, waiters."""
-    broker = app.broker()
-    stats = read_limits(broker)
+    """List every limit: slots, rate, use, leases, waiters."""
+    model = ReadModel(app.broker())
+    stats = model.limits()
     report_problems(stats)
-    busiest: dict[str, list[tuple[str, int]]] = {}
-    for st in stats:
-        if st.snapshot is not None and st.snapshot.config.is_template:
-            busiest[st.name] = busiest_keys(broker, st.name)
-
-    def text() -> None:
-        if not stats:
-            click.echo(
-                f"no limits in namespace {app.namespace!r} "
-                "(create one: slotkeeper create NAME --slots N)"
-            )
-            return
-        rows: list[list[Any]] = []
-        for st in stats:
-            s = st.snapshot
-            if s is None:
-                rows.append([st.name, "?", "?", "?", "?", "?", "UNREADABLE", "", ""])
-                continue
-            state = "yes" if s.config.enabled else "no"
-            if st.problems:
-                state += " (!)"
-            c = s.config
-            rate = "-"
-            if c.rate is not None:
-                rate = f"{s.rate_in_window}/{c.rate}" + (" spread" if c.spread else "")
-            desc = c.description
-            if c.is_template:
-                keys = ", ".join(f"{k} ({u})" for k, u in busiest.get(st.name, []))
-                desc = (
-                    f"template: {s.n_keys} key(s)"
-                    + (f", total {c.total}" if c.total else "")
-                    + (f"; busiest: {keys}" if keys else "")
-                    + (f"; {desc}" if desc else "")
-                )
-            rows.append(
-                [
-                    st.name,
-                    s.used,
-                    "-" if c.slots is None else c.slots,
-                    rate,
-                    st.leases,
-                    st.waiters,
-                    state,
-                    ttl_text(c.ttl_s),
-                    desc,
-                ]
-            )
-        click.echo(
-            table(
-                [
-                    "NAME",
-                    "USED",
-                    "SLOTS",
-                    "RATE",
-                    "LEASES",
-                    "WAITERS",
-                    "ENABLED",
-                    "TTL",
-                    "DESCRIPTION",
-                ],
-                rows,
-                right=(1, 2, 4, 5),
-            )
-        )
-
+    busiest = model.busiest_template_keys(stats)
     data = []
     for st in stats:
-        d = stats_dict(st)
+        d = limit_summary(st)
         if st.name in busiest:
             d["busiest_keys"] = [{"name": k, "used": u} for k, u in busiest[st.name]]
         data.append(d)
-    emit(app, data, text)
+    emit(app, data, limits_table(app.namespace, stats, busiest))
 
 
 # -- show -----------------------------------------------------------------------------------------
-
-
-def holder_dict(h: Holder, now_ms: int) -> dict[str, Any]:
-    return {
-        "lease_id": h.lease_id,
-        "occupy": h.occupy,
-        "names": h.names,
-        "host": h.host,
-        "pid": h.pid,
-        "worker": h.worker,
-        "label": h.label,
-        "token": h.token,
-        "age_seconds": (now_ms - h.acquired_ms) / 1000 if h.acquired_ms else None,
-        "expires_in_seconds": (h.expires_ms - now_ms) / 1000 if h.expires_ms else None,
-        "unreadable": h.garbage,
-    }
-
-
-def waiter_dict(pos: int, w: Waiter, now_ms: int) -> dict[str, Any]:
-    return {
-        "position": pos,
-        "ticket_id": w.ticket_id,
-        "occupy": w.occupy,
-        "names": w.names,
-        "priority": w.priority,
-        "host": w.host,
-        "pid": w.pid,
-        "worker": w.worker,
-        "label": w.label,
-        "waiting_seconds": (now_ms - w.arrived_ms) / 1000 if w.arrived_ms else None,
-        "expired": (not w.garbage) and w.expires_ms <= now_ms,
-        "unreadable": w.garbage,
-    }
 
 
 @click.command()
@@ -559,157 +378,12 @@ def waiter_dict(pos: int, w: Waiter, now_ms: int) -> dict[str, Any]:
 @json_option
 @pass_app
 def show(app: App, name: str, max_items: int) -> None:
-    """Show a limit: config, counters, holders and waiters in queue order."""
+    """Show a limit: config, counters, holders and waiters in queue order, each with the reason
+    it waits."""
     check_limit_name(name)  # a bad name is one error, not also a warning about an unreadable limit
-    st = read_limit(app.broker(), name, max_items)
-    if st.snapshot is None:
-        if isinstance(st.exception, LimitNotFound):
-            raise st.exception
-        raise InvalidArgument(f"limit {name!r} cannot be read: {st.error}")
+    st = ensure_readable(ReadModel(app.broker()).limit(name, max_items), app.namespace)
     report_problems([st])
-    s = st.snapshot
-    c = s.counters
-    now = s.now_ms
-    data = {
-        **_config_dict(s),
-        "created": _ts(s.config.created_ms),
-        "updated": _ts(s.config.updated_ms),
-        "used": s.used,
-        "leases": st.leases,
-        "waiters": st.waiters,
-        "rate_in_window": s.rate_in_window,
-        "keys": s.n_keys,
-        "counters": {
-            "acquired": c.acquired,
-            "released": c.released,
-            "expired": c.expired,
-            "revoked": c.revoked,
-            "timed_out": c.timed_out,
-            "rate_units": c.units,
-            "rejected": c.rejected,
-            "wait_p50_seconds": wait_quantile(c, 0.5),
-            "wait_p95_seconds": wait_quantile(c, 0.95),
-            "wait_sum_seconds": c.wait_sum_s,
-        },
-        "holders": [holder_dict(h, now) for h in s.holders],
-        "queue": [waiter_dict(i + 1, w, now) for i, w in enumerate(s.waiters)],
-        "problems": st.messages(),
-    }
-
-    def text() -> None:
-        cfg = s.config
-        click.echo(f"limit:       {cfg.name}")
-        slots = "no slot cap" if cfg.slots is None else f"{s.used}/{cfg.slots} in use"
-        click.echo(
-            f"slots:       {slots} by {st.leases} lease(s)"
-            + ("" if cfg.enabled else "  [DISABLED: admits everyone]")
-        )
-        click.echo(f"ttl:         {ttl_text(cfg.ttl_s)}")
-        if cfg.rate is not None:
-            room = "now" if not s.rate_room_ms else f"in {duration(s.rate_room_ms / 1000)}"
-            click.echo(
-                f"rate:        {s.rate_in_window}/{cfg.rate} used in the window"
-                + (" (spread)" if cfg.spread else "")
-                + f"; next unit free {room}"
-            )
-        if cfg.max_waiters is not None:
-            click.echo(f"max waiters: {cfg.max_waiters} ({c.rejected} request(s) rejected so far)")
-        if cfg.is_template:
-            click.echo(
-                f"template:    {s.n_keys} key(s) made from it"
-                + (f", total {cfg.total} slot(s)" if cfg.total else "")
-                + f", idle keys go after {duration_text(cfg.idle_ttl_s)}"
-            )
-        if cfg.template:
-            click.echo(f"made from:   template {cfg.template!r}")
-        if cfg.description:
-            click.echo(f"description: {cfg.description}")
-        click.echo(f"created:     {_ts(cfg.created_ms)}   updated: {_ts(cfg.updated_ms)}")
-        click.echo(
-            f"counters:    acquired {c.acquired}, released {c.released}, expired "
-            f"{c.expired}, revoked {c.revoked}, timed out {c.timed_out}"
-        )
-        click.echo(
-            f"wait:        p50 {duration(wait_quantile(c, 0.5))}, "
-            f"p95 {duration(wait_quantile(c, 0.95))}"
-        )
-        click.echo("")
-        if s.holders:
-            hrows: list[list[Any]] = [
-                [
-                    h.lease_id,
-                    h.occupy,
-                    h.host,
-                    h.pid or "",
-                    h.worker,
-                    h.label,
-                    duration((now - h.acquired_ms) / 1000) if h.acquired_ms else "?",
-                    duration((h.expires_ms - now) / 1000) if h.expires_ms else "?",
-                    h.token,
-                ]
-                if not h.garbage
-                else [h.lease_id, "?", "UNREADABLE RECORD", "", "", "", "", "", ""]
-                for h in s.holders
-            ]
-            click.echo(f"holders ({len(s.holders)}):")
-            click.echo(
-                table(
-                    [
-                        "LEASE",
-                        "OCCUPY",
-                        "HOST",
-                        "PID",
-                        "WORKER",
-                        "LABEL",
-                        "AGE",
-                        "EXPIRES IN",
-                        "TOKEN",
-                    ],
-                    hrows,
-                    right=(1, 3, 8),
-                    indent="  ",
-                )
-            )
-        else:
-            click.echo("holders: none")
-        if s.waiters:
-            rows: list[list[Any]] = []
-            for i, w in enumerate(s.waiters):
-                if w.garbage:
-                    rows.append([i + 1, w.ticket_id, "?", "", "UNREADABLE RECORD", "", "", "", ""])
-                    continue
-                waited = duration((now - w.arrived_ms) / 1000) if w.arrived_ms else "?"
-                if w.expires_ms <= now:
-                    waited += " (expired)"
-                rows.append(
-                    [
-                        i + 1,
-                        w.ticket_id,
-                        w.occupy,
-                        w.priority,
-                        w.host,
-                        w.pid or "",
-                        w.worker,
-                        w.label,
-                        waited,
-                    ]
-                )
-            click.echo(f"queue ({s.n_waiters}):")
-            click.echo(
-                table(
-                    ["#", "TICKET", "OCCUPY", "PRIO", "HOST", "PID", "WORKER", "LABEL", "WAITING"],
-                    rows,
-                    right=(0, 2, 3, 5),
-                    indent="  ",
-                )
-            )
-        else:
-            click.echo("queue: empty")
-        more_h = st.leases - len(s.holders)
-        if more_h > 0:
-            click.echo(f"({more_h} more holder(s) not shown; --max)")
-
-    emit(app, data, text)
+    emit(app, limit_detail(st), lambda: click.echo(limit_text(st)))
 
 
 # -- rm / reset / revoke --------------------------------------------------------------------------

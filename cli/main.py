@@ -91,7 +91,7 @@ def cli(ctx: click.Context, url: str | None, namespace: str | None, json_out: bo
 
 
 def _register() -> None:
-    from slotkeeper.cli import apply, daemon, demo, limits, run, server, top
+    from slotkeeper.cli import apply, daemon, demo, doctor, events, limits, run, server, top
 
     for cmd in (
         *limits.COMMANDS,
@@ -102,6 +102,8 @@ def _register() -> None:
         demo.demo,
         server.server,
         daemon.daemon,
+        doctor.doctor,
+        events.events,
     ):
         cli.add_command(cmd)
     try:

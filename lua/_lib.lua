@@ -7,6 +7,8 @@
 --   KEYS[4] ticket_exp  ZSET  ticket id -> expiry (ms, server clock)
 --   KEYS[5] fence       STRING monotonic counter: fencing tokens and queue arrival order
 --   KEYS[6] templates   SET   names of the templates (limits whose name ends in '*')
+--   KEYS[7] events      STREAM audit events, capped (see emit below and broker/events.py)
+--   KEYS[8] settings    HASH  namespace settings: events (0 off), events_cap
 --   then, for the i-th limit named in ARGV (i = 1..n), five keys:
 --   KEYS[6+5i-4] limit:<name>   HASH  config (slots or 'none', ttl, enabled, desc, rate_n, rate_p ms,
 --                                     spread, maxw, total, idle ms, created, updated) + counters;
@@ -41,6 +43,8 @@
 
 local K_LIMITS, K_LEASES = KEYS[1], KEYS[2]
 local K_TICKETS, K_TICKET_EXP, K_FENCE, K_TEMPLATES = KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local K_EVENTS, K_SETTINGS = KEYS[7], KEYS[8]
+local NFIXED = 8
 
 local _t = redis.call('TIME')
 local NOW = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
@@ -50,7 +54,7 @@ local NAMES, LIM = {}, {}
 local NLIM = tonumber(ARGV[1])
 for i = 1, NLIM do
   local name = ARGV[1 + i]
-  local base = 6 + 5 * (i - 1)
+  local base = NFIXED + 5 * (i - 1)
   NAMES[i] = name
   LIM[name] = {cfg = KEYS[base + 1], holders = KEYS[base + 2], queue = KEYS[base + 3],
                rate = KEYS[base + 4], members = KEYS[base + 5]}
@@ -221,6 +225,27 @@ local function notify(rec, id, msg)
   if type(rec.c) == 'string' and rec.c ~= '' then redis.call('PUBLISH', rec.c, id .. ' ' .. msg) end
 end
 
+-- Audit events: one entry of the namespace's capped stream per grant, release, expiry, revoke,
+-- timeout, cancel, rejection and limit change, written by the script that makes it happen.
+-- Fields: k kind, i lease/ticket id, n names (newline-joined), o occupy, m holder meta (msgpack),
+-- x detail. Recording is on unless settings.events is '0'; the stream keeps about events_cap
+-- entries (XADD MAXLEN ~). Settings are read once per script call, and only if something happens.
+local EVENTS_CAP = 10000   -- default cap (slotkeeper.broker.events.DEFAULT_CAP)
+local EV_ON, EV_CAP = nil, EVENTS_CAP
+local function emit(kind, id, names, occ, meta, detail)
+  if EV_ON == nil then
+    local st = redis.call('HMGET', K_SETTINGS, 'events', 'events_cap')
+    EV_ON = st[1] ~= '0'
+    local cap = tonumber(st[2])
+    if cap and cap >= 1 then EV_CAP = math.floor(cap) end
+  end
+  if not EV_ON then return end
+  local m = ''
+  if type(meta) == 'table' then m = cmsgpack.pack(meta) end
+  redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EV_CAP, '*', 'k', kind, 'i', id or '',
+    'n', table.concat(names or {}, '\n'), 'o', occ or 0, 'm', m, 'x', detail or '')
+end
+
 -- Remove expired holder entries of one limit (bounded); counts each expired lease once and
 -- deletes its (now garbage) record.
 local function purge_holders(name, batch)
@@ -234,6 +259,12 @@ local function purge_holders(name, batch)
   end
   if #ids > 0 then
     count(name, 'c_expired', #ids)
+    for _, lid in ipairs(ids) do   -- one event per lease: its record goes with the first purge
+      local rec = load(K_LEASES, lid)
+      if rec then
+        emit('expire', lid, rec.n, rec.o, rec.m, 'expired ' .. fmt(NOW - tonumber(rec.e)) .. ' ms ago')
+      end
+    end
     RECORDS_DELETED = RECORDS_DELETED + redis.call('HDEL', K_LEASES, unpack(ids))
   end
   return #dead
@@ -425,6 +456,8 @@ local function grant(id, names, occ, meta, ttl, waited_us, units_only)
     if c.rate_n and not c.template then rate_take(name, c, id, occ) end
   end
   touch(names)
+  emit('grant', id, names, occ, meta,
+    (units_only and 'units ' or '') .. 'waited ' .. fmt(math.floor(waited_us / 1000)) .. ' ms')
   if units_only then return 0, 0 end
   return make_lease(id, names, occ, meta, ttl, waited_us)
 end
@@ -492,6 +525,7 @@ local function grant_pass(name)
         granted = granted + 1
       elseif st == 'x' then
         drop_ticket(id, rec)
+        emit('reject', id, rec.n, rec.o, rec.m, a .. ' ' .. b)
         notify(rec, id, 'x ' .. a .. ' ' .. fmt(cap) .. ' ' .. b)   -- x <reason> <cap> <name>
       elseif st == 'r' then
         notify(rec, id, 'r')

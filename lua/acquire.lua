@@ -1,6 +1,6 @@
 -- acquire.lua — take `occupy` slots (and rate units) of every named limit at once, or join their
 -- wait queues.
--- KEYS: the fixed six + five per limit (see _lib.lua): the requested names, then every template
+-- KEYS: the fixed eight + five per limit (see _lib.lua): the requested names, then every template
 --       whose prefix matches one of them (a name with no limit of its own is made from the longest).
 -- ARGV: n, names..., id, occupy, ttl_ms (0 = limit's ttl, else default), default_ttl_ms, priority,
 --       wait (1 enqueue / 0 try once / 2 re-ask about an id sent before: LOST if neither its
@@ -50,14 +50,21 @@ for _, name in ipairs(REQ) do
     elseif default_slots >= 0 and not units_only then
       create_limit(name, default_slots, 0, 1, '')
     else
+      emit('reject', id, REQ, occ, meta, 'missing ' .. name)
       return {NOT_FOUND, name}
     end
     c = cfg(name)
     if not c then return {NOT_FOUND, name} end
   end
-  if units_only and not c.rate_n then return {REJECTED, 'norate', name, 0} end
+  if units_only and not c.rate_n then
+    emit('reject', id, REQ, occ, meta, 'norate ' .. name)
+    return {REJECTED, 'norate', name, 0}
+  end
   local cap = exceeds(c, occ, units_only)
-  if cap then return {OCCUPY_EXCEEDS, name, cap} end
+  if cap then
+    emit('reject', id, REQ, occ, meta, 'exceeds ' .. name)
+    return {OCCUPY_EXCEEDS, name, cap}
+  end
 end
 
 if units_only then
@@ -73,7 +80,10 @@ if not units_only then
     local c = cfg(name)
     if c.template then
       local cap = exceeds(c, occ, false)
-      if cap then return {OCCUPY_EXCEEDS, name, cap} end
+      if cap then
+        emit('reject', id, REQ, occ, meta, 'exceeds ' .. name)
+        return {OCCUPY_EXCEEDS, name, cap}
+      end
     end
   end
 end
@@ -96,6 +106,7 @@ if ticket then
   end
   if st == 'x' then
     drop_ticket(id, ticket)
+    emit('reject', id, ticket.n, ticket.o, ticket.m, a .. ' ' .. b)
     return {REJECTED, a, b, cap}
   end
   local pos, next_exp, due = queue_info(id, ticket)
@@ -126,6 +137,7 @@ for _, name in ipairs(REQ) do
     hincr(LIM[name].cfg, 'c_rejected', 1)
     if c.tpl then hincr(LIM[c.tpl].cfg, 'c_rejected', 1) end
     touch({name})
+    emit('reject', id, REQ, occ, meta, 'queue_full ' .. name)
     return {QUEUE_FULL, name, c.maxw}
   end
 end

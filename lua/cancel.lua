@@ -1,5 +1,5 @@
 -- cancel.lua — withdraw a waiting ticket (on timeout or by the caller).
--- KEYS: the fixed six + five per limit of the ticket (see _lib.lua).
+-- KEYS: the fixed eight + five per limit of the ticket (see _lib.lua).
 -- ARGV: n, names..., id, timed_out (1 counts a timeout on each limit), occupy (units-only
 --       requests: finds a grant of their units made in the meantime; 0 otherwise)
 -- Returns: {GRANTED, token, expiry_ms, ttl_ms} if the ticket was granted in the meantime (the caller now
@@ -27,6 +27,8 @@ end
 local miss = missing_key(rec.n)
 if miss then return {NEED_KEYS, miss} end
 drop_ticket(id, rec)
+emit(timed_out and 'timeout' or 'cancel', id, rec.n, rec.o, rec.m,
+  'waited ' .. fmt(NOW - (tonumber(rec.a) or NOW)) .. ' ms')
 for _, name in ipairs(rec.n) do
   if timed_out then count(name, 'c_timed_out', 1) end
   purge_holders(name, PURGE_BATCH)

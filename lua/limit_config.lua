@@ -1,6 +1,6 @@
 -- limit_config.lua — create, update or upsert one limit's (or template's) configuration, then grant
 -- waiters that now fit (slots raised, rate raised, limit enabled).
--- KEYS: the fixed six + five for the one limit.
+-- KEYS: the fixed eight + five for the one limit.
 -- ARGV: 1, name, mode ('create' | 'update' | 'upsert'), then field/value pairs among
 --       slots (a number, or 'none' with a rate), ttl (ms), enabled (1/0), desc, rate_n, rate_p (ms;
 --       '' removes the rate), spread (1/0), maxw ('' = no cap), total ('' = none; templates),
@@ -51,6 +51,13 @@ for i = A0 + 2, #ARGV, 2 do
   end
 end
 if #changed > 0 then redis.call('HSET', key, 'updated', NOW) end
+if #changed > 0 or created == 1 then
+  local what = {created == 1 and 'create' or 'update'}
+  for i = A0 + 2, #ARGV, 2 do
+    if in_list(changed, ARGV[i]) then table.insert(what, ARGV[i] .. '=' .. ARGV[i + 1]) end
+  end
+  emit('limit', '', {name}, 0, nil, table.concat(what, ' '))
+end
 CFG[name] = nil
 purge_holders(name, PURGE_BATCH)
 grant_pass(name)

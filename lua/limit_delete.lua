@@ -1,5 +1,5 @@
 -- limit_delete.lua — delete one limit that nobody holds; its waiters are told it is gone.
--- KEYS: the fixed six + five for the one limit.
+-- KEYS: the fixed eight + five for the one limit.
 -- A template is deleted only once no key made from it is left ({HELD, keys}); a key made from a
 -- template cannot be deleted (it goes by itself after the template's --idle-ttl): {NOT_FOUND}.
 -- ARGV: 1, name, batch
@@ -24,6 +24,7 @@ for _, id in ipairs(ids) do
   local rec = load(K_TICKETS, id)
   if rec then
     drop_ticket(id, rec)
+    emit('reject', id, rec.n, rec.o, rec.m, 'missing ' .. name)
     notify(rec, id, 'x missing ' .. name)
   end
   redis.call('ZREM', L.queue, id)
@@ -32,4 +33,5 @@ if #ids >= batch then return {MORE} end
 redis.call('DEL', L.cfg, L.holders, L.queue, L.rate, L.members)
 redis.call('SREM', K_LIMITS, name)
 redis.call('SREM', K_TEMPLATES, name)
+emit('limit', '', {name}, 0, nil, 'delete')
 return {OK}

@@ -1,7 +1,7 @@
 -- reclaim.lua — bounded reclaim for the daemon: expired holders of the named limits (and their
 -- lease records), expired and orphaned waiting tickets in their queues, namespace-wide ticket
 -- garbage; then grant passes.
--- KEYS: the fixed six + five per limit (zero limits = ticket garbage collection only).
+-- KEYS: the fixed eight + five per limit (zero limits = ticket garbage collection only).
 -- ARGV: n, names..., batch
 -- Returns: {expired_holder_entries, lease_records_deleted, gc_tickets, granted,
 --           more (1 if a batch was full)}

@@ -1,5 +1,5 @@
 -- release.lua — give a lease's slots back (or revoke it), then grant waiters that now fit.
--- KEYS: the fixed six + five per limit the lease holds (see _lib.lua).
+-- KEYS: the fixed eight + five per limit the lease holds (see _lib.lua).
 -- ARGV: n, names..., id, kind ('release' | 'revoke')
 -- Returns: {OK} | {LOST} (expired, revoked or unknown: frees nothing)
 --        | {NEED_KEYS, name} (the caller did not pass every limit the lease holds; nothing done)
@@ -14,6 +14,8 @@ local miss = missing_key(rec.n)
 if miss then return {NEED_KEYS, miss} end
 
 redis.call('HDEL', K_LEASES, id)
+emit(kind == 'revoke' and 'revoke' or 'release', id, rec.n, rec.o, rec.m,
+  'held ' .. fmt(NOW - (tonumber(rec.a) or NOW)) .. ' ms')
 local mem = members(id, tonumber(rec.o))
 local field = kind == 'revoke' and 'c_revoked' or 'c_released'
 for _, name in ipairs(rec.n) do

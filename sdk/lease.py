@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from slotkeeper.runtime import Runtime
@@ -40,6 +40,7 @@ class Lease:
         self._on_lost = on_lost
         self._lost = False  # (a flag, not an Event: nobody waits on it, and it is made per lease)
         self._released = False
+        self._span: Any = None  # the hold span (slotkeeper.tracing), when tracing is on
         basis = time.monotonic() if granted_after is None else granted_after
         self._valid_until = basis + self.ttl if runtime is not None else float("inf")
 
@@ -81,6 +82,7 @@ class Lease:
         if self._lost or self._released:
             return
         self._lost = True
+        self._end_span("lost")
         log.warning("slotkeeper: lease %s on %s lost (expired or revoked)", self.id,
                     ", ".join(self.names))
         if self._on_lost is not None:
@@ -107,7 +109,15 @@ class Lease:
         self._released = True
         if not held:
             self._lost = True
+        self._end_span("released" if held else "lost")
         return held
+
+    def _end_span(self, outcome: str) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            from slotkeeper.tracing import end_hold
+
+            end_hold(span, outcome)
 
     def _known_outcome(self) -> bool:
         return self._released and not self._lost

@@ -6,6 +6,7 @@ and driven by a blocking loop for threads and an awaiting loop for asyncio.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -16,6 +17,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from slotkeeper import tracing
 from slotkeeper.broker import embedded
 from slotkeeper.broker import protocol as P
 from slotkeeper.broker import records as R
@@ -30,6 +32,7 @@ from slotkeeper.broker.errors import (
     LeaseLost,
     LimitNotFound,
     OccupyExceedsLimit,
+    SlotkeeperError,
 )
 from slotkeeper.broker.keys import check_namespace
 from slotkeeper.broker.protocol import (
@@ -39,9 +42,17 @@ from slotkeeper.broker.protocol import (
     check_seconds,
     check_ttl,
 )
+from slotkeeper.broker.readmodel import SAMPLE
 from slotkeeper.broker.transport import DEFAULT_OP_TIMEOUT
 from slotkeeper.lease import Lease
 from slotkeeper.naming import check_template, host_name, resolve, worker_name
+from slotkeeper.pending import (
+    DEFAULT_SLOW_WAIT,
+    PendingRequest,
+    SlowWaitLog,
+    WaitingCallback,
+    check_slow_wait,
+)
 from slotkeeper.reservation import Reservation
 from slotkeeper.runtime import Runtime, Waiting, live_runtimes, new_id, request_id, runtime_for
 
@@ -111,7 +122,8 @@ class Limiter:
 
     def __init__(self, url: str | None = None, namespace: str | None = None,
                  ttl: float = DEFAULT_TTL, worker: str | None = None,
-                 op_timeout: float | None = None) -> None:
+                 op_timeout: float | None = None,
+                 slow_wait: float = DEFAULT_SLOW_WAIT) -> None:
         self._url = configured_url(url)
         self.namespace = check_namespace(configured_namespace(namespace))
         self.ttl = check_ttl(ttl)
@@ -119,6 +131,7 @@ class Limiter:
             raise InvalidType("worker must be a str")
         self.worker = worker
         self.op_timeout = configured_op_timeout(op_timeout)
+        self.slow_wait = check_slow_wait(slow_wait)  # s before a wait logs one INFO line; 0: never
         self._init_caches()
 
     def _init_caches(self) -> None:
@@ -127,7 +140,8 @@ class Limiter:
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self._url, "namespace": self.namespace, "ttl": self.ttl,
-                "worker": self.worker, "op_timeout": self.op_timeout}
+                "worker": self.worker, "op_timeout": self.op_timeout,
+                "slow_wait": self.slow_wait}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._url = state["url"]
@@ -135,6 +149,7 @@ class Limiter:
         self.ttl = state["ttl"]
         self.worker = state["worker"]
         self.op_timeout = state.get("op_timeout", DEFAULT_OP_TIMEOUT)
+        self.slow_wait = state.get("slow_wait", DEFAULT_SLOW_WAIT)
         self._init_caches()
 
     def __repr__(self) -> str:
@@ -213,8 +228,10 @@ class Limiter:
         )
 
     def _flow(self, rt: Runtime, req: Request, on_lost: Callable[[Lease], None] | None,
-              bind_loop: bool = False,
-              units_only: bool = False) -> Generator[Step, Any, Lease | Reservation]:
+              bind_loop: bool = False, units_only: bool = False,
+              handle: PendingRequest | None = None, slow_wait: float = 0.0,
+              on_waiting: WaitingCallback | None = None,
+              ) -> Generator[Step, Any, Lease | Reservation]:
         """The acquire flow, free of I/O: it yields :class:`Call` (run this op by this deadline)
         and :class:`Wait` (wait for a notification) steps, and is sent their results (or has their
         exceptions thrown in). :meth:`acquire` drives it with blocking I/O, :meth:`acquire_async`
@@ -226,6 +243,9 @@ class Limiter:
         wait = req.timeout != 0
         started = time.monotonic()
         t_end = None if req.timeout is None else started + req.timeout
+        if handle is None:
+            handle = PendingRequest(rt.broker, req.names, req.occupy, req.priority, req.label)
+        slow = SlowWaitLog(handle, slow_wait)
 
         def deadline(grace: float = ASK_GRACE) -> float:
             """A call's deadline: the op timeout, and never past timeout + grace."""
@@ -285,6 +305,13 @@ class Limiter:
                     continue
                 if res.status != R.QUEUED:
                     raise BrokerError(f"unexpected acquire status {res.status}")
+                first = handle.position is None
+                handle._queued(lid, res.position)
+                if first and on_waiting is not None:
+                    try:
+                        on_waiting(handle)
+                    except Exception:
+                        log.exception("slotkeeper: on_waiting callback failed")
                 if w is None or w.id != lid:
                     if w is not None:
                         rt.drop_waiting(w)
@@ -301,7 +328,7 @@ class Limiter:
                     pause = min(pause, res.due_ms / 1000.0)
                 if t_end is not None:
                     pause = min(pause, max(0.0, t_end - time.monotonic()))
-                msg = yield Wait(w, pause)
+                msg = yield Wait(w, slow.pause(pause))
                 granted_after = w.renewed_at  # a grant found from here on came after that
                 grant = P.parse_grant_message(msg) if msg else None
                 if grant is not None:
@@ -333,6 +360,14 @@ class Limiter:
                         raise AcquireTimeout(
                             f"no {what} on {', '.join(req.names)} within {req.timeout:g} s")
                     break
+                if slow.due:  # one INFO line saying why (read through this flow's transport)
+                    try:
+                        snaps = []
+                        for n in req.names:
+                            snaps.append((yield Call(P.snapshot(keys, n, SAMPLE), deadline())))
+                        slow.log(snaps)
+                    except SlotkeeperError as exc:
+                        slow.log(None, exc)
                 sent = time.monotonic()
                 res = yield ask()
         except GeneratorExit:
@@ -364,6 +399,7 @@ class Limiter:
         finally:
             if w is not None:
                 rt.drop_waiting(w)
+        handle._granted()
         if units_only:
             return Reservation(rt.broker, lid, req.names, req.occupy)
         ttl_ms = res.ttl_ms or req.ttl_ms or default_ttl_ms  # the script may pick the limit's ttl
@@ -373,14 +409,18 @@ class Limiter:
         return lease
 
     def _drive(self, req: Request, on_lost: Callable[[Lease], None] | None, strict: bool,
-               units_only: bool = False) -> tuple[Runtime, Lease | Reservation]:
+               units_only: bool = False, slow_wait: float | None = None,
+               on_waiting: WaitingCallback | None = None,
+               ) -> tuple[Runtime, Lease | Reservation]:
         """Run the acquire flow with blocking I/O."""
         rt = self.runtime
         if req.timeout != 0:
             rt.ensure_listener(0)  # no wait: its first subscription nudges every waiter to re-check
         transport = rt.broker.transport
-        flow = self._flow(rt, req, on_lost, units_only=units_only)
-        with _Outcome(req, flow, strict) as out:
+        handle, span = self._observe(rt, req, units_only)
+        flow = self._flow(rt, req, on_lost, units_only=units_only, handle=handle,
+                          slow_wait=self._slow(slow_wait), on_waiting=on_waiting)
+        with _Outcome(req, flow, strict, handle, span) as out:
             step = next(flow)
             while True:
                 try:
@@ -396,14 +436,18 @@ class Limiter:
 
     async def _drive_async(self, req: Request, on_lost: Callable[[Lease], None] | None,
                            strict: bool, units_only: bool = False,
+                           slow_wait: float | None = None,
+                           on_waiting: WaitingCallback | None = None,
                            ) -> tuple[AsyncBroker, Lease | Reservation]:
         """Run the acquire flow on the asyncio transport (never blocks the event loop)."""
         rt = self.runtime
         if req.timeout != 0:
             await rt.ensure_listener_async(0)  # (as in _drive: subscribing nudges the waiters)
         broker = rt.async_broker()
-        flow = self._flow(rt, req, on_lost, bind_loop=True, units_only=units_only)
-        with _Outcome(req, flow, strict) as out:
+        handle, span = self._observe(rt, req, units_only)
+        flow = self._flow(rt, req, on_lost, bind_loop=True, units_only=units_only, handle=handle,
+                          slow_wait=self._slow(slow_wait), on_waiting=on_waiting)
+        with _Outcome(req, flow, strict, handle, span) as out:
             step = next(flow)
             while True:
                 try:
@@ -420,14 +464,19 @@ class Limiter:
     def acquire(self, *names: str, occupy: int = 1, timeout: float | None = None,
                 priority: int = 0, ttl: float | None = None, default_slots: int | None = None,
                 strict: bool = True, on_lost: Callable[[Lease], None] | None = None,
-                label: str | None = None, durable: bool = False) -> Lease:
+                label: str | None = None, durable: bool = False,
+                slow_wait: float | None = None,
+                on_waiting: WaitingCallback | None = None) -> Lease:
         """Take ``occupy`` slots of every named limit at once (blocking).
 
         ``durable=True`` returns only once a replica acknowledged the grant (Redis WAIT), so a
-        failover right after cannot forget it; without a replica it raises BrokerUnavailable."""
+        failover right after cannot forget it; without a replica it raises BrokerUnavailable.
+        ``on_waiting(pending)`` is called once if the request has to queue (see
+        :class:`~slotkeeper.pending.PendingRequest`); a wait longer than ``slow_wait`` seconds
+        (default: the Limiter's) logs one INFO line saying why."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
-        rt, lease = self._drive(req, on_lost, strict)
+        rt, lease = self._drive(req, on_lost, strict, slow_wait=slow_wait, on_waiting=on_waiting)
         assert isinstance(lease, Lease)
         if durable and lease.throttled:
             held, acked = rt.broker.renew_and_wait(lease.id, lease.names, lease.ttl_ms, 1,
@@ -439,12 +488,15 @@ class Limiter:
                             priority: int = 0, ttl: float | None = None,
                             default_slots: int | None = None, strict: bool = True,
                             on_lost: Callable[[Lease], None] | None = None,
-                            label: str | None = None, durable: bool = False) -> Lease:
+                            label: str | None = None, durable: bool = False,
+                            slow_wait: float | None = None,
+                            on_waiting: WaitingCallback | None = None) -> Lease:
         """Like :meth:`acquire`, on the asyncio transport: nothing here blocks or sleeps on the
         event loop, whatever Redis does."""
         req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
                            default_slots=default_slots, label=label)
-        broker, lease = await self._drive_async(req, on_lost, strict)
+        broker, lease = await self._drive_async(req, on_lost, strict, slow_wait=slow_wait,
+                                                on_waiting=on_waiting)
         assert isinstance(lease, Lease)
         if durable and lease.throttled:
             held, acked = await broker.renew_and_wait(lease.id, lease.names, lease.ttl_ms, 1,
@@ -453,6 +505,17 @@ class Limiter:
                 await lease.release_async()
             self._check_durable(lease, held, acked, None)
         return lease
+
+    def _slow(self, slow_wait: float | None) -> float:
+        return self.slow_wait if slow_wait is None else check_slow_wait(slow_wait)
+
+    def _observe(self, rt: Runtime, req: Request,
+                 units_only: bool = False) -> tuple[PendingRequest, Any]:
+        """The request's waiting handle and (with the otel extra) its acquire span."""
+        handle = PendingRequest(rt.broker, req.names, req.occupy, req.priority, req.label)
+        span = (tracing.start_acquire(req.names, req.occupy, self.namespace, req.label)
+                if tracing.ENABLED and not units_only else None)
+        return handle, span
 
     def rate_limit(self, *names: str, occupy: int = 1, timeout: float | None = None,
                    priority: int = 0, label: str | None = None) -> Reservation:
@@ -546,8 +609,9 @@ class _Outcome:
     thread instead of leaving it to whenever the flow is collected."""
 
     def __init__(self, req: Request, flow: Generator[Step, Any, Lease | Reservation],
-                 strict: bool) -> None:
+                 strict: bool, handle: PendingRequest | None = None, span: Any = None) -> None:
         self.req, self.flow, self.strict = req, flow, strict
+        self.handle, self.span = handle, span
         self._lease: Lease | Reservation | None = None
 
     def result(self) -> Lease | Reservation:
@@ -559,19 +623,46 @@ class _Outcome:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: object) -> bool:
+        error = None if isinstance(ev, StopIteration) else ev
         try:
             if isinstance(ev, StopIteration):
                 self._lease = ev.value
+                self._traced("granted")
                 return True
             if isinstance(ev, LimitNotFound) and not self.strict:
                 warnings.warn(f"{ev} -- running unthrottled (strict=False)", RuntimeWarning,
                               stacklevel=4)
                 self._lease = Lease(None, "unthrottled-" + new_id(), self.req.names,
                                     self.req.occupy, 0, 0, 0)
+                self._traced("unthrottled")
                 return True
             return False
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             self.flow.close()
+            if self.span is not None and error is not None and self.handle is not None:
+                tracing.end_acquire(self.span, self.handle, _outcome(error), error)
+
+    def _traced(self, outcome: str) -> None:
+        span, self.span = self.span, None
+        if span is None or self.handle is None:
+            return
+        tracing.end_acquire(span, self.handle, outcome)
+        lease = self._lease
+        if isinstance(lease, Lease) and lease.throttled:
+            lease._span = tracing.start_hold(lease.id, lease.names, lease.occupy, lease.token)
+
+
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, AcquireTimeout):
+        return "timeout"
+    if isinstance(exc, LimitNotFound | OccupyExceedsLimit):
+        return "rejected"
+    if isinstance(exc, GeneratorExit | KeyboardInterrupt | asyncio.CancelledError):
+        return "cancelled"
+    return "error"
 
 
 _default: Limiter | None = None

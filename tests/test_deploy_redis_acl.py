@@ -35,6 +35,9 @@ CLIENT_COMMANDS = {
     "wait": "durable=True acquires",
     "subscribe": "grant wake-ups",
     "select": "a database other than 0 in the URL",
+    "info": "slotkeeper doctor and the daemon's checks (read instead of CONFIG)",
+    "xrevrange": "slotkeeper events, the status page and /api/v1/events (newest first)",
+    "xread": "slotkeeper events --follow",
 }
 
 

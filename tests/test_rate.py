@@ -350,3 +350,23 @@ def test_lease_settles_its_rate_units(limiter: Limiter) -> None:
     plain = limiter.acquire("noslots")
     assert plain.settle(5) is False  # no rate: nothing to settle
     plain.release()
+
+
+def test_daemon_pass_grants_a_due_head(limiter: Limiter) -> None:
+    """A waiter that never asks again (its process is busy, or gone quiet) still gets its units
+    once due: the daemon's reclaim pass grants it."""
+    from slotkeeper.broker.codes import Status
+    from slotkeeper.broker.daemon import Daemon
+
+    b = limiter.broker
+    b.create_limit("due", rate="1/s")
+    limiter.rate_limit("due")
+    res = b.acquire(["due"], "quiet-" + str(time.time_ns()), units_only=True)
+    assert res.status == Status.QUEUED and res.due_ms > 0
+    daemon = Daemon(b, audit_every=0)
+    deadline = time.monotonic() + 10
+    while b.snapshot("due").n_waiters and time.monotonic() < deadline:
+        time.sleep(res.due_ms / 1000)
+        daemon.run_pass()
+    snap = b.snapshot("due")
+    assert snap.n_waiters == 0 and snap.counters.units == 2

@@ -23,6 +23,7 @@ fails this test. To add a block: write it, run this test; if it needs limits, ad
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -62,6 +63,13 @@ class Setup:
 
 
 SETUP: dict[str, Setup] = {
+    "README.md > Why am I waiting? > 1": Setup(limits={"gpu": 1}),
+    "README.md > Rates, per-key limits, backpressure > 1": Setup(  # limits with rates
+        prelude=("from slotkeeper import get_limiter\n"
+                 "_b = get_limiter().broker\n"
+                 "_b.create_limit('api', rate='600/min')\n"
+                 "_b.create_limit('db', 10)\n"
+                 "_b.create_limit('llm', rate='100000/h')\n")),
     "README.md > slotkeeper > 1": Setup(
         limits={"gpu:gpu-1": 2}, env={"SLOTKEEPER_WORKER": "gpu-1"}, prelude="def train(): pass\n"
     ),
@@ -81,9 +89,22 @@ SETUP: dict[str, Setup] = {
         timeout=600,
     ),
     "README.md > The `slotkeeper` command > 3": Setup(stdout_has=("gpu:gpu-1 holds lease",)),
+    "README.md > prefect-gcl": Setup(  # a Prefect API with limits: tests/test_prefect_dropin.py
+        subst={
+            "prefect gcl ls --output json > gcl.json": "echo '"
+            + json.dumps([{"name": "gpu:gpu-1", "limit": 2, "active": True}])
+            .replace("{", "{{")
+            .replace("}", "}}")  # subst values go through str.format
+            + "' > gcl.json"
+        },
+        stdout_has=("+ create gpu:gpu-1 (slots=2",),
+    ),
+    "README.md > ray": Setup(stdout_has=("[0, 1, 2, 3]",), timeout=300),  # a local Ray instance
 }
 
 CANNOT_RUN_HERE: dict[str, str] = {
+    "README.md > The status page > 1": "a daemon on port 9808 (tests/test_http_api.py, "
+    "tests/test_status_page.py and tests/test_events.py serve the same paths on free ports)",
     "README.md > Deploying > 2": "systemd and root (useradd, /etc, systemctl)",
     "deploy/README.md > Deploying: from zero to a scraped daemon > 1": "root and a system Redis "
     "under systemd (/etc/redis, systemctl restart)",
@@ -101,7 +122,7 @@ TOO_LONG: dict[str, str] = {
     "README.md > Quick start > 1": "installs the package into a new venv (minutes); the demo itself "
     "runs in tests/test_cli_demo.py",
     "README.md > Quick start > 2": "the whole test suite (this test is part of it)",
-    "README.md > Performance > 1": "benchmarks (minutes); `bench --quick` runs in "
+    "README.md > Rates and templates > 1": "benchmarks (minutes); `bench --quick` runs in "
     "tests/test_bench_smoke.py",
     "deploy/README.md > Checking this directory > 1": "installs the deploy checkers and runs the "
     "deploy tests (both run in scripts/test.sh anyway)",
