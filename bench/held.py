@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from slotkeeper.bench.scale import BIG, _slowlog_max_us
+from slotkeeper.bench.scale import BIG, slowlog_max_us
 from slotkeeper.bench.stats import summary_ms
 from slotkeeper.lease import Lease
 
@@ -56,7 +56,7 @@ def held_by_one(
         calls0, usec0 = _evalsha_stats(client)
         time.sleep(WINDOW)
         calls1, usec1 = _evalsha_stats(client)
-        slow_us, _ = _slowlog_max_us(client, after_id)
+        slow_us, _ = slowlog_max_us(client, after_id)
         if private and threshold is not None:
             client.config_set("slowlog-log-slower-than", threshold)
         usec, calls = usec1 - usec0, calls1 - calls0

@@ -141,7 +141,8 @@ def _command(entry: dict[str, Any]) -> str:
     return cmd.decode("utf-8", "replace") if isinstance(cmd, bytes) else str(cmd)
 
 
-def _slowlog_max_us(client: redis.Redis, after_id: int) -> tuple[float, int]:
+def slowlog_max_us(client: redis.Redis, after_id: int) -> tuple[float, int]:
+    """Longest EVALSHA (us) and how many the SLOWLOG has after entry ``after_id``."""
     entries = client.slowlog_get(100_000)
     durations = [
         int(e["duration"])
@@ -186,7 +187,7 @@ def reclaim(url: str, ns: str, leases: int, private: bool, batch: int = 500) -> 
         expired += broker.reclaim_all(n, batch)
     broker.reclaim_all(None, batch)
     total_s = time.perf_counter() - t0
-    slow_us, slow_n = _slowlog_max_us(client, after_id)
+    slow_us, slow_n = slowlog_max_us(client, after_id)
     if private and threshold is not None:
         client.config_set("slowlog-log-slower-than", threshold)
     left_records = int(client.hlen(broker.keys.leases))
