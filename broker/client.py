@@ -273,15 +273,23 @@ class Broker:
         conf, counters = R.parse_config(name, flat, problems)
         hs = []
         for i in range(0, len(holders), 2):
-            h = R.holder_from(_s(holders[i]), R.decode_record(holders[i + 1]))
+            rec = R.decode_record(holders[i + 1])
+            h = R.holder_from(_s(holders[i]), rec)
             if h.garbage:
                 problems.append(f"limit {name!r}: lease {h.lease_id} has an unreadable record")
+            elif rec is not None and R.bad_fields(rec):
+                problems.append(f"limit {name!r}: lease {h.lease_id} has unreadable fields "
+                                f"{', '.join(R.bad_fields(rec))}")
             hs.append(h)
         ws = []
         for i in range(0, len(waiters), 3):
-            w = R.waiter_from(_s(waiters[i]), R.decode_record(waiters[i + 1]))
+            rec = R.decode_record(waiters[i + 1])
+            w = R.waiter_from(_s(waiters[i]), rec)
             if w.garbage:
                 problems.append(f"limit {name!r}: ticket {w.ticket_id} has an unreadable record")
+            elif rec is not None and R.bad_fields(rec):
+                problems.append(f"limit {name!r}: ticket {w.ticket_id} has unreadable fields "
+                                f"{', '.join(R.bad_fields(rec))}")
             ws.append(w)
         return R.Snapshot(conf, counters, int(used), int(now), hs, ws, int(n_h), int(n_w), problems)
 
@@ -382,7 +390,8 @@ class Broker:
     def reclaim(self, name: str | None, batch: int = 500) -> R.ReclaimResult:
         names = [name] if name is not None else []
         r = self._run("reclaim", names, [batch])
-        return R.ReclaimResult(int(r[0]), int(r[1]), int(r[2]), int(r[3]), bool(int(r[4])))
+        return R.ReclaimResult(int(r[0]), int(r[1]), int(r[2]), int(r[3]), bool(int(r[4])),
+                               int(r[5]) if len(r) > 5 else 0)
 
     def reclaim_all(self, name: str | None, batch: int = 500, max_calls: int = 10_000) -> int:
         """Reclaim until nothing is left (each call bounded); returns expired holder entries."""

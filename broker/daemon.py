@@ -28,6 +28,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from slotkeeper.broker.client import Broker
+from slotkeeper.broker.connection import redact
 from slotkeeper.broker.errors import BrokerUnavailable, SlotkeeperError
 from slotkeeper.broker.keys import check_name
 from slotkeeper.broker.metrics import (
@@ -178,6 +179,14 @@ class DaemonCollector(Collector):
         return fams
 
 
+def _why(exc: Exception) -> str:
+    """What went wrong, for the log (an unexpected exception type is named; nothing redacted
+    away: slotkeeper errors are already redacted at the broker boundary)."""
+    if isinstance(exc, SlotkeeperError):
+        return str(exc)
+    return f"{type(exc).__name__}: {redact(str(exc))[:300]}"
+
+
 class Daemon:
     """Reclaim loop for one namespace. ``stop()`` is safe to call from a signal handler."""
 
@@ -247,6 +256,10 @@ class Daemon:
                     gcl += r.gc_leases
                     gct += r.gc_tickets
                     granted += r.granted
+                    if r.orphans:
+                        log.warning(
+                            "limit %r: removed %d holder entries that no lease record backs "
+                            "(written by another client)", name, r.orphans)
                     if not r.more or self._stop:
                         break
                     if i == self.max_calls - 1:
@@ -254,8 +267,8 @@ class Daemon:
                 self._limit_ok(name)
             except BrokerUnavailable:
                 raise
-            except SlotkeeperError as exc:
-                self._limit_failed(name, f"limit {name!r}: reclaim failed: {exc}")
+            except Exception as exc:  # isolated: one bad limit never stops the others
+                self._limit_failed(name, f"limit {name!r}: reclaim failed: {_why(exc)}")
                 errors += 1
         for i in range(self.max_calls):
             if self._stop:
@@ -299,7 +312,10 @@ class Daemon:
         for name in names:
             if self._stop:
                 return
-            st = read_limit(self.broker, name, AUDIT_SAMPLE)
+            try:
+                st = read_limit(self.broker, name, AUDIT_SAMPLE)
+            except BrokerUnavailable:
+                return
             self.problems.report(name, st.messages())
         self.problems.forget_missing(names)
 
@@ -353,9 +369,9 @@ class Daemon:
             except BrokerUnavailable as exc:
                 self.stats.failed()
                 self._set_up(False, str(exc))
-            except SlotkeeperError as exc:  # e.g. the limits set is of the wrong type
+            except Exception as exc:  # e.g. the limits set is of the wrong type: next pass
                 self.stats.failed()
-                self._limit_failed("", f"reclaim pass failed: {exc}")
+                self._limit_failed("", f"reclaim pass failed: {_why(exc)}")
             if once:
                 break
             if not backlog:

@@ -112,8 +112,10 @@ def read_limit(broker: Broker, name: str, sample: int = SAMPLE, count: bool = Tr
         return LimitStats(name, snap, leases, waiters, tuple(snap.problems))
     except BrokerUnavailable:
         raise
-    except SlotkeeperError as exc:
+    except Exception as exc:  # never lets one unreadable limit stop the others
         msg = str(exc).split(" script: ", 1)[0]  # drop Redis's script sha / line noise
+        if not isinstance(exc, SlotkeeperError):
+            msg = f"{type(exc).__name__}: {redact(msg)[:200]}"
         if f"{name!r}" not in msg:
             msg = f"limit {name!r}: {msg}"
         return LimitStats(name, None, error=f"{msg} (unreadable)")

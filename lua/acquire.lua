@@ -80,7 +80,7 @@ if fits then
 end
 if not wait then return {3} end
 
-local seq = redis.call('INCR', K_FENCE)
+local seq = next_seq()
 local score = -prio * 1e12 + seq
 local exp = NOW + ttl
 redis.call('HSET', K_TICKETS, id, cmsgpack.pack(

@@ -4,7 +4,8 @@
 -- Returns: {lost_lease_ids, lost_ticket_ids, granted_ticket_ids, now_ms}
 --   A lease is lost when its record is gone or expired: renew never resurrects it.
 --   A ticket reported granted became a lease (its owner missed the notification).
--- Raises an error reply if a lease holds a limit whose keys were not passed (would desync scores).
+-- A lease whose record names a limit whose keys were not passed is reported lost (its record was
+-- rewritten by someone else: renewing it would desync scores).
 -- Complexity: O(sum over leases of occupy * names * log N).
 local L = tonumber(ARGV[A0 + 1])
 local lost, lost_t, granted = {}, {}, {}
@@ -17,15 +18,18 @@ for _ = 1, L do
     table.insert(lost, id)
   else
     local miss = missing_key(rec.n)
-    if miss then return redis.error_reply('slotkeeper: heartbeat without keys of limit ' .. miss) end
-    local exp = NOW + ttl
-    rec.e = exp
-    rec.r = NOW
-    rec.l = ttl
-    redis.call('HSET', K_LEASES, id, cmsgpack.pack(rec))
-    local zargs = {}
-    for j, m in ipairs(members(id, tonumber(rec.o))) do zargs[2 * j - 1] = exp; zargs[2 * j] = m end
-    for _, name in ipairs(rec.n) do redis.call('ZADD', LIM[name].holders, 'XX', unpack(zargs)) end
+    if miss then  -- a record rewritten by someone else (the SDK passes every name it holds)
+      table.insert(lost, id)
+    else
+      local exp = NOW + ttl
+      rec.e = exp
+      rec.r = NOW
+      rec.l = ttl
+      redis.call('HSET', K_LEASES, id, cmsgpack.pack(rec))
+      local zargs = {}
+      for j, m in ipairs(members(id, rec.o)) do zargs[2 * j - 1] = exp; zargs[2 * j] = m end
+      for _, name in ipairs(rec.n) do redis.call('ZADD', LIM[name].holders, 'XX', unpack(zargs)) end
+    end
   end
 end
 local T = tonumber(ARGV[i])

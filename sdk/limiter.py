@@ -186,16 +186,14 @@ class Limiter:
                     remaining = req.timeout - (time.monotonic() - started)
                     pause = min(pause, max(0.0, remaining))
                 msg = yield (w, pause)
-                if msg and msg.startswith("g"):
-                    _, token, exp, ttl = msg.split()
-                    res = R.AcquireResult(R.GRANTED, token=int(token), expires_ms=int(exp),
-                                          ttl_ms=int(ttl))
+                wake = R.parse_wakeup(msg) if msg else None
+                if wake is not None and wake.grant is not None:
+                    res = wake.grant
                     break
-                if msg and msg.startswith("x"):
-                    parts = msg.split(" ", 2)
-                    if parts[1] == "missing":
-                        raise LimitNotFound(parts[2], self.namespace)
-                    raise OccupyExceedsLimit(parts[2], req.occupy, broker.limit_slots(parts[2]))
+                if wake is not None and wake.kind == "x":
+                    if wake.reason == "missing":
+                        raise LimitNotFound(wake.name, self.namespace)
+                    raise OccupyExceedsLimit(wake.name, req.occupy, broker.limit_slots(wake.name))
                 if req.timeout is not None and time.monotonic() - started >= req.timeout:
                     res = broker.cancel(req.names, lid, timed_out=True)
                     if res.status != R.GRANTED:

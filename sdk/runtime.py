@@ -21,6 +21,7 @@ import redis
 
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.errors import SlotkeeperError
+from slotkeeper.broker.records import parse_wakeup
 from slotkeeper.lease import Lease
 
 log = logging.getLogger("slotkeeper")
@@ -75,7 +76,7 @@ class Waiting:
         msgs = list(self._msgs)
         self._msgs.clear()
         for m in msgs:
-            if m[:1] in ("g", "x"):
+            if parse_wakeup(m).kind != "r":  # a malformed message is only a nudge
                 return m
         return msgs[-1]
 
@@ -257,7 +258,7 @@ class Runtime:
                         pass
 
     def _dispatch(self, data: bytes | str) -> None:
-        text = data.decode() if isinstance(data, bytes) else data
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
         tid, _, rest = text.partition(" ")
         with self._lock:
             w = self._waiting.get(tid)
