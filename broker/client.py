@@ -26,7 +26,7 @@ from slotkeeper.broker.errors import (
     OccupyExceedsLimit,
     SlotkeeperError,
 )
-from slotkeeper.broker.keys import Keys, check_name, check_namespace
+from slotkeeper.broker.keys import Keys, check_name, check_namespace, printable
 from slotkeeper.broker.scripts import Scripts
 
 T = TypeVar("T")
@@ -260,7 +260,7 @@ class Broker:
 
     def list_limits(self) -> list[str]:
         raw = self._call(lambda: self.redis.smembers(self.keys.limits))
-        return sorted(_s(x) for x in raw)
+        return sorted(printable(_s(x)) for x in raw)  # bytes that are not UTF-8: U+FFFD
 
     def snapshot(self, name: str, max_items: int = 1000) -> R.Snapshot:
         name = check_name(name)

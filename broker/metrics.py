@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.connection import redact
 from slotkeeper.broker.errors import BrokerError, BrokerUnavailable, SlotkeeperError
-from slotkeeper.broker.keys import WAIT_BUCKETS_MS, check_name
+from slotkeeper.broker.keys import WAIT_BUCKETS_MS, check_name, printable
 from slotkeeper.broker.records import Counters, Snapshot
 
 log = logging.getLogger("slotkeeper.metrics")
@@ -222,7 +222,7 @@ def _families(namespace: str, stats: Sequence[LimitStats], up: bool) -> list[Met
     )
     redis_up.add_metric([namespace], 1.0 if up else 0.0)
     for st in stats:
-        lv = [namespace, st.name]
+        lv = [namespace, printable(st.name)]
         problems.add_metric(lv, float(st.problem_count))
         snap = st.snapshot
         if snap is None:

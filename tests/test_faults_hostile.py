@@ -215,3 +215,16 @@ def test_malformed_wakeups_on_the_channel_do_not_break_a_waiter(
     t.join(30)
     assert not errors and len(got) == 1
     assert got[0].release()  # type: ignore[attr-defined]
+
+
+def test_names_that_are_not_utf8_never_break_the_cli(
+    redis_server: RedisProc, lim: Limiter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lim.create("fine", 1)
+    redis_server.client().sadd(lim.broker.keys.limits, b"\xff\xfebad", "nocfg")
+    monkeypatch.setenv("SLOTKEEPER_URL", redis_server.url)
+    monkeypatch.setenv("SLOTKEEPER_NAMESPACE", lim.namespace)
+    for args in (["ls"], ["ls", "--json"], ["top", "--once"]):
+        out = CliRunner().invoke(cli, args)
+        assert out.exit_code == 0, (args, out.output)
+        assert "fine" in out.output and "\ufffd\ufffdbad" in out.output
