@@ -268,7 +268,9 @@ def test_systemd_unit_settings() -> None:
         for line in ENV_EXAMPLE.read_text().splitlines()
         if line and not line.startswith("#")
     )
-    assert set(env) == {"SLOTKEEPER_URL", "SLOTKEEPER_NAMESPACE"}
+    assert set(env) == {"SLOTKEEPER_NAMESPACE"}  # the URL is a credential, not in any environment
+    assert s["LoadCredential"] == ["slotkeeper-url:/etc/slotkeeper/url"]
+    assert "SLOTKEEPER_URL_FILE=%d/slotkeeper-url" in s["Environment"]
 
 
 @pytest.fixture
