@@ -95,3 +95,8 @@ class BrokerError(SlotkeeperError):
 
 def _quote(name: str) -> str:
     return name if name.replace(":", "").replace("-", "").replace("_", "").isalnum() else repr(name)
+
+
+class UnsafeDirectory(SlotkeeperError, PermissionError):
+    """The embedded broker's state or socket directory is not private to this user (owned by
+    another user, or open to group/others, or a symlink): refusing to use it."""

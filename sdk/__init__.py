@@ -18,6 +18,7 @@ from slotkeeper.broker.errors import (
     LimitNotFound,
     OccupyExceedsLimit,
     SlotkeeperError,
+    UnsafeDirectory,
 )
 from slotkeeper.executor import ThrottledExecutor
 from slotkeeper.lease import Lease
@@ -31,6 +32,7 @@ __all__ = [
     "AcquireTimeout",
     "BrokerError",
     "BrokerUnavailable",
+    "UnsafeDirectory",
     "InvalidArgument",
     "InvalidName",
     "InvalidType",
