@@ -609,3 +609,18 @@ def test_readme_documents_the_acl_line_metrics_and_alerts() -> None:
     assert docs_metrics(), "no metrics table in deploy/README.md"
     for alert in rule_exprs():
         assert f"`{alert}`" in readme, f"alert {alert} not documented"
+
+
+def test_ci_and_image_install_the_constraints() -> None:
+    """One known-good version set (constraints.txt) for CI and the image, inside pyproject's
+    ranges; redis-py >= 6 (TLS hostname checks on by default)."""
+    pins = dict(
+        line.split("==", 1)
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert int(pins["redis"].split(".")[0]) >= 6
+    assert '"redis[hiredis]>=6.0"' in (ROOT / "pyproject.toml").read_text()
+    assert "-c constraints.txt" in (ROOT / "scripts" / "test.sh").read_text()
+    build = [r for w, r in dockerfile_instructions() if w == "RUN" and "pip " in r]
+    assert build and all("--constraint" in r for r in build), build

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from slotkeeper import BrokerUnavailable, Lease, Limiter, limit
 from slotkeeper.broker.client import Broker
@@ -177,3 +178,34 @@ def test_rediss_sentinel_talks_tls_to_the_sentinels(
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_tls_checks_the_server_hostname(certs: Certs, tmp_path: Path, namespace: str) -> None:
+    """A server certificate from the trusted CA but for another name is refused (redis-py >= 6
+    checks the hostname by default; slotkeeper keeps it on for every rediss form)."""
+    import shutil
+
+    from tests.support.tls import _signed
+
+    d = tmp_path / "wrong-name"
+    d.mkdir()
+    for f in ("ca.crt", "ca.key", "client.crt", "client.key"):
+        shutil.copy(certs.dir / f, d / f)
+    _signed(
+        d,
+        "server",
+        "elsewhere",
+        "ca",
+        "subjectAltName=DNS:elsewhere.example\nextendedKeyUsage=serverAuth\n",
+    )
+    (d / "server.key").chmod(0o600)
+
+    class WrongName(TlsRedisProc):
+        def client(self, **kw: object) -> redis.Redis:  # the suite's own readiness check
+            return super().client(ssl_check_hostname=False, **kw)
+
+    with WrongName(Certs(d)) as server:
+        with pytest.raises(BrokerUnavailable):
+            Broker.from_url(server.url, namespace).ping()
+        # positive control: the same server is reachable once the check is switched off
+        assert Broker.from_url(server.url + "&ssl_check_hostname=false", namespace).ping()
