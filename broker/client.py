@@ -271,6 +271,7 @@ class Broker:
         flat = {_s(conf_flat[i]): _s(conf_flat[i + 1]) for i in range(0, len(conf_flat), 2)}
         problems: list[str] = []
         conf, counters = R.parse_config(name, flat, problems)
+        config_problems = list(problems)
         hs = []
         for i in range(0, len(holders), 2):
             rec = R.decode_record(holders[i + 1])
@@ -291,7 +292,8 @@ class Broker:
                 problems.append(f"limit {name!r}: ticket {w.ticket_id} has unreadable fields "
                                 f"{', '.join(R.bad_fields(rec))}")
             ws.append(w)
-        return R.Snapshot(conf, counters, int(used), int(now), hs, ws, int(n_h), int(n_w), problems)
+        return R.Snapshot(conf, counters, int(used), int(now), hs, ws, int(n_h), int(n_w), problems,
+                          config_problems)
 
     # -- leases -------------------------------------------------------------------------------
 

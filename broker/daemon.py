@@ -28,15 +28,13 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from slotkeeper.broker.client import Broker
+from slotkeeper.broker.collector import SlotkeeperCollector
 from slotkeeper.broker.connection import redact
 from slotkeeper.broker.errors import BrokerUnavailable, SlotkeeperError
+from slotkeeper.broker.httpserver import HttpServer
 from slotkeeper.broker.keys import check_name
-from slotkeeper.broker.metrics import (
-    MetricsServer,
-    ProblemLog,
-    SlotkeeperCollector,
-    read_limit,
-)
+from slotkeeper.broker.readmodel import ProblemLog, ReadModel, read_limit
+from slotkeeper.broker.webapp import WebApp
 
 log = logging.getLogger("slotkeeper.daemon")
 
@@ -259,7 +257,10 @@ class Daemon:
                     if r.orphans:
                         log.warning(
                             "limit %r: removed %d holder entries that no lease record backs "
-                            "(written by another client)", name, r.orphans)
+                            "(written by another client)",
+                            name,
+                            r.orphans,
+                        )
                     if not r.more or self._stop:
                         break
                     if i == self.max_calls - 1:
@@ -417,5 +418,9 @@ class Daemon:
         reg.register(DaemonCollector(self.broker.namespace, self.stats))
         return reg
 
-    def serve_metrics(self, host: str, port: int) -> MetricsServer:
-        return MetricsServer(self.registry(), self.health, host, port).start()
+    def web_app(self) -> WebApp:
+        return WebApp(ReadModel(self.health_broker), self.registry(), self.health)
+
+    def serve_http(self, host: str, port: int) -> HttpServer:
+        """Serve /metrics, /healthz, the status page and /api/v1/ (see broker/webapp.py)."""
+        return HttpServer(self.web_app(), host, port).start()

@@ -93,6 +93,16 @@ class BrokerError(SlotkeeperError):
     """Redis answered with an error slotkeeper did not expect (e.g. garbage in its keys)."""
 
 
+class LimitUnreadable(SlotkeeperError):
+    """A limit exists but its keys cannot be read (garbage in them); the message says what."""
+
+    def __init__(self, name: str, problems: list[str] | tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.problems = tuple(problems)
+        detail = "; ".join(self.problems)
+        super().__init__(f"limit {name!r} cannot be read" + (f": {detail}" if detail else ""))
+
+
 def _quote(name: str) -> str:
     return name if name.replace(":", "").replace("-", "").replace("_", "").isalnum() else repr(name)
 

@@ -173,6 +173,7 @@ class Snapshot:
     n_holder_entries: int = 0
     n_waiters: int = 0
     problems: list[str] = field(default_factory=list)
+    config_problems: list[str] = field(default_factory=list)  # the subset about config fields
 
 
 def _int(v: Any, default: int = 0) -> int:

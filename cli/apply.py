@@ -9,7 +9,7 @@ import click
 
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.errors import LimitHeld, SlotkeeperError
-from slotkeeper.broker.metrics import read_limits
+from slotkeeper.broker.readmodel import read_limits
 from slotkeeper.cli.context import App, json_option, pass_app
 from slotkeeper.cli.output import emit, warn
 from slotkeeper.cli.spec import LimitSpec, dump, parse

@@ -35,14 +35,15 @@ LEVELS = ("debug", "info", "warning", "error")
     "--metrics-host",
     default="127.0.0.1",
     show_default=True,
-    help="Address for /metrics and /healthz (0.0.0.0: every interface).",
+    help="Address for /metrics, /healthz, the status page and /api/v1/ (0.0.0.0: every "
+    "interface).",
 )
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=9808,
     show_default=True,
-    help="Port for /metrics and /healthz (0: any free port, logged).",
+    help="Port for HTTP (0: any free port, logged).",
 )
 @click.option("--no-metrics", is_flag=True, help="Do not serve HTTP at all.")
 @click.option(
@@ -86,12 +87,15 @@ def daemon(
     srv = None
     if not no_metrics and not once:
         try:
-            srv = d.serve_metrics(metrics_host, metrics_port)
+            srv = d.serve_http(metrics_host, metrics_port)
         except OSError as exc:
             raise click.ClickException(
                 f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}"
             ) from None
-        log.info("serving %s/metrics and %s/healthz", srv.url, srv.url)
+        log.info(
+            "serving %s/metrics and %s/healthz; status page %s/ and JSON %s/api/v1/",
+            *([srv.url] * 4),
+        )
     log.info(
         "reclaiming namespace %r on %s every %gs (batch %d)",
         app.namespace,

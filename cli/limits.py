@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import sys
-import time
-from typing import Any
 
 import click
 
 from slotkeeper.broker.errors import InvalidArgument, LimitHeld, LimitNotFound
-from slotkeeper.broker.metrics import LimitStats, read_limit, read_limits, wait_quantile
-from slotkeeper.broker.records import Holder, Snapshot, Waiter
+from slotkeeper.broker.readmodel import LimitStats, ReadModel, ensure_readable
+from slotkeeper.broker.render_json import config_dict, limit_detail, limit_summary
 from slotkeeper.cli.context import App, json_option, pass_app
-from slotkeeper.cli.output import duration, emit, table, ttl_text, warn
+from slotkeeper.cli.output import emit, warn
+from slotkeeper.cli.render_text import limit_text, limits_table, problem_lines
 
 SHOW_MAX = 1000
-
-
-def _ts(ms: int) -> str:
-    if not ms:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
 
 def confirm(question: str, yes: bool) -> None:
@@ -130,7 +123,7 @@ def set_(
     except LimitNotFound:
         raise LimitNotFoundCli(name) from None
     snap = app.broker().snapshot(name, 1)
-    cfg = _config_dict(snap)
+    cfg = config_dict(snap.config)
     if created:
         msg = f"created limit {name!r}: {snap.config.slots} slot(s)"
     elif changed:
@@ -165,49 +158,12 @@ class LimitNotFoundCli(LimitNotFound):
 _FIELD = {"desc": "description", "slots": "slots", "ttl": "ttl", "enabled": "enabled"}
 
 
-def _config_dict(snap: Snapshot) -> dict[str, Any]:
-    c = snap.config
-    return {
-        "name": c.name,
-        "slots": c.slots,
-        "ttl": c.ttl_s,
-        "enabled": c.enabled,
-        "description": c.description,
-    }
-
-
 # -- ls -------------------------------------------------------------------------------------------
 
 
-def stats_dict(st: LimitStats) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": st.name}
-    if st.snapshot is not None:
-        snap = st.snapshot
-        p95 = wait_quantile(snap.counters, 0.95)
-        out.update(
-            {
-                "slots": snap.config.slots,
-                "used": snap.used,
-                "leases": st.leases,
-                "waiters": st.waiters,
-                "enabled": snap.config.enabled,
-                "ttl": snap.config.ttl_s,
-                "description": snap.config.description,
-                "acquired": snap.counters.acquired,
-                "expired": snap.counters.expired,
-                "wait_p95_seconds": p95,
-            }
-        )
-    out["problems"] = st.messages()
-    return out
-
-
 def report_problems(stats: list[LimitStats]) -> None:
-    for st in stats:
-        for m in st.messages():
-            if "field '" in m:
-                m += f" (repair: slotkeeper set {st.name!r} --slots N --create)"
-            warn(m)
+    for line in problem_lines(stats):
+        warn(line)
 
 
 @click.command("ls")
@@ -215,82 +171,12 @@ def report_problems(stats: list[LimitStats]) -> None:
 @pass_app
 def ls(app: App) -> None:
     """List every limit: slots, use, leases, waiters."""
-    stats = read_limits(app.broker())
+    stats = ReadModel(app.broker()).limits()
     report_problems(stats)
-
-    def text() -> None:
-        if not stats:
-            click.echo(
-                f"no limits in namespace {app.namespace!r} "
-                "(create one: slotkeeper create NAME --slots N)"
-            )
-            return
-        rows: list[list[Any]] = []
-        for st in stats:
-            s = st.snapshot
-            if s is None:
-                rows.append([st.name, "?", "?", "?", "?", "UNREADABLE", "", ""])
-                continue
-            state = "yes" if s.config.enabled else "no"
-            if st.problems:
-                state += " (!)"
-            rows.append(
-                [
-                    st.name,
-                    s.used,
-                    s.config.slots,
-                    st.leases,
-                    st.waiters,
-                    state,
-                    ttl_text(s.config.ttl_s),
-                    s.config.description,
-                ]
-            )
-        click.echo(
-            table(
-                ["NAME", "USED", "SLOTS", "LEASES", "WAITERS", "ENABLED", "TTL", "DESCRIPTION"],
-                rows,
-                right=(1, 2, 3, 4),
-            )
-        )
-
-    emit(app, [stats_dict(st) for st in stats], text)
+    emit(app, [limit_summary(st) for st in stats], limits_table(app.namespace, stats))
 
 
 # -- show -----------------------------------------------------------------------------------------
-
-
-def holder_dict(h: Holder, now_ms: int) -> dict[str, Any]:
-    return {
-        "lease_id": h.lease_id,
-        "occupy": h.occupy,
-        "names": h.names,
-        "host": h.host,
-        "pid": h.pid,
-        "worker": h.worker,
-        "label": h.label,
-        "token": h.token,
-        "age_seconds": (now_ms - h.acquired_ms) / 1000 if h.acquired_ms else None,
-        "expires_in_seconds": (h.expires_ms - now_ms) / 1000 if h.expires_ms else None,
-        "unreadable": h.garbage,
-    }
-
-
-def waiter_dict(pos: int, w: Waiter, now_ms: int) -> dict[str, Any]:
-    return {
-        "position": pos,
-        "ticket_id": w.ticket_id,
-        "occupy": w.occupy,
-        "names": w.names,
-        "priority": w.priority,
-        "host": w.host,
-        "pid": w.pid,
-        "worker": w.worker,
-        "label": w.label,
-        "waiting_seconds": (now_ms - w.arrived_ms) / 1000 if w.arrived_ms else None,
-        "expired": (not w.garbage) and w.expires_ms <= now_ms,
-        "unreadable": w.garbage,
-    }
 
 
 @click.command()
@@ -307,134 +193,11 @@ def waiter_dict(pos: int, w: Waiter, now_ms: int) -> dict[str, Any]:
 @pass_app
 def show(app: App, name: str, max_items: int) -> None:
     """Show a limit: config, counters, holders and waiters in queue order."""
-    st = read_limit(app.broker(), name, max_items)
-    if st.snapshot is None:
-        if st.error and "does not exist" in st.error:
-            raise LimitNotFound(name, app.namespace)
+    st = ReadModel(app.broker()).limit(name, max_items)
+    if not st.missing:
         report_problems([st])
-        raise InvalidArgument(f"limit {name!r} cannot be read")
-    report_problems([st])
-    s = st.snapshot
-    c = s.counters
-    now = s.now_ms
-    data = {
-        **_config_dict(s),
-        "created": _ts(s.config.created_ms),
-        "updated": _ts(s.config.updated_ms),
-        "used": s.used,
-        "leases": st.leases,
-        "waiters": st.waiters,
-        "counters": {
-            "acquired": c.acquired,
-            "released": c.released,
-            "expired": c.expired,
-            "revoked": c.revoked,
-            "timed_out": c.timed_out,
-            "wait_p50_seconds": wait_quantile(c, 0.5),
-            "wait_p95_seconds": wait_quantile(c, 0.95),
-            "wait_sum_seconds": c.wait_sum_s,
-        },
-        "holders": [holder_dict(h, now) for h in s.holders],
-        "queue": [waiter_dict(i + 1, w, now) for i, w in enumerate(s.waiters)],
-        "problems": st.messages(),
-    }
-
-    def text() -> None:
-        cfg = s.config
-        click.echo(f"limit:       {cfg.name}")
-        click.echo(
-            f"slots:       {s.used}/{cfg.slots} in use by {st.leases} lease(s)"
-            + ("" if cfg.enabled else "  [DISABLED: admits everyone]")
-        )
-        click.echo(f"ttl:         {ttl_text(cfg.ttl_s)}")
-        if cfg.description:
-            click.echo(f"description: {cfg.description}")
-        click.echo(f"created:     {_ts(cfg.created_ms)}   updated: {_ts(cfg.updated_ms)}")
-        click.echo(
-            f"counters:    acquired {c.acquired}, released {c.released}, expired "
-            f"{c.expired}, revoked {c.revoked}, timed out {c.timed_out}"
-        )
-        click.echo(
-            f"wait:        p50 {duration(wait_quantile(c, 0.5))}, "
-            f"p95 {duration(wait_quantile(c, 0.95))}"
-        )
-        click.echo("")
-        if s.holders:
-            hrows: list[list[Any]] = [
-                [
-                    h.lease_id,
-                    h.occupy,
-                    h.host,
-                    h.pid or "",
-                    h.worker,
-                    h.label,
-                    duration((now - h.acquired_ms) / 1000) if h.acquired_ms else "?",
-                    duration((h.expires_ms - now) / 1000) if h.expires_ms else "?",
-                    h.token,
-                ]
-                if not h.garbage
-                else [h.lease_id, "?", "UNREADABLE RECORD", "", "", "", "", "", ""]
-                for h in s.holders
-            ]
-            click.echo(f"holders ({len(s.holders)}):")
-            click.echo(
-                table(
-                    [
-                        "LEASE",
-                        "OCCUPY",
-                        "HOST",
-                        "PID",
-                        "WORKER",
-                        "LABEL",
-                        "AGE",
-                        "EXPIRES IN",
-                        "TOKEN",
-                    ],
-                    hrows,
-                    right=(1, 3, 8),
-                    indent="  ",
-                )
-            )
-        else:
-            click.echo("holders: none")
-        if s.waiters:
-            rows: list[list[Any]] = []
-            for i, w in enumerate(s.waiters):
-                if w.garbage:
-                    rows.append([i + 1, w.ticket_id, "?", "", "UNREADABLE RECORD", "", "", "", ""])
-                    continue
-                waited = duration((now - w.arrived_ms) / 1000) if w.arrived_ms else "?"
-                if w.expires_ms <= now:
-                    waited += " (expired)"
-                rows.append(
-                    [
-                        i + 1,
-                        w.ticket_id,
-                        w.occupy,
-                        w.priority,
-                        w.host,
-                        w.pid or "",
-                        w.worker,
-                        w.label,
-                        waited,
-                    ]
-                )
-            click.echo(f"queue ({s.n_waiters}):")
-            click.echo(
-                table(
-                    ["#", "TICKET", "OCCUPY", "PRIO", "HOST", "PID", "WORKER", "LABEL", "WAITING"],
-                    rows,
-                    right=(0, 2, 3, 5),
-                    indent="  ",
-                )
-            )
-        else:
-            click.echo("queue: empty")
-        more_h = st.leases - len(s.holders)
-        if more_h > 0:
-            click.echo(f"({more_h} more holder(s) not shown; --max)")
-
-    emit(app, data, text)
+    st = ensure_readable(st, app.namespace)
+    emit(app, limit_detail(st), lambda: click.echo(limit_text(st)))
 
 
 # -- rm / reset / revoke --------------------------------------------------------------------------

@@ -5,25 +5,17 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import click
 
 from slotkeeper.broker.errors import BrokerUnavailable
-from slotkeeper.broker.metrics import LimitStats, read_limits, wait_quantile
+from slotkeeper.broker.readmodel import LimitStats, ReadModel
+from slotkeeper.broker.render_json import limit_summary
 from slotkeeper.cli.context import App, json_option, pass_app
-from slotkeeper.cli.limits import stats_dict
-from slotkeeper.cli.output import duration, is_tty, table
+from slotkeeper.cli.output import is_tty
+from slotkeeper.cli.render_text import top_table
 
-BAR = 12
 CLEAR = "\x1b[H\x1b[2J"
-
-
-def bar(used: int, slots: int, width: int = BAR) -> str:
-    if slots <= 0:
-        return "!" * width if used else "." * width
-    full = min(width, round(width * used / slots))
-    return "#" * full + "." * (width - full)
 
 
 @dataclass
@@ -53,10 +45,6 @@ def rates(prev: Sample | None, cur: Sample, name: str) -> tuple[float | None, fl
     return max(0, a1 - a0) / dt, max(0, e1 - e0) / dt
 
 
-def _rate(r: float | None) -> str:
-    return "-" if r is None else f"{r:.1f}"
-
-
 def render(
     app: App, stats: list[LimitStats], prev: Sample | None, cur: Sample, interval: float
 ) -> str:
@@ -64,49 +52,7 @@ def render(
         f"slotkeeper top  {app.display_url}  namespace {app.namespace}  "
         f"{time.strftime('%H:%M:%S')}  (every {interval:g}s, Ctrl-C quits)"
     )
-    if not stats:
-        return head + "\n\nno limits (create one: slotkeeper create NAME --slots N)"
-    rows: list[list[Any]] = []
-    notes = []
-    for st in stats:
-        s = st.snapshot
-        if s is None:
-            rows.append([st.name, "?", "", "", "", "", "", "", "", "UNREADABLE"])
-            notes += st.messages()
-            continue
-        acq, exp = rates(prev, cur, st.name)
-        flags = []
-        if not s.config.enabled:
-            flags.append("disabled")
-        if st.problems:
-            flags.append(f"{len(st.problems)} problem(s)")
-            notes += st.messages()
-        rows.append(
-            [
-                st.name,
-                f"{s.used}/{s.config.slots}",
-                bar(s.used, s.config.slots),
-                st.leases,
-                st.waiters,
-                duration(wait_quantile(s.counters, 0.95)),
-                _rate(acq),
-                s.counters.expired,
-                _rate(exp),
-                " ".join(flags),
-            ]
-        )
-    out = (
-        head
-        + "\n\n"
-        + table(
-            ["LIMIT", "USED", "", "LEASES", "WAITERS", "WAIT p95", "ACQ/s", "EXPIRED", "EXP/s", ""],
-            rows,
-            right=(1, 3, 4, 5, 6, 7, 8),
-        )
-    )
-    if notes:
-        out += "\n\n" + "\n".join(f"! {n}" for n in notes[:10])
-    return out
+    return top_table(head, stats, {st.name: rates(prev, cur, st.name) for st in stats})
 
 
 @click.command()
@@ -130,14 +76,14 @@ def top(app: App, interval: float, once: bool, iterations: int | None) -> None:
     With --json, one JSON object per refresh (a line each)."""
     if once:
         iterations = 1
-    broker = app.broker()
+    model = ReadModel(app.broker())
     tty = is_tty() and not app.json
     prev: Sample | None = None
     n = 0
     try:
         while True:
             try:
-                stats = read_limits(broker)
+                stats = model.limits()
                 error = None
             except BrokerUnavailable as exc:
                 if iterations == 1:
@@ -147,7 +93,7 @@ def top(app: App, interval: float, once: bool, iterations: int | None) -> None:
             if app.json:
                 limits = []
                 for st in stats:
-                    d = stats_dict(st)
+                    d = limit_summary(st)
                     d["acquired_per_second"], d["expired_per_second"] = rates(prev, cur, st.name)
                     limits.append(d)
                 click.echo(

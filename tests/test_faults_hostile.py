@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from slotkeeper import AcquireTimeout, Limiter, limit
 from slotkeeper.broker.daemon import Daemon
-from slotkeeper.broker.metrics import read_limit
+from slotkeeper.broker.readmodel import read_limit
 from slotkeeper.broker.records import decode_record, number, parse_wakeup
 from slotkeeper.cli.main import cli
 from tests.support.redisproc import RedisProc

@@ -12,13 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from slotkeeper.broker.client import Broker
+from slotkeeper.broker.collector import SlotkeeperCollector, wait_histogram
 from slotkeeper.broker.keys import WAIT_BUCKETS_MS
-from slotkeeper.broker.metrics import (
-    SlotkeeperCollector,
-    read_limit,
-    wait_histogram,
-    wait_quantile,
-)
+from slotkeeper.broker.readmodel import read_limit, wait_quantile
 from slotkeeper.broker.records import GRANTED, QUEUED, Counters
 from slotkeeper.limiter import Limiter
 from tests.support.redisproc import RedisProc

@@ -1,0 +1,153 @@
+"""What the daemon's HTTP paths answer (read-only; GET and HEAD only).
+
+=======================================  =====================================================
+path                                     answer
+=======================================  =====================================================
+``/``                                      the status page (HTML, refreshes itself; ``?refresh=S``)
+``/metrics``                             Prometheus text or OpenMetrics (by Accept header)
+``/healthz``                             200 when healthy, else 503; JSON body either way
+``/api/v1/limits``                       every limit in brief (the shape of ``ls --json``)
+``/api/v1/limits/<name>``                one limit in full (the shape of ``show --json``)
+=======================================  =====================================================
+
+Errors are routed by exception type (:data:`ERROR_STATUS`), never by message text, and answered
+as ``{"error": ..., "type": ...}`` with no secrets in them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import CollectorRegistry
+
+from slotkeeper.broker.connection import redact
+from slotkeeper.broker.errors import (
+    BrokerUnavailable,
+    InvalidArgument,
+    InvalidType,
+    LimitNotFound,
+    LimitUnreadable,
+    SlotkeeperError,
+)
+from slotkeeper.broker.httpserver import Request, Response
+from slotkeeper.broker.readmodel import ReadModel
+from slotkeeper.broker.render_html import CONTENT_SECURITY_POLICY, DEFAULT_REFRESH, status_page
+from slotkeeper.broker.render_json import limit_detail, limit_summary
+
+log = logging.getLogger("slotkeeper.http")
+
+API = "/api/v1"
+JSON = "application/json"
+TEXT = "text/plain; charset=utf-8"
+HTML = "text/html; charset=utf-8"
+PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+HealthCheck = Callable[[], tuple[bool, dict[str, object]]]
+
+# First match wins: subclasses before their bases.
+ERROR_STATUS: tuple[tuple[type[SlotkeeperError], int], ...] = (
+    (LimitNotFound, 404),
+    (InvalidArgument, 400),
+    (InvalidType, 400),
+    (BrokerUnavailable, 503),
+    (LimitUnreadable, 500),
+    (SlotkeeperError, 500),
+)
+
+
+def error_status(exc: SlotkeeperError) -> int:
+    return next(code for cls, code in ERROR_STATUS if isinstance(exc, cls))
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    body = json.dumps(data, sort_keys=False, default=str).encode() + b"\n"
+    return Response(status, body, JSON, {"Cache-Control": "no-store"})
+
+
+def error_response(exc: SlotkeeperError) -> Response:
+    return json_response({"error": redact(str(exc)), "type": type(exc).__name__}, error_status(exc))
+
+
+class WebApp:
+    """The request handler of the daemon's HTTP server (see the module's table of paths)."""
+
+    def __init__(self, model: ReadModel, registry: CollectorRegistry, health: HealthCheck) -> None:
+        self.model = model
+        self.registry = registry
+        self.health = health
+
+    def __call__(self, req: Request) -> Response:
+        if req.method not in ("GET", "HEAD"):
+            return Response(405, b"method not allowed\n", TEXT, {"Allow": "GET, HEAD"})
+        path = req.path.rstrip("/") or "/"
+        try:
+            if path == "/metrics":
+                return self.metrics(req)
+            if path in ("/healthz", "/health"):
+                return self.healthz()
+            if path == "/":
+                return self.page(req)
+            if path == "/favicon.ico":  # browsers ask; the page has no assets to serve
+                return Response(204, b"", TEXT)
+            if path == f"{API}/limits":
+                return self.api_limits()
+            if req.path.startswith(f"{API}/limits/"):
+                return self.api_limit(req.path[len(f"{API}/limits/") :])
+        except SlotkeeperError as exc:
+            return error_response(exc)
+        return Response(404, b"not found\n", TEXT)
+
+    def metrics(self, req: Request) -> Response:
+        encoder, ctype = choose_encoder(req.headers.get("accept", ""))
+        try:
+            body = encoder(self.registry)
+        except Exception as exc:  # a scrape must never kill the server
+            log.warning("metrics scrape failed: %s", redact(str(exc)))
+            return Response(500, f"scrape failed: {redact(str(exc))}\n".encode(), TEXT)
+        return Response(200, body, ctype)
+
+    def healthz(self) -> Response:
+        try:
+            ok, info = self.health()
+        except Exception as exc:
+            ok, info = False, {"error": redact(str(exc))}
+        body = json.dumps({"healthy": ok, **info}, sort_keys=True).encode() + b"\n"
+        return Response(200 if ok else 503, body, JSON)
+
+    def page(self, req: Request) -> Response:
+        try:
+            refresh = min(3600.0, max(1.0, float(req.query.get("refresh", DEFAULT_REFRESH))))
+        except ValueError:
+            refresh = DEFAULT_REFRESH
+        status, error, stats = 200, None, []
+        try:
+            stats = self.model.limits()
+        except BrokerUnavailable as exc:
+            status, error = 503, f"Redis unreachable: {redact(str(exc))}"
+        except SlotkeeperError as exc:
+            status, error = error_status(exc), redact(str(exc))
+        body = status_page(self.model.namespace, stats, error=error, refresh=refresh)
+        return Response(status, body.encode(), HTML, PAGE_HEADERS)
+
+    def api_limits(self) -> Response:
+        stats = self.model.limits()
+        return json_response(
+            {
+                "namespace": self.model.namespace,
+                "time": time.time(),
+                "limits": [limit_summary(st) for st in stats],
+            }
+        )
+
+    def api_limit(self, name: str) -> Response:
+        return json_response(limit_detail(self.model.readable_limit(name)))
