@@ -28,10 +28,10 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from slotkeeper.broker.client import Broker
-from slotkeeper.broker.collector import SlotkeeperCollector
+from slotkeeper.broker.collector import CACHE_SECONDS, SlotkeeperCollector
 from slotkeeper.broker.connection import redact
 from slotkeeper.broker.errors import BrokerUnavailable, SlotkeeperError
-from slotkeeper.broker.httpserver import HttpServer
+from slotkeeper.broker.httpserver import MAX_CONNECTIONS, REQUEST_TIMEOUT, HttpServer
 from slotkeeper.broker.keys import check_name
 from slotkeeper.broker.readmodel import ProblemLog, ReadModel, read_limit
 from slotkeeper.broker.webapp import WebApp
@@ -197,6 +197,7 @@ class Daemon:
         max_calls: int = MAX_CALLS_PER_LIMIT,
         audit_every: float = AUDIT_EVERY,
         health_broker: Broker | None = None,
+        scrape_cache: float = CACHE_SECONDS,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0")
@@ -208,6 +209,8 @@ class Daemon:
         self.batch = batch
         self.max_calls = max_calls
         self.audit_every = audit_every
+        self.scrape_cache = scrape_cache
+        self.last_tick = time.monotonic()  # the loop's last turn (liveness)
         self.stats = DaemonStats()
         self.problems = ProblemLog(log)
         self._stop = False
@@ -353,6 +356,7 @@ class Daemon:
     def run(self, once: bool = False) -> int:
         """Run passes until stop() (or one pass if ``once``). Returns the exit status (0)."""
         while not self._stop:
+            self.last_tick = time.monotonic()
             backlog = False
             try:
                 r = self.run_pass()
@@ -412,15 +416,31 @@ class Daemon:
             info["loop"] = "stalled"
         return bool(up and not stalled), info
 
+    def liveness(self) -> tuple[bool, dict[str, object]]:
+        """Alive while the loop keeps turning, whatever Redis does (``/livez``): a Redis outage
+        makes the daemon unready (``/healthz``), never a restart candidate."""
+        age = time.monotonic() - self.last_tick
+        limit = max(60.0, 20 * self.interval)
+        return age <= limit, {"loop_turn_age_seconds": round(age, 3)}
+
     def registry(self) -> CollectorRegistry:
         reg = CollectorRegistry(auto_describe=True)
-        reg.register(SlotkeeperCollector(self.health_broker, self.problems))
+        reg.register(SlotkeeperCollector(self.health_broker, self.problems,
+                                         cache_seconds=self.scrape_cache))
         reg.register(DaemonCollector(self.broker.namespace, self.stats))
         return reg
 
     def web_app(self) -> WebApp:
-        return WebApp(ReadModel(self.health_broker), self.registry(), self.health)
+        return WebApp(ReadModel(self.health_broker), self.registry(), self.health, self.liveness)
 
-    def serve_http(self, host: str, port: int) -> HttpServer:
-        """Serve /metrics, /healthz, the status page and /api/v1/ (see broker/webapp.py)."""
-        return HttpServer(self.web_app(), host, port).start()
+    def serve_http(
+        self,
+        host: str,
+        port: int,
+        timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> HttpServer:
+        """Serve /metrics, /healthz, /livez, the status page and /api/v1/ (broker/webapp.py)."""
+        return HttpServer(
+            self.web_app(), host, port, timeout=timeout, max_connections=max_connections
+        ).start()

@@ -238,10 +238,19 @@ def test_deployment_arguments_are_accepted_by_the_real_daemon() -> None:
 
 def test_containers_listen_on_every_interface_and_ports_agree() -> None:
     argvs = daemon_argvs()
-    for where in ("compose:daemon-a", "compose:daemon-b", "kubernetes:daemon", "Dockerfile CMD"):
+    for where in ("compose:daemon-a", "compose:daemon-b", "kubernetes:daemon"):
         assert option_value(argvs[where], "--metrics-host") == "0.0.0.0", where
-    # systemd: loopback by default (Prometheus on the host, or change it deliberately)
-    assert option_value(argvs["systemd"], "--metrics-host") == "127.0.0.1"
+    # the image alone and systemd: loopback (whoever exposes the port says so deliberately)
+    for where in ("systemd", "Dockerfile CMD"):
+        assert option_value(argvs[where], "--metrics-host") == "127.0.0.1", where
+    # compose publishes on the host's loopback only; Kubernetes admits only Prometheus
+    ports = load_yaml(COMPOSE)["services"]["daemon-a"]["ports"]
+    assert all(str(p).startswith("127.0.0.1:") for p in ports)
+    pol = k8s("NetworkPolicy")["spec"]
+    assert sorted(pol["policyTypes"]) == ["Egress", "Ingress"]
+    assert [p["port"] for p in pol["ingress"][0]["ports"]] == ["metrics"]
+    egress = {p["port"] for rule in pol["egress"] for p in rule["ports"]}
+    assert egress == {6379, 6380, 26379, 53}
     port = {w: option_value(a, "--metrics-port") or "9808" for w, a in argvs.items()}
     assert set(port.values()) == {"9808"}, port
     dep = k8s("Deployment")["spec"]["template"]["spec"]["containers"][0]
@@ -426,9 +435,9 @@ def test_kubernetes_deployment() -> None:
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
-    for probe in ("livenessProbe", "readinessProbe"):
+    for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/healthz")):
         get = c[probe]["httpGet"]
-        assert get["path"] == "/healthz" and get["port"] == c["ports"][0]["name"]
+        assert get["path"] == path and get["port"] == c["ports"][0]["name"]
     res = c["resources"]
     assert {"cpu", "memory"} <= res["requests"].keys() and "memory" in res["limits"]
     env = {e["name"]: e for e in c["env"]}
@@ -473,7 +482,7 @@ def test_manifests_validate_against_the_kubernetes_schemas() -> None:
         env={**os.environ, "PYTHONPATH": str(pip_dir)},
     )
     assert res.returncode == 0, res.stdout + res.stderr
-    for kind in ("deployment", "service", "poddisruptionbudget", "secret"):
+    for kind in ("deployment", "service", "poddisruptionbudget", "secret", "networkpolicy"):
         assert re.search(rf"passed for resource {kind}/", res.stdout + res.stderr), kind
 
 
@@ -486,6 +495,7 @@ def test_kustomize_renders_the_manifests() -> None:
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(res.stdout) if d)
     assert kinds == [
         "Deployment",
+        "NetworkPolicy",
         "PodDisruptionBudget",
         "PrometheusRule",
         "Service",
