@@ -20,8 +20,16 @@ from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.sentinel import Sentinel
 
+from slotkeeper.broker.deadline import (
+    DeadlineConnection,
+    DeadlineSentinelConnection,
+    DeadlineSentinelSSLConnection,
+    DeadlineSSLConnection,
+    DeadlineUnixConnection,
+)
 from slotkeeper.broker.errors import BrokerUnavailable, InvalidArgument
 
 ENV_URL = "SLOTKEEPER_URL"
@@ -135,8 +143,7 @@ def _common(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def connect(url: str, **kwargs: Any) -> Redis:
-    """A redis-py client for ``url``; raises InvalidArgument for a URL it cannot use."""
+def _scheme(url: str) -> str:
     if not isinstance(url, str) or "://" not in url:
         raise InvalidArgument(
             f"bad Redis URL {redact(str(url))!r}: expected e.g. redis://host:6379/0"
@@ -147,14 +154,43 @@ def connect(url: str, **kwargs: Any) -> Redis:
             f"unsupported URL scheme {scheme!r} in {redact(url)!r}: "
             f"use one of {', '.join(_SCHEMES)}"
         )
+    return scheme
+
+
+def connect(url: str, **kwargs: Any) -> Redis:
+    """A redis-py client for ``url`` whose I/O honours :mod:`slotkeeper.broker.deadline`;
+    raises InvalidArgument for a URL it cannot use."""
+    scheme = _scheme(url)
     if scheme.endswith("+sentinel"):
         return _sentinel(url, **kwargs)
     if scheme.endswith("+cluster"):
         return _cluster(url, **kwargs)
+    kwargs.setdefault("connection_class", _DEADLINE_CLASSES[scheme])
     try:
         return Redis.from_url(url, **_common(kwargs))
     except ValueError as exc:
         raise InvalidArgument(f"bad Redis URL {redact(url)!r}: {exc}") from None
+
+
+def connect_async(url: str, **kwargs: Any) -> AsyncRedis:
+    """A ``redis.asyncio`` client for ``url`` (same URL forms and options as :func:`connect`).
+    Its calls are bounded by the asyncio transport (``asyncio.wait_for``)."""
+    scheme = _scheme(url)
+    if scheme.endswith("+sentinel"):
+        return _sentinel(url, _async=True, **kwargs)  # type: ignore[return-value]
+    if scheme.endswith("+cluster"):
+        return _cluster(url, _async=True, **kwargs)  # type: ignore[return-value]
+    try:
+        return AsyncRedis.from_url(url, **_common(kwargs))
+    except ValueError as exc:
+        raise InvalidArgument(f"bad Redis URL {redact(url)!r}: {exc}") from None
+
+
+_DEADLINE_CLASSES: dict[str, type] = {
+    "redis": DeadlineConnection,
+    "rediss": DeadlineSSLConnection,
+    "unix": DeadlineUnixConnection,
+}
 
 
 # Query options understood for redis+sentinel:// and redis+cluster:// URLs (plain redis://,
@@ -216,7 +252,7 @@ def _split_netloc(
     return username, password, hosts
 
 
-def _sentinel(url: str, **kwargs: Any) -> Redis:
+def _sentinel(url: str, _async: bool = False, **kwargs: Any) -> Redis:
     parts = urlsplit(url)
     username, password, hosts = _split_netloc(url, parts.netloc, 26379)
     path = [p for p in parts.path.split("/") if p]
@@ -232,20 +268,27 @@ def _sentinel(url: str, **kwargs: Any) -> Redis:
     opts = _common(kwargs)
     opts.update(query)
     opts.update({"db": db, "username": username, "password": password})
-    if parts.scheme.startswith("rediss"):
-        opts["ssl"] = True
+    tls = parts.scheme.startswith("rediss")
     sentinel_kwargs: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT}
     if parts.scheme.startswith("rediss"):  # TLS to the sentinels too, with the same TLS options
         sentinel_kwargs.update({k: v for k, v in query.items() if k.startswith("ssl_")})
         sentinel_kwargs["ssl"] = True
     if sentinel_password:
         sentinel_kwargs["password"] = sentinel_password
+    if _async:
+        from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+        if tls:
+            opts["ssl"] = True
+        asentinel = AsyncSentinel(hosts, sentinel_kwargs=sentinel_kwargs, **opts)  # type: ignore[no-untyped-call]
+        return cast(Redis, asentinel.master_for(service, **opts))
+    opts["connection_class"] = DeadlineSentinelSSLConnection if tls else DeadlineSentinelConnection
     sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **opts)  # type: ignore[no-untyped-call]
     client: Redis = sentinel.master_for(service, **opts)  # type: ignore[no-untyped-call]
     return client
 
 
-def _cluster(url: str, **kwargs: Any) -> Redis:
+def _cluster(url: str, _async: bool = False, **kwargs: Any) -> Redis:
     """A RedisCluster from ``redis+cluster://[user:password@]host:port[,host:port...]``.
 
     Every key of a namespace shares one hash tag, so each script runs on the one node that owns the
@@ -263,6 +306,13 @@ def _cluster(url: str, **kwargs: Any) -> Redis:
     opts.update({"username": username, "password": password})
     if parts.scheme.startswith("rediss"):
         opts["ssl"] = True
+    if _async:  # connects lazily, on its first command
+        from redis.asyncio.cluster import ClusterNode as AsyncNode
+        from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+        opts.pop("health_check_interval", None)
+        return AsyncCluster(  # type: ignore[return-value]
+            startup_nodes=[AsyncNode(h, p) for h, p in hosts], **opts)
     nodes = [ClusterNode(h, p) for h, p in hosts]  # type: ignore[no-untyped-call]
     try:  # RedisCluster connects at once, to learn the slot map
         client = RedisCluster(startup_nodes=nodes, **opts)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -428,6 +429,10 @@ class Daemon:
         reg.register(SlotkeeperCollector(self.health_broker, self.problems,
                                          cache_seconds=self.scrape_cache))
         reg.register(DaemonCollector(self.broker.namespace, self.stats))
+        # the daemon process itself: process_* (CPU, memory, fds), python_info, python_gc_*
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
         return reg
 
     def web_app(self) -> WebApp:

@@ -29,12 +29,16 @@ class LimitNotFound(SlotkeeperError, LookupError):
     def __init__(self, name: str, namespace: str = "default") -> None:
         self.name = name
         self.namespace = namespace
-        ns = "" if namespace == "default" else f" --namespace {namespace}"
         super().__init__(
-            f"limit {name!r} does not exist: create it with "
-            f"`slotkeeper{ns} create {_quote(name)} --slots N`, "
+            f"limit {name!r} does not exist: create it with `{self.create_command}`, "
             "or pass default_slots=N (auto-create) or strict=False (run unthrottled)"
         )
+
+    @property
+    def create_command(self) -> str:
+        """The shell command that creates the missing limit."""
+        ns = "" if self.namespace == "default" else f" --namespace {self.namespace}"
+        return f"slotkeeper{ns} create {_quote(self.name)} --slots N"
 
 
 class LimitExists(SlotkeeperError):

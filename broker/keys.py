@@ -10,7 +10,9 @@ key                                    type    holds
 ``sk:{ns}:limit:<name>``               HASH    config (slots, ttl ms, enabled, desc, created,
                                                updated) and counters (c_acquired, c_released,
                                                c_expired, c_revoked, c_timed_out, w1..w16
-                                               wait-time buckets, w_sum ms)
+                                               wait-time buckets, w_sum_us: waits summed in
+                                               microseconds; w_sum: the same in ms, written
+                                               by earlier versions, still added when read)
 ``sk:{ns}:holders:<name>``             ZSET    lease id (plus ``id#2``..``id#occupy``) -> expiry ms
 ``sk:{ns}:queue:<name>``               ZSET    waiting ticket id -> -priority*1e12 + arrival seq
 ``sk:{ns}:leases``                     HASH    lease id -> msgpack lease record

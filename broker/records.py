@@ -7,11 +7,15 @@ from typing import Any
 
 import msgpack
 
+from slotkeeper.broker.codes import Status
 from slotkeeper.broker.keys import WAIT_BUCKETS_MS
 
-# Script status codes (see lua/_lib.lua).
-OK, GRANTED, QUEUED, BUSY, NOT_FOUND, OCCUPY_EXCEEDS, LOST = 0, 1, 2, 3, 4, 5, 6
-CANCELLED, EXISTS, HELD, REJECTED, NEED_KEYS, MORE = 7, 8, 9, 10, 11, 12
+# Script status codes, re-exported from their one table (slotkeeper.broker.codes).
+OK, GRANTED, QUEUED, BUSY, NOT_FOUND = Status.OK, Status.GRANTED, Status.QUEUED, Status.BUSY, \
+    Status.NOT_FOUND
+OCCUPY_EXCEEDS, LOST, CANCELLED, EXISTS = Status.OCCUPY_EXCEEDS, Status.LOST, Status.CANCELLED, \
+    Status.EXISTS
+HELD, REJECTED, NEED_KEYS, MORE = Status.HELD, Status.REJECTED, Status.NEED_KEYS, Status.MORE
 
 
 def pack_meta(host: str, pid: int, worker: str, label: str) -> bytes:
@@ -97,6 +101,7 @@ class HeartbeatResult:
     lost_tickets: list[str]
     granted_tickets: list[str]
     now_ms: int
+    failed_leases: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -210,7 +215,8 @@ def parse_config(
         expired=num("c_expired"),
         revoked=num("c_revoked"),
         timed_out=num("c_timed_out"),
-        wait_sum_s=num("w_sum") / 1000.0,
+        # w_sum_us: microseconds; w_sum: whole ms, as earlier versions wrote it (still counted)
+        wait_sum_s=num("w_sum_us") / 1e6 + num("w_sum") / 1000.0,
         wait_buckets=buckets,
     )
     return conf, counters
@@ -252,27 +258,3 @@ def waiter_from(ticket_id: str, rec: dict[str, Any] | None) -> Waiter:
         arrived_ms=_int(rec.get("a")),
         **_common(rec),
     )
-
-
-@dataclass(frozen=True)
-class Wakeup:
-    """A wake-up message published to a waiter (``<ticket id> <message>``, the id stripped):
-    ``g token expiry ttl`` (granted), ``x reason name`` (rejected) or anything else: a nudge to
-    ask again. A malformed message is a nudge too: whoever can publish on the channel can only
-    make a waiter re-check, never pass for a grant or a rejection it cannot parse."""
-
-    kind: str  # "g", "x", or "r" (re-check)
-    grant: AcquireResult | None = None
-    reason: str = ""
-    name: str = ""
-
-
-def parse_wakeup(msg: str) -> Wakeup:
-    parts = msg.split(" ")
-    if parts[0] == "g" and len(parts) == 4:
-        token, exp, ttl = (number(p, 0) for p in parts[1:])
-        if token is not None and exp is not None and ttl is not None:
-            return Wakeup("g", AcquireResult(GRANTED, token=token, expires_ms=exp, ttl_ms=ttl))
-    if parts[0] == "x" and len(parts) >= 3 and parts[1] in ("missing", "exceeds"):
-        return Wakeup("x", reason=parts[1], name=" ".join(parts[2:]))
-    return Wakeup("r")

@@ -1,14 +1,14 @@
-"""Script registry: loads the Lua files (package data) once, prepends the shared prelude, and runs
-them by EVALSHA with redis-py's NOSCRIPT fallback (a restarted or flushed Redis reloads them)."""
+"""Script registry: loads the Lua files (package data) once, prepends the generated status-code
+line and the shared prelude, and names each script by its SHA1 for EVALSHA (a transport falls back
+to loading a script on NOSCRIPT, so a restarted or flushed Redis reloads them)."""
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
 from importlib import resources
-from typing import Any
 
-from redis import Redis
-from redis.commands.core import Script
+from slotkeeper.broker.codes import lua_prelude
 
 SCRIPT_NAMES = (
     "acquire",
@@ -24,24 +24,16 @@ SCRIPT_NAMES = (
 
 @cache
 def source(name: str) -> str:
-    """Full source of one script: the shared prelude followed by the script body."""
+    """Full source of one script: status codes, the shared prelude, then the script body."""
+    if name not in SCRIPT_NAMES:
+        raise KeyError(f"no slotkeeper script named {name!r}")
     pkg = resources.files("slotkeeper.lua")
     lib = pkg.joinpath("_lib.lua").read_text(encoding="utf-8")
     body = pkg.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-    return lib + "\n" + body
+    return lua_prelude() + lib + "\n" + body
 
 
-class Scripts:
-    """The registered scripts of one Redis client."""
-
-    def __init__(self, client: Redis) -> None:
-        self._scripts: dict[str, Script] = {
-            n: client.register_script(source(n)) for n in SCRIPT_NAMES
-        }
-
-    def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        return self._scripts[name](keys=keys, args=args)
-
-    def sha(self, name: str) -> str:
-        """SHA1 of a script (for EVALSHA inside a pipeline)."""
-        return str(self._scripts[name].sha)
+@cache
+def sha(name: str) -> str:
+    """SHA1 of a script's full source (what EVALSHA names)."""
+    return hashlib.sha1(source(name).encode("utf-8")).hexdigest()

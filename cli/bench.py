@@ -73,7 +73,8 @@ def bench(
     repeats: int | None,
 ) -> None:
     """Measure slotkeeper next to a hand-written Lua ZSET semaphore (the reference) and raw
-    PING/EVALSHA round trips (the floor), on the same Redis, and check DESIGN.md's targets.
+    PING/EVALSHA round trips (the floor), on the same Redis, and check the performance targets
+    (the README's Performance table).
 
     W1 uncontended cycles; W2 4 processes on 2 slots; W3 release->grant handoff; W4 a SIGKILLed
     holder; W5 10..100,000 live leases over 100 limits, memory, reclaim of expired leases.

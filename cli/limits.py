@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import click
@@ -87,12 +88,8 @@ def create(
     callback=_check_ttl_opt,
     help="Lease TTL in seconds (0: the client's default).",
 )
-@click.option(
-    "--enable/--disable",
-    "enabled",
-    default=None,
-    help="Enforce the limit, or admit everyone (still counted).",
-)
+@click.option("--enable", "enable", is_flag=True, help="Enforce the limit.")
+@click.option("--disable", "disable", is_flag=True, help="Admit everyone (still counted).")
 @click.option("--description", "-d", default=None, help="Free text shown by ls/show.")
 @click.option(
     "--create",
@@ -107,11 +104,15 @@ def set_(
     name: str,
     slots: int | None,
     ttl: float | None,
-    enabled: bool | None,
+    enable: bool,
+    disable: bool,
     description: str | None,
     create_: bool,
 ) -> None:
     """Change a limit. Lowering slots never evicts holders; raising them grants waiters now."""
+    if enable and disable:
+        raise click.UsageError("--enable and --disable contradict each other: give one")
+    enabled = True if enable else False if disable else None
     if slots is None and ttl is None and enabled is None and description is None:
         raise click.UsageError(
             "nothing to change: give --slots, --ttl, --enable/--disable or --description"
@@ -121,7 +122,7 @@ def set_(
             name, slots=slots, ttl=ttl, enabled=enabled, description=description, create=create_
         )
     except LimitNotFound:
-        raise LimitNotFoundCli(name) from None
+        raise LimitNotFoundCli(name, app.namespace) from None
     snap = app.broker().snapshot(name, 1)
     cfg = config_dict(snap.config)
     if created:
@@ -144,15 +145,12 @@ def set_(
 
 
 class LimitNotFoundCli(LimitNotFound):
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.args = (
-            f"limit {name!r} does not exist (or its config is unreadable): "
-            f"`slotkeeper set {name!r} --slots N --create` creates it",
-        )
+    """A missing limit whose remedy is ``set --create`` (also repairs an unreadable config)."""
 
-    def __str__(self) -> str:
-        return str(self.args[0])
+    @property
+    def create_command(self) -> str:
+        ns = "" if self.namespace == "default" else f" --namespace {self.namespace}"
+        return f"slotkeeper{ns} set {shlex.quote(self.name)} --slots N --create"
 
 
 _FIELD = {"desc": "description", "slots": "slots", "ttl": "ttl", "enabled": "enabled"}

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from slotkeeper.broker.connection import ENV_NAMESPACE, ENV_URL, redact
-from slotkeeper.broker.errors import SlotkeeperError
+from slotkeeper.broker.errors import LimitNotFound, SlotkeeperError
 from slotkeeper.cli.context import App
 from slotkeeper.cli.output import one_line
 
@@ -33,6 +33,10 @@ class SlotkeeperGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except LimitNotFound as exc:  # the SDK's message suggests SDK arguments: say the command
+            raise CliError(
+                f"limit {exc.name!r} does not exist: create it with `{exc.create_command}`"
+            ) from None
         except SlotkeeperError as exc:
             raise CliError(redact(str(exc))) from None
         except KeyboardInterrupt:

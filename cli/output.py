@@ -14,12 +14,29 @@ from slotkeeper.broker.formatting import duration
 from slotkeeper.cli.context import App
 
 __all__ = ["duration", "emit", "is_tty", "one_line", "table", "ttl_text", "warn", "width"]
+JSON_DECIMALS = 6  # seconds to the microsecond; binary float noise (0.34999999999999964) goes
+
+
+def tidy(data: Any) -> Any:
+    """``data`` with every float rounded to JSON_DECIMALS places, for printing as JSON."""
+    if isinstance(data, float):
+        return round(data, JSON_DECIMALS)
+    if isinstance(data, dict):
+        return {k: tidy(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [tidy(v) for v in data]
+    return data
+
+
+def to_json(data: Any, indent: int | None = None) -> str:
+    """JSON for scripts: floats rounded (see ``tidy``), anything else unusual as its str()."""
+    return json.dumps(tidy(data), indent=indent, sort_keys=False, default=str)
 
 
 def emit(app: App, data: Any, text: Callable[[], None] | str | None = None) -> None:
     """Print ``data`` as JSON with ``--json``, else call ``text()`` (or print the string)."""
     if app.json:
-        click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+        click.echo(to_json(data, indent=2))
     elif callable(text):
         text()
     elif text is not None:

@@ -4,6 +4,10 @@ The SDK heartbeat renews the lease while the command runs. The command's exit st
 through (a signal death N becomes 128+N). Signals sent to ``slotkeeper run`` are forwarded to the
 command. If the lease is lost (expired while Redis was unreachable, or revoked), the command is
 terminated (SIGTERM, then SIGKILL after --kill-after) unless --keep-on-lost.
+
+The command's environment gains SLOTKEEPER_LEASE_ID, SLOTKEEPER_LEASE_TOKEN (the fencing token)
+and SLOTKEEPER_LEASE_NAMES: the limit names, one per line (LEASE_NAMES_SEP; a limit name is
+printable, so it never contains a newline, while commas and spaces are allowed in names).
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ FORWARDED = (
 )
 PROGRESS_EVERY = 0.5
 TICK = 0.05
+
+LEASE_NAMES_SEP = "\n"  # separates names in SLOTKEEPER_LEASE_NAMES (names are printable)
 
 
 class RunCommand(click.Command):
@@ -260,7 +266,10 @@ def run(
     kill_after: float,
     progress: bool | None,
 ) -> None:
-    """Hold slots of every NAME while CMD runs: slotkeeper run NAME... -- CMD ARGS..."""
+    """Hold slots of every NAME while CMD runs: slotkeeper run NAME... -- CMD ARGS...
+
+    CMD sees SLOTKEEPER_LEASE_ID, SLOTKEEPER_LEASE_TOKEN and SLOTKEEPER_LEASE_NAMES (one name per
+    line)."""
     cmd: list[str] = click.get_current_context().meta.get(CMD_KEY, [])
     if not cmd:
         raise click.UsageError("no command: slotkeeper run NAME... -- CMD ARGS...")
@@ -300,7 +309,7 @@ def run(
     env.update(
         SLOTKEEPER_LEASE_ID=lease.id,
         SLOTKEEPER_LEASE_TOKEN=str(lease.token),
-        SLOTKEEPER_LEASE_NAMES=",".join(lease.names),
+        SLOTKEEPER_LEASE_NAMES=LEASE_NAMES_SEP.join(lease.names),
     )
     try:
         proc = subprocess.Popen(cmd, env=env)

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from slotkeeper.broker.client import check_slots, check_ttl
 from slotkeeper.broker.errors import InvalidArgument, SlotkeeperError
 from slotkeeper.broker.keys import check_name
+from slotkeeper.broker.protocol import check_slots, check_ttl
 from slotkeeper.broker.records import LimitConfig
 
 FIELDS = ("name", "slots", "ttl", "enabled", "description")

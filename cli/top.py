@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
@@ -12,7 +11,7 @@ from slotkeeper.broker.errors import BrokerUnavailable
 from slotkeeper.broker.readmodel import LimitStats, ReadModel
 from slotkeeper.broker.render_json import limit_summary
 from slotkeeper.cli.context import App, json_option, pass_app
-from slotkeeper.cli.output import is_tty
+from slotkeeper.cli.output import is_tty, to_json
 from slotkeeper.cli.render_text import top_table
 
 CLEAR = "\x1b[H\x1b[2J"
@@ -46,12 +45,14 @@ def rates(prev: Sample | None, cur: Sample, name: str) -> tuple[float | None, fl
 
 
 def render(
-    app: App, stats: list[LimitStats], prev: Sample | None, cur: Sample, interval: float
+    app: App, stats: list[LimitStats], prev: Sample | None, cur: Sample, refresh: float | None
 ) -> str:
+    """One view; ``refresh`` is the interval of a live view (None: printed once)."""
     head = (
-        f"slotkeeper top  {app.display_url}  namespace {app.namespace}  "
-        f"{time.strftime('%H:%M:%S')}  (every {interval:g}s, Ctrl-C quits)"
+        f"slotkeeper top  {app.display_url}  namespace {app.namespace}  {time.strftime('%H:%M:%S')}"
     )
+    if refresh is not None:
+        head += f"  (every {refresh:g}s, Ctrl-C quits)"
     return top_table(head, stats, {st.name: rates(prev, cur, st.name) for st in stats})
 
 
@@ -97,7 +98,7 @@ def top(app: App, interval: float, once: bool, iterations: int | None) -> None:
                     d["acquired_per_second"], d["expired_per_second"] = rates(prev, cur, st.name)
                     limits.append(d)
                 click.echo(
-                    json.dumps(
+                    to_json(
                         {
                             "time": time.time(),
                             "namespace": app.namespace,
@@ -107,7 +108,7 @@ def top(app: App, interval: float, once: bool, iterations: int | None) -> None:
                     )
                 )
             else:
-                text = render(app, stats, prev, cur, interval)
+                text = render(app, stats, prev, cur, None if iterations == 1 else interval)
                 if error:
                     text = text.split("\n\n")[0] + f"\n\nRedis unreachable: {error}"
                 click.echo((CLEAR if tty else "") + text + ("" if tty else "\n"))

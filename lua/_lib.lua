@@ -17,19 +17,21 @@
 --   lease:  n=names, o=occupy, m=holder meta map, a=acquired ms, r=renewed ms, e=expiry ms,
 --           t=fencing token, l=ttl ms
 --   ticket: n=names, o=occupy, m=meta, p=priority, c=notify channel, a=arrival ms, e=expiry ms,
---           l=lease ttl ms
+--           l=lease ttl ms, u=arrival microseconds (for the wait-time sum; absent in older tickets)
 -- Usage of a limit is derived, never counted: ZCOUNT of its holders with expiry > now.
 -- An expired lease's record is deleted when any of its limits purges its holder entry (the record
 -- is garbage once expired; the other limits purge their own entries by score, without it).
--- Every time comes from redis TIME. Status codes returned by scripts (first element of the reply):
---   0 OK, 1 GRANTED, 2 QUEUED, 3 BUSY, 4 NOT_FOUND, 5 OCCUPY_EXCEEDS, 6 LOST, 7 CANCELLED,
---   8 EXISTS, 9 HELD, 10 REJECTED, 11 NEED_KEYS, 12 MORE
+-- Every time comes from redis TIME. Status codes (first element of a reply: OK, GRANTED, QUEUED,
+-- BUSY, NOT_FOUND, OCCUPY_EXCEEDS, LOST, CANCELLED, EXISTS, HELD, REJECTED, NEED_KEYS, MORE) are
+-- Lua locals declared by a line the script registry generates from slotkeeper.broker.codes.Status
+-- and puts before this prelude: scripts return them by name, never as bare numbers.
 
 local K_LIMITS, K_LEASES = KEYS[1], KEYS[2]
 local K_TICKETS, K_TICKET_EXP, K_FENCE = KEYS[3], KEYS[4], KEYS[5]
 
 local _t = redis.call('TIME')
 local NOW = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
+local NOW_US = tonumber(_t[1]) * 1000000 + tonumber(_t[2])   -- wait times are summed in microseconds
 
 local NAMES, LIM = {}, {}
 local NLIM = tonumber(ARGV[1])
@@ -194,35 +196,36 @@ local function wait_bucket(ms)
   return #WAIT_BOUNDS + 1
 end
 
--- Create a lease record and its holder entries; returns token, expiry.
-local function make_lease(id, names, occ, meta, ttl, waited)
+-- Create a lease record and its holder entries; returns token, expiry. waited_us: time queued.
+local function make_lease(id, names, occ, meta, ttl, waited_us)
   local token = next_seq()
   local exp = NOW + ttl
   redis.call('HSET', K_LEASES, id, cmsgpack.pack(
     {n = names, o = occ, m = meta, a = NOW, r = NOW, e = exp, t = token, l = ttl}))
   local zargs = {}
   for j, m in ipairs(members(id, occ)) do zargs[2 * j - 1] = exp; zargs[2 * j] = m end
-  local bucket = 'w' .. wait_bucket(waited)
+  local bucket = 'w' .. wait_bucket(waited_us / 1000)
   for _, name in ipairs(names) do
     local k = LIM[name].cfg
     redis.call('ZADD', LIM[name].holders, unpack(zargs))
     hincr(k, 'c_acquired', 1)
     hincr(k, bucket, 1)
-    if waited > 0 then hincr(k, 'w_sum', waited) end
+    if waited_us > 0 then hincr(k, 'w_sum_us', waited_us) end
   end
   return token, exp
 end
 
 -- Can this waiting ticket be granted now? 'g' (granted: token, expiry; ttl is rec.l), 'w' (keep waiting),
--- 'r' (needs limits whose keys were not passed: its owner must retry), 'x' (rejected: reason, name).
+-- 'r' (needs limits whose keys were not passed: its owner must retry), 'x' (rejected: reason, name,
+-- slots).
 local function try_grant_ticket(id, rec)
   for _, name in ipairs(rec.n) do
     if not LIM[name] then return 'r' end
   end
   for _, name in ipairs(rec.n) do
     local c = cfg(name)
-    if not c then return 'x', 'missing', name end
-    if c.enabled and rec.o > c.slots then return 'x', 'exceeds', name end
+    if not c then return 'x', 'missing', name, 0 end
+    if c.enabled and rec.o > c.slots then return 'x', 'exceeds', name, c.slots end
   end
   for _, name in ipairs(rec.n) do
     local head = live_head(name)
@@ -231,7 +234,8 @@ local function try_grant_ticket(id, rec)
     if c.enabled and used(name) + rec.o > c.slots then return 'w' end
   end
   drop_ticket(id, rec)
-  local token, exp = make_lease(id, rec.n, rec.o, rec.m, rec.l, NOW - rec.a)
+  local token, exp = make_lease(id, rec.n, rec.o, rec.m, rec.l,
+                                    NOW_US - (tonumber(rec.u) or rec.a * 1000))
   return 'g', token, exp
 end
 
@@ -241,13 +245,13 @@ local function grant_pass(name)
   for _ = 1, GRANT_BUDGET do
     local id, rec = live_head(name)
     if not id then break end
-    local st, a, b = try_grant_ticket(id, rec)
+    local st, a, b, c = try_grant_ticket(id, rec)
     if st == 'g' then
       notify(rec, id, 'g ' .. fmt(a) .. ' ' .. fmt(b) .. ' ' .. fmt(rec.l))
       granted = granted + 1
     elseif st == 'x' then
       drop_ticket(id, rec)
-      notify(rec, id, 'x ' .. a .. ' ' .. b)
+      notify(rec, id, 'x ' .. a .. ' ' .. fmt(c) .. ' ' .. b)   -- x <reason> <slots> <name>
     else
       if st == 'r' then notify(rec, id, 'r') end
       break

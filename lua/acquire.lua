@@ -5,9 +5,9 @@
 --       lease nor its ticket exists any more -- an id is never started anew, so a late grant
 --       notification of its lost incarnation can never pass for a grant of a new one),
 --       channel, meta (msgpack map), default_slots (-1 = none)
--- Returns: {1 GRANTED, token, expiry_ms, ttl_ms} | {2 QUEUED, position, ms_until_next_holder_expiry}
---        | {3 BUSY} | {4 NOT_FOUND, name} | {5 OCCUPY_EXCEEDS, name, slots} | {6 LOST}
---        | {10 REJECTED, reason, name}
+-- Returns: {GRANTED, token, expiry_ms, ttl_ms} | {QUEUED, position, ms_until_next_holder_expiry}
+--        | {BUSY} | {NOT_FOUND, name} | {OCCUPY_EXCEEDS, name, slots} | {LOST}
+--        | {REJECTED, reason, name, slots}
 -- Idempotent on id: a re-sent call returns the same lease, or re-examines the same ticket (that is
 -- how a waiter told 'r' by a grant pass, or its fallback check, asks again).
 -- Complexity: O(n * (log N + purge batch)) for n limits with N holders each.
@@ -26,18 +26,18 @@ gc(GC_BATCH)
 
 local lease = load(K_LEASES, id)
 if lease then
-  if tonumber(lease.e) > NOW then return {1, lease.t, lease.e, lease.l} end
-  return {6}
+  if tonumber(lease.e) > NOW then return {GRANTED, lease.t, lease.e, lease.l} end
+  return {LOST}
 end
 
 for _, name in ipairs(NAMES) do
   local c = cfg(name)
   if not c then
-    if default_slots < 0 then return {4, name} end
+    if default_slots < 0 then return {NOT_FOUND, name} end
     create_limit(name, default_slots, 0, 1, '')
     c = cfg(name)
   end
-  if c.enabled and occ > c.slots then return {5, name, c.slots} end
+  if c.enabled and occ > c.slots then return {OCCUPY_EXCEEDS, name, c.slots} end
 end
 for _, name in ipairs(NAMES) do purge_holders(name, PURGE_BATCH) end
 
@@ -45,19 +45,19 @@ local ticket = load(K_TICKETS, id)
 if ticket then
   if tonumber(ticket.e) <= NOW then
     drop_ticket(id, ticket)
-    return {6}
+    return {LOST}
   end
-  local st, a, b = try_grant_ticket(id, ticket)
-  if st == 'g' then return {1, a, b, ticket.l} end
+  local st, a, b, c = try_grant_ticket(id, ticket)
+  if st == 'g' then return {GRANTED, a, b, ticket.l} end
   if st == 'x' then
     drop_ticket(id, ticket)
-    return {10, a, b}
+    return {REJECTED, a, b, c}
   end
   local pos, next_exp = queue_info(id)
-  return {2, pos, next_exp}
+  return {QUEUED, pos, next_exp}
 end
 
-if recheck then return {6} end  -- its ticket is gone (expired, or granted and that lease lost)
+if recheck then return {LOST} end  -- its ticket is gone (expired, or granted and that lease lost)
 
 if ttl <= 0 then
   for _, name in ipairs(NAMES) do
@@ -76,16 +76,16 @@ for _, name in ipairs(NAMES) do
 end
 if fits then
   local token, exp = make_lease(id, NAMES, occ, meta, ttl, 0)
-  return {1, token, exp, ttl}
+  return {GRANTED, token, exp, ttl}
 end
-if not wait then return {3} end
+if not wait then return {BUSY} end
 
 local seq = next_seq()
 local score = -prio * 1e12 + seq
 local exp = NOW + ttl
 redis.call('HSET', K_TICKETS, id, cmsgpack.pack(
-  {n = NAMES, o = occ, m = meta, p = prio, c = channel, a = NOW, e = exp, l = ttl}))
+  {n = NAMES, o = occ, m = meta, p = prio, c = channel, a = NOW, e = exp, l = ttl, u = NOW_US}))
 redis.call('ZADD', K_TICKET_EXP, exp, id)
 for _, name in ipairs(NAMES) do redis.call('ZADD', LIM[name].queue, score, id) end
 local pos, next_exp = queue_info(id)
-return {2, pos, next_exp}
+return {QUEUED, pos, next_exp}

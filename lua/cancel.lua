@@ -9,19 +9,19 @@ local id = ARGV[A0 + 1]
 local timed_out = ARGV[A0 + 2] == '1'
 
 local lease = load(K_LEASES, id)
-if lease and tonumber(lease.e) > NOW then return {1, lease.t, lease.e, lease.l} end
+if lease and tonumber(lease.e) > NOW then return {GRANTED, lease.t, lease.e, lease.l} end
 local rec = load(K_TICKETS, id)
 if not rec then
   redis.call('ZREM', K_TICKET_EXP, id)
   for _, name in ipairs(NAMES) do redis.call('ZREM', LIM[name].queue, id) end
-  return {6}
+  return {LOST}
 end
 local miss = missing_key(rec.n)
-if miss then return {11, miss} end
+if miss then return {NEED_KEYS, miss} end
 drop_ticket(id, rec)
 for _, name in ipairs(rec.n) do
   if timed_out then count(name, 'c_timed_out', 1) end
   purge_holders(name, PURGE_BATCH)
   grant_pass(name)
 end
-return {7}
+return {CANCELLED}

@@ -9,8 +9,8 @@ local name = NAMES[1]
 local mode = ARGV[A0 + 1]
 local key = LIM[name].cfg
 local exists = cfg(name) ~= nil
-if mode == 'create' and exists then return {8, name} end
-if mode == 'update' and not exists then return {4, name} end
+if mode == 'create' and exists then return {EXISTS, name} end
+if mode == 'update' and not exists then return {NOT_FOUND, name} end
 local created = 0
 if not exists then
   create_limit(name, 0, 0, 1, '')
@@ -28,4 +28,4 @@ if #changed > 0 then redis.call('HSET', key, 'updated', NOW) end
 CFG[name] = nil
 purge_holders(name, PURGE_BATCH)
 grant_pass(name)
-return {0, created, unpack(changed)}
+return {OK, created, unpack(changed)}

@@ -7,11 +7,11 @@ local name = NAMES[1]
 local batch = tonumber(ARGV[A0 + 1])
 local L = LIM[name]
 if redis.call('EXISTS', L.cfg) == 0 and redis.call('SISMEMBER', K_LIMITS, name) == 0 then
-  return {4}   -- (a limit whose config is garbage can still be deleted)
+  return {NOT_FOUND}   -- (a limit whose config is garbage can still be deleted)
 end
-if purge_holders(name, batch) >= batch then return {12} end   -- expired records first, bounded
+if purge_holders(name, batch) >= batch then return {MORE} end   -- expired records first, bounded
 local u = used(name)
-if u > 0 then return {9, u} end
+if u > 0 then return {HELD, u} end
 local ids = redis.call('ZRANGE', L.queue, 0, batch - 1)
 for _, id in ipairs(ids) do
   local rec = load(K_TICKETS, id)
@@ -21,7 +21,7 @@ for _, id in ipairs(ids) do
   end
   redis.call('ZREM', L.queue, id)
 end
-if #ids >= batch then return {12} end
+if #ids >= batch then return {MORE} end
 redis.call('DEL', L.cfg, L.holders, L.queue)
 redis.call('SREM', K_LIMITS, name)
-return {0}
+return {OK}

@@ -9,9 +9,9 @@ local kind = ARGV[A0 + 2]
 
 gc(GC_BATCH)
 local rec = load(K_LEASES, id)
-if not rec or tonumber(rec.e) <= NOW then return {6} end
+if not rec or tonumber(rec.e) <= NOW then return {LOST} end
 local miss = missing_key(rec.n)
-if miss then return {11, miss} end
+if miss then return {NEED_KEYS, miss} end
 
 redis.call('HDEL', K_LEASES, id)
 local mem = members(id, tonumber(rec.o))
@@ -24,4 +24,4 @@ for _, name in ipairs(rec.n) do
   purge_holders(name, PURGE_BATCH)
   grant_pass(name)
 end
-return {0}
+return {OK}

@@ -8,7 +8,7 @@
 local name = NAMES[1]
 local max = tonumber(ARGV[A0 + 1])
 local L = LIM[name]
-if redis.call('EXISTS', L.cfg) == 0 then return {4} end
+if redis.call('EXISTS', L.cfg) == 0 then return {NOT_FOUND} end
 local conf = redis.call('HGETALL', L.cfg)
 local holders = {}
 local ids = redis.call('ZRANGE', L.holders, '(' .. fmt(NOW), '+inf', 'BYSCORE', 'LIMIT', 0, max)
@@ -25,5 +25,5 @@ for j = 1, #q, 2 do
   table.insert(waiters, redis.call('HGET', K_TICKETS, q[j]) or '')
   table.insert(waiters, q[j + 1])
 end
-return {0, conf, used(name), NOW, holders, waiters,
+return {OK, conf, used(name), NOW, holders, waiters,
   redis.call('ZCARD', L.holders), redis.call('ZCARD', L.queue)}

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from slotkeeper.broker.client import check_occupy, check_priority, check_ttl
 from slotkeeper.broker.errors import InvalidArgument, InvalidType, LeaseLost
+from slotkeeper.broker.protocol import check_occupy, check_priority, check_ttl
 from slotkeeper.lease import Lease
 from slotkeeper.limiter import Limiter, check_timeout, get_limiter
 from slotkeeper.naming import check_template
@@ -102,7 +102,12 @@ class limit:  # noqa: N801 - reads like a function at the call site
         return await self._limiter().acquire_async(*self.names, **self.kwargs)
 
     def _finish(self, lease: Lease, failed: bool) -> None:
-        held = lease.release()
+        self._judge(lease, lease.release(), failed)
+
+    async def _finish_async(self, lease: Lease, failed: bool) -> None:
+        self._judge(lease, await lease.release_async(), failed)
+
+    def _judge(self, lease: Lease, held: bool, failed: bool) -> None:
         if not held and lease.throttled and self.raise_on_lost and not failed:
             raise LeaseLost(lease.id, lease.names)
 
@@ -122,7 +127,7 @@ class limit:  # noqa: N801 - reads like a function at the call site
 
     async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
                         tb: TracebackType | None) -> None:
-        self._finish(self._pop(), et is not None)
+        await self._finish_async(self._pop(), et is not None)
 
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
         if inspect.iscoroutinefunction(fn):
@@ -135,7 +140,7 @@ class limit:  # noqa: N801 - reads like a function at the call site
                     failed = False
                     return result
                 finally:
-                    self._finish(lease, failed)
+                    await self._finish_async(lease, failed)
 
             return awrapper  # type: ignore[return-value]
 

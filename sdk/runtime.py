@@ -1,10 +1,13 @@
-"""Per-process machinery of one (URL, namespace): the broker connection, ONE heartbeat thread that
-renews every lease and waiting ticket of the process there in one round trip per interval (a second
-Redis gets its own, so a hung server cannot starve another's renewals), and ONE listener thread that
-receives grant notifications (pub/sub) and wakes the waiting threads or tasks at once.
+"""Per-process machinery of one (URL, namespace): the broker connections (blocking, and one
+``redis.asyncio`` client per event loop for the async path), ONE heartbeat thread that renews every
+lease and waiting ticket of the process there in one round trip per interval, ONE listener thread
+that receives grant notifications (pub/sub) and wakes the waiting threads or tasks at once, and ONE
+watchdog thread that declares a lease lost as soon as this process can no longer be sure it holds
+it (Chubby's rule: last successful renewal's send time + TTL, on the local monotonic clock).
 
-A forked child gets fresh runtimes (new connections, no leases, no threads): it never renews or
-releases its parent's leases.
+A second Redis (or namespace) gets its own runtime and threads, so a hung server cannot starve
+another's renewals. A forked child gets fresh runtimes (new connections, no leases, no threads): it
+never renews or releases its parent's leases. See ARCHITECTURE.md ("Lease lifecycle").
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ import os
 import secrets
 import threading
 import time
+import weakref
+from collections.abc import Sequence
 
 import redis
 
-from slotkeeper.broker.client import Broker
+from slotkeeper.broker import protocol as P
+from slotkeeper.broker.client import AsyncBroker, Broker
+from slotkeeper.broker.codes import Status
 from slotkeeper.broker.errors import SlotkeeperError
-from slotkeeper.broker.records import parse_wakeup
+from slotkeeper.broker.transport import DEFAULT_OP_TIMEOUT
 from slotkeeper.lease import Lease
 
 log = logging.getLogger("slotkeeper")
@@ -29,12 +36,15 @@ log = logging.getLogger("slotkeeper")
 LISTEN_POLL = 1.0       # listener loop tick (s)
 MIN_INTERVAL = 0.05     # heartbeat interval bounds (s)
 MAX_INTERVAL = 10.0
+EARLY_MAX = 1000        # notifications kept for tickets not registered yet
+WITHDRAW_MAX = 10_000   # tickets whose withdrawal is retried in the background (bounded)
+WITHDRAW_RETRY = 0.5    # s between background withdrawal attempts while Redis is unreachable,
+WITHDRAW_RETRY_MAX = 4.0  # doubling up to this
 
 
 def renew_interval(ttl_ms: int) -> float:
     """Heartbeat period for a lease or ticket of ``ttl_ms``: a third of its TTL, bounded."""
     return min(MAX_INTERVAL, max(MIN_INTERVAL, ttl_ms / 3000.0))
-EARLY_MAX = 1000        # notifications kept for tickets not registered yet
 
 
 def new_id() -> str:
@@ -42,12 +52,17 @@ def new_id() -> str:
 
 
 class Waiting:
-    """A waiting ticket of this process: notifications land here."""
+    """A waiting ticket of this process: notifications land here. ``renewed_at`` is the local
+    monotonic send time of the last round trip that found the ticket still waiting: a grant made
+    after it started its lease no earlier than that (the lower bound the lease's local validity
+    is computed from)."""
 
-    def __init__(self, ticket_id: str, names: tuple[str, ...], ttl_ms: int) -> None:
+    def __init__(self, ticket_id: str, names: tuple[str, ...], ttl_ms: int,
+                 renewed_at: float | None = None) -> None:
         self.id = ticket_id
         self.names = names
         self.ttl_ms = ttl_ms
+        self.renewed_at = time.monotonic() if renewed_at is None else renewed_at
         self._msgs: collections.deque[str] = collections.deque()
         self._event = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -76,7 +91,7 @@ class Waiting:
         msgs = list(self._msgs)
         self._msgs.clear()
         for m in msgs:
-            if parse_wakeup(m).kind != "r":  # a malformed message is only a nudge
+            if P.parse_grant_message(m) or P.parse_reject_message(m):  # malformed: a nudge
                 return m
         return msgs[-1]
 
@@ -90,38 +105,61 @@ class Waiting:
         if not self._msgs:
             try:
                 await asyncio.wait_for(self._aevent.wait(), max(0.0, timeout))
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 pass
         return self._take()
 
 
 class Runtime:
-    def __init__(self, url: str, namespace: str) -> None:
+    def __init__(self, url: str, namespace: str, op_timeout: float = DEFAULT_OP_TIMEOUT) -> None:
         self.url = url
         self.namespace = namespace
+        self.op_timeout = op_timeout
         self.pid = os.getpid()
-        self.broker = Broker.from_url(url, namespace)
+        self.broker = Broker.from_url(url, namespace, op_timeout)
+        self.keys = self.broker.keys
         self.client_id = new_id()
-        self.channel = self.broker.keys.wake_channel(self.client_id)
+        self.channel = self.keys.wake_channel(self.client_id)
         self._lock = threading.Lock()
         self._leases: dict[str, Lease] = {}
         self._waiting: dict[str, Waiting] = {}
         # notifications that arrived before their ticket was registered (a grant can be published
         # before the QUEUED reply of the same ticket has been read): handed over by add_waiting
         self._early: dict[str, str] = {}
-        self._last_ok = time.monotonic()
+        # tickets an interrupted acquire could not withdraw (Redis unreachable): the heartbeat
+        # thread keeps trying, and gives back a lease granted to them meanwhile (else it would
+        # be held by nobody until its TTL ran out)
+        self._withdraw: dict[str, tuple[tuple[str, ...], float]] = {}
+        self._withdraw_next = 0.0
+        self._withdraw_pause = WITHDRAW_RETRY
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncBroker] = (
+            weakref.WeakKeyDictionary())
         self._heartbeat = Heartbeat(self)
+        self._watchdog = Watchdog(self)
         self._listener: threading.Thread | None = None
+        self._pubsub: redis.client.PubSub | None = None
         self._subscribed = threading.Event()
         self._closed = False
         self._hb_down = False
+
+    # -- connections --------------------------------------------------------------------------
+
+    def async_broker(self) -> AsyncBroker:
+        """The ``redis.asyncio`` broker of the running event loop (one per loop)."""
+        loop = asyncio.get_running_loop()
+        ab = self._async.get(loop)
+        if ab is None:
+            ab = AsyncBroker(self.url, self.namespace, self.op_timeout)
+            self._async[loop] = ab
+        return ab
 
     # -- registry -----------------------------------------------------------------------------
 
     def add_lease(self, lease: Lease) -> None:
         with self._lock:
             self._leases[lease.id] = lease
-        self._ensure_heartbeat(lease.ttl_ms)
+        self._heartbeat.register(lease.ttl_ms)
+        self._watchdog.register()
 
     def drop_lease(self, lease: Lease) -> None:
         with self._lock:
@@ -133,7 +171,7 @@ class Runtime:
             early = self._early.pop(w.id, None)
         if early is not None:
             w.deliver(early)
-        self._ensure_heartbeat(w.ttl_ms)
+        self._heartbeat.register(w.ttl_ms)
 
     def drop_waiting(self, w: Waiting) -> None:
         with self._lock:
@@ -144,25 +182,60 @@ class Runtime:
         with self._lock:
             return list(self._leases.values())
 
+    def defer_withdrawal(self, names: Sequence[str], ticket_id: str, ttl_ms: int) -> None:
+        """Withdraw a ticket later (the heartbeat thread retries until its TTL has surely run
+        out), releasing a lease granted to it meanwhile."""
+        with self._lock:
+            if len(self._withdraw) < WITHDRAW_MAX:
+                self._withdraw[ticket_id] = (tuple(names), time.monotonic() + ttl_ms / 1000 + 1)
+            self._withdraw_next = 0.0
+        self._heartbeat.register(None)
+
+    def withdraw_due(self) -> float | None:
+        """Run pending withdrawals if it is time; returns when to look next (None: none left)."""
+        with self._lock:
+            if not self._withdraw:
+                return None
+            now = time.monotonic()
+            if now < self._withdraw_next:
+                return self._withdraw_next
+            self._withdraw_next = now + self._withdraw_pause
+        self._withdraw_pending()
+        with self._lock:
+            return self._withdraw_next if self._withdraw else None
+
     # -- operations ---------------------------------------------------------------------------
 
     def release(self, lease: Lease) -> bool:
         self.drop_lease(lease)
-        return self.broker.release(lease.names, lease.id)
+        try:
+            return self.broker.release(lease.names, lease.id)
+        except SlotkeeperError:  # unreachable by the deadline: give it back in the background
+            self.defer_withdrawal(lease.names, lease.id, lease.ttl_ms)
+            raise
+
+    async def release_async(self, lease: Lease) -> bool:
+        self.drop_lease(lease)
+        try:
+            return await self.async_broker().release(lease.names, lease.id)
+        except (asyncio.CancelledError, SlotkeeperError):  # e.g. the loop shuts down, or Redis
+            # is unreachable by the deadline: give it back in the background
+            self.defer_withdrawal(lease.names, lease.id, lease.ttl_ms)
+            raise
 
     def renew_now(self, lease: Lease) -> bool:
+        sent = time.monotonic()
         res = self.broker.heartbeat([(lease.id, lease.names, lease.ttl_ms)], [])
         if lease.id in res.lost_leases:
             self.drop_lease(lease)
             lease._mark_lost()
             return False
-        lease._renewed(res.now_ms + lease.ttl_ms)
+        if lease.id in res.failed_leases:
+            return not lease.lost
+        lease._renewed(res.now_ms + lease.ttl_ms, sent)
         return True
 
     # -- heartbeat ----------------------------------------------------------------------------
-
-    def _ensure_heartbeat(self, ttl_ms: int | None = None) -> None:
-        self._heartbeat.register(ttl_ms)
 
     def interval(self) -> float:
         """Heartbeat period this runtime needs: a third of its shortest TTL (bounded)."""
@@ -180,41 +253,86 @@ class Runtime:
             waiting = list(self._waiting.values())
         if not leases and not waiting:
             return
-        started = time.monotonic()
+        shortest = min([x.ttl_ms for x in leases] + [w.ttl_ms for w in waiting]) / 1000
+        sent = time.monotonic()
         try:
+            # while Redis is down, one try per beat (the beats are the retries): no tight loop
             res = self.broker.heartbeat(
                 [(x.id, x.names, x.ttl_ms) for x in leases],
-                [(w.id, w.names, w.ttl_ms) for w in waiting])
+                [(w.id, w.names, w.ttl_ms) for w in waiting],
+                deadline=sent + max(0.5, min(self.op_timeout, shortest / 2)),
+                retry=not self._hb_down)
         except SlotkeeperError as exc:
             if not self._hb_down:
                 log.warning("slotkeeper: heartbeat failed (%s); retrying", exc)
                 self._hb_down = True
-            # Without a renewal for a whole TTL we can no longer claim to hold anything.
-            silent = time.monotonic() - self._last_ok
-            for x in leases:
-                if silent > x.ttl:
-                    self.drop_lease(x)
-                    x._mark_lost()
-            return
+            return  # each lease's own validity runs out on the watchdog, not here
         if self._hb_down:
             log.warning("slotkeeper: heartbeat recovered")
             self._hb_down = False
-        self._last_ok = started
-        lost = set(res.lost_leases)
+        lost, failed = set(res.lost_leases), set(res.failed_leases)
+        if failed:
+            log.warning("slotkeeper: could not renew lease(s) %s (damaged records or missing "
+                        "keys); the others were renewed", ", ".join(sorted(failed)))
         for x in leases:
             if x.id in lost:
                 self.drop_lease(x)
                 x._mark_lost()
-            else:
-                x._renewed(res.now_ms + x.ttl_ms)
+            elif x.id not in failed:
+                x._renewed(res.now_ms + x.ttl_ms, sent)
+        gone = set(res.lost_tickets) | set(res.granted_tickets)
+        for w in waiting:
+            if w.id not in gone:
+                w.renewed_at = max(w.renewed_at, sent)
         for tid in res.lost_tickets:
-            w = self._waiting.get(tid)
-            if w is not None:
-                w.deliver("lost")
+            self._deliver(tid, "lost")
         for tid in res.granted_tickets:
+            self._deliver(tid, "r")
+
+    def _deliver(self, tid: str, msg: str) -> None:
+        with self._lock:
             w = self._waiting.get(tid)
-            if w is not None:
-                w.deliver("r")
+        if w is not None:
+            w.deliver(msg)
+
+    def _withdraw_pending(self) -> None:
+        with self._lock:
+            todo = list(self._withdraw.items())
+        now = time.monotonic()
+        for tid, (names, give_up) in todo:
+            if now > give_up:  # its ticket (and any lease granted to it) has expired by now
+                with self._lock:
+                    self._withdraw.pop(tid, None)
+                continue
+            run = self.broker.transport.run
+            try:  # one try each: the rounds themselves are the retries (with backoff)
+                c = run(P.cancel(self.keys, names, tid, timed_out=False),
+                        time.monotonic() + 1.0, retry=False)
+                if c.status == Status.GRANTED:
+                    run(P.release(self.keys, names, tid), time.monotonic() + 1.0, retry=False)
+            except SlotkeeperError:
+                with self._lock:  # still unreachable: back off
+                    self._withdraw_pause = min(WITHDRAW_RETRY_MAX, self._withdraw_pause * 2)
+                    self._withdraw_next = time.monotonic() + self._withdraw_pause
+                return
+            with self._lock:
+                self._withdraw.pop(tid, None)
+                self._withdraw_pause = WITHDRAW_RETRY
+
+    # -- local expiry (watchdog) --------------------------------------------------------------
+
+    def expire_local(self) -> float | None:
+        """Declare lost every lease whose local validity ran out; returns the monotonic time the
+        next one runs out (None: nothing held)."""
+        now = time.monotonic()
+        nxt: float | None = None
+        for x in self.held():
+            if x.valid_until <= now:
+                self.drop_lease(x)
+                x._mark_lost()
+            elif nxt is None or x.valid_until < nxt:
+                nxt = x.valid_until
+        return nxt
 
     # -- notifications ------------------------------------------------------------------------
 
@@ -228,12 +346,19 @@ class Runtime:
                     self._listener.start()
         self._subscribed.wait(wait)
 
+    async def ensure_listener_async(self) -> None:
+        """Start the listener without blocking the event loop: waiters do not need it to be
+        subscribed already (a grant sent before then is found by the first re-check)."""
+        if self._listener is None or not self._listener.is_alive():
+            self.ensure_listener(wait=0)
+
     def _listen_loop(self) -> None:
         delay = 0.05
         while not self._closed and os.getpid() == self.pid:
             ps = None
             try:
                 ps = self.broker.redis.pubsub()  # type: ignore[no-untyped-call]
+                self._pubsub = ps
                 ps.subscribe(self.channel)
                 while not self._closed:
                     msg = ps.get_message(timeout=LISTEN_POLL)
@@ -245,7 +370,7 @@ class Runtime:
                         self._nudge_all()  # anything sent while we were away is re-checked
                     elif msg["type"] == "message":
                         self._dispatch(msg["data"])
-            except (redis.RedisError, OSError, ValueError) as exc:
+            except (redis.RedisError, OSError, ValueError, AttributeError) as exc:
                 self._subscribed.clear()
                 log.debug("slotkeeper: listener reconnecting after %s", exc)
                 time.sleep(delay)
@@ -258,7 +383,9 @@ class Runtime:
                         pass
 
     def _dispatch(self, data: bytes | str) -> None:
-        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        """Route one notification ``<ticket id> <message>`` to its waiter. Anything malformed is
+        at worst a nudge: the waiter re-checks with the broker, which is always right."""
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
         tid, _, rest = text.partition(" ")
         with self._lock:
             w = self._waiting.get(tid)
@@ -276,14 +403,41 @@ class Runtime:
         for w in waiting:
             w.deliver("r")
 
-    def close(self) -> None:
+    # -- shutdown -----------------------------------------------------------------------------
+
+    def close(self, release: bool = True) -> None:
+        """Release what is still held (best effort, bounded), stop and join the threads, close
+        the connections. The runtime is unusable afterwards (``runtime_for`` makes a new one)."""
+        if self._closed:
+            return
+        if release and os.getpid() == self.pid:
+            for x in self.held():
+                try:
+                    x.release()
+                except SlotkeeperError:
+                    pass
         self._closed = True
+        forget(self)
+        self._heartbeat.stop()
+        self._watchdog.stop()
+        listener = self._listener
+        if listener is not None and listener is not threading.current_thread():
+            listener.join(LISTEN_POLL + 1)
+        self._async.clear()  # their loops close their own sockets
+        try:
+            self.broker.close()
+        except Exception:
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
 
-class Heartbeat:
-    """The heartbeat thread of one runtime (one Redis namespace of this process): renews every lease
-    and waiting ticket of the process there in ONE round trip per interval. A runtime has its own
-    thread so that an unreachable Redis cannot starve the renewals of another."""
+class _Worker:
+    """A daemon thread of one runtime that sleeps on an Event (woken early by ``register``)."""
+
+    name = "worker"
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -291,7 +445,40 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._run, name=f"slotkeeper-{self.name}-{self.rt.namespace}", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while os.getpid() == self.pid and not self.rt.closed:
+            try:
+                self.loop_once()
+            except Exception:
+                log.exception("slotkeeper: %s round failed", self.name)
+                time.sleep(0.1)
+
+    def loop_once(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._wake.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(self.rt.op_timeout + 1)
+
+
+class Heartbeat(_Worker):
+    """Renews every lease and waiting ticket of the runtime in ONE round trip per interval."""
+
+    name = "heartbeat"
+
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt)
         self._interval = MAX_INTERVAL  # what the loop currently waits on (under _lock)
+        self._last = time.monotonic()
 
     def register(self, ttl_ms: int | None = None) -> None:
         """The runtime gained a lease or ticket of ``ttl_ms``. The thread is woken to recompute
@@ -299,48 +486,74 @@ class Heartbeat:
         wake = ttl_ms is None
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._loop, name=f"slotkeeper-heartbeat-{self.rt.namespace}",
-                    daemon=True)
-                self._thread.start()
+                self._start()
             elif ttl_ms is not None:
                 wake = renew_interval(ttl_ms) < self._interval
         if wake:
-            self._wake.set()  # a new, shorter TTL: recompute the interval now
+            self._wake.set()
 
-    def _loop(self) -> None:
-        last = time.monotonic()
-        while os.getpid() == self.pid and not self.rt._closed:
-            with self._lock:  # computed and published together: see register()
-                interval = self.rt.interval()
-                self._interval = interval
-            due = last + interval - time.monotonic()
-            if due > 0:
-                if self._wake.wait(due):
-                    self._wake.clear()
-                continue  # re-check: a registration may have shortened the interval
-            last = time.monotonic()
-            try:
-                self.rt.beat()
-            except Exception:
-                log.exception("slotkeeper: heartbeat round failed")
+    def loop_once(self) -> None:
+        retry_at = self.rt.withdraw_due()
+        with self._lock:  # computed and published together: see register()
+            interval = self.rt.interval()
+            self._interval = interval
+        now = time.monotonic()
+        beat_due = self._last + interval - now
+        sleep = beat_due if retry_at is None else min(beat_due, retry_at - now)
+        if sleep > 0:
+            if self._wake.wait(sleep):
+                self._wake.clear()
+            return  # re-check: a registration may have shortened the interval
+        if beat_due <= 0:
+            self._last = time.monotonic()
+            self.rt.beat()
+
+
+class Watchdog(_Worker):
+    """Marks a lease lost the moment its local validity runs out (see Lease.valid_until), even if
+    the heartbeat thread is stuck waiting for a Redis that does not answer."""
+
+    name = "watchdog"
+
+    def register(self) -> None:
+        with self._lock:
+            self._start()
+        self._wake.set()
+
+    def loop_once(self) -> None:
+        nxt = self.rt.expire_local()
+        wait = MAX_INTERVAL if nxt is None else max(0.0, nxt - time.monotonic()) + 0.001
+        if self._wake.wait(wait):
+            self._wake.clear()
 
 
 _RUNTIMES: dict[tuple[str, str], Runtime] = {}
 _RUNTIMES_LOCK = threading.Lock()
 
 
-def runtime_for(url: str, namespace: str) -> Runtime:
+def runtime_for(url: str, namespace: str, op_timeout: float = DEFAULT_OP_TIMEOUT) -> Runtime:
     key = (url, namespace)
     rt = _RUNTIMES.get(key)
-    if rt is not None and rt.pid == os.getpid():
+    if rt is not None and rt.pid == os.getpid() and not rt.closed:
         return rt
     with _RUNTIMES_LOCK:
         rt = _RUNTIMES.get(key)
-        if rt is None or rt.pid != os.getpid():
-            rt = Runtime(url, namespace)
+        if rt is None or rt.pid != os.getpid() or rt.closed:
+            rt = Runtime(url, namespace, op_timeout)
             _RUNTIMES[key] = rt
         return rt
+
+
+def forget(rt: Runtime) -> None:
+    with _RUNTIMES_LOCK:
+        key = (rt.url, rt.namespace)
+        if _RUNTIMES.get(key) is rt:
+            del _RUNTIMES[key]
+
+
+def live_runtimes() -> list[Runtime]:
+    with _RUNTIMES_LOCK:
+        return list(_RUNTIMES.values())
 
 
 def _after_fork_in_child() -> None:
@@ -352,4 +565,4 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-__all__ = ["Runtime", "Waiting", "new_id", "runtime_for"]
+__all__ = ["Runtime", "Waiting", "live_runtimes", "new_id", "runtime_for"]

@@ -25,7 +25,6 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from slotkeeper.broker.client import check_slots
 from slotkeeper.broker.errors import (
     InvalidArgument,
     InvalidType,
@@ -36,6 +35,7 @@ from slotkeeper.broker.errors import (
     SlotkeeperError,
 )
 from slotkeeper.broker.keys import check_name
+from slotkeeper.broker.protocol import check_slots
 from slotkeeper.lease import Lease
 from slotkeeper.limiter import Limiter, get_limiter
 from slotkeeper.naming import check_template, host_name, resolve

@@ -49,7 +49,12 @@ def test_quick_run_reports_every_workload_for_both(
     for what in ("ping", "evalsha"):
         f = res["floor"][what]
         assert f["n"] == cfg["floor_n"] and 0 < f["p50_ms"] <= f["p99_ms"] <= f["max_ms"]
-    assert "| metric" in table and "slotkeeper" in table and "targets (DESIGN.md)" in table
+    assert (
+        "| metric" in table
+        and "slotkeeper" in table
+        and "targets (README.md, Performance)" in table
+    )
+    assert "DESIGN" not in table  # no such file in the repository
     names = {t["name"] for t in res["targets"]}
     assert any(n.startswith("W1 ") for n in names) and any(n.startswith("W3 ") for n in names)
     for t in res["targets"]:

@@ -361,6 +361,9 @@ def test_revoked_lease_is_lost_and_raises(limiter: Limiter) -> None:
             while not lease.lost and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert lease.lost
+    deadline = time.monotonic() + 5  # on_lost runs on a thread of its own
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert seen and seen[0] is lease
     # renew never resurrects it
     assert lease.renew() is False

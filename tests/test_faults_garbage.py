@@ -89,6 +89,9 @@ def test_garbage_lease_record_is_treated_as_lost(
         with limit("gl", limiter=lim, on_lost=lost.append) as lease:
             raw(redis_server).hset(lim.broker.keys.leases, lease.id, garbage)
             assert lease.renew() is False  # unreadable = absent: never "renewed"
+    deadline = time.monotonic() + 5  # on_lost runs on a thread of its own
+    while not lost and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert lost == [lease]
     snap = lim.broker.snapshot("gl")
     # its holder entry still counts until its expiry (no over-admission), then frees itself

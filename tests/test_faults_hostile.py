@@ -14,9 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from slotkeeper import AcquireTimeout, Limiter, limit
+from slotkeeper.broker import protocol as P
 from slotkeeper.broker.daemon import Daemon
 from slotkeeper.broker.readmodel import read_limit
-from slotkeeper.broker.records import decode_record, number, parse_wakeup
+from slotkeeper.broker.records import decode_record, number
 from slotkeeper.cli.main import cli
 from tests.support.redisproc import RedisProc
 
@@ -75,22 +76,10 @@ def test_decode_record_rules() -> None:
 
 @pytest.mark.parametrize(
     "msg",
-    ["g", "g 1 2", "g a b c", "g 1 2 3 4", "x", "x missing", "x bogus h", "", "zzz", "\ufffd"],
+    ["g", "g 1 2", "g a b c", "g 1 2 3 4", "x", "x missing", "x missing q h", "", "zzz", "\ufffd"],
 )
 def test_malformed_wakeups_are_nudges(msg: str) -> None:
-    w = parse_wakeup(msg)
-    assert w.kind == "r" and w.grant is None
-
-
-def test_wakeup_grant_and_rejection_parse() -> None:
-    w = parse_wakeup("g 5 1000 300")
-    assert w.grant is not None and (w.grant.token, w.grant.expires_ms, w.grant.ttl_ms) == (
-        5,
-        1000,
-        300,
-    )
-    x = parse_wakeup("x missing group A")
-    assert (x.kind, x.reason, x.name) == ("x", "missing", "group A")
+    assert P.parse_grant_message(msg) is None and P.parse_reject_message(msg) is None
 
 
 def test_ticket_with_text_occupy_never_breaks_release(

@@ -56,11 +56,13 @@ def test_lost_acquire_request_is_resent(proxy: TcpProxy, plim: Limiter) -> None:
         assert lease.renew()
 
 
-def test_lost_release_reply_counts_as_released(proxy: TcpProxy, plim: Limiter) -> None:
+def test_lost_release_reply_reports_the_lease_lost(proxy: TcpProxy, plim: Limiter) -> None:
+    """The release ran but its reply was lost; the retry finds the lease gone. The holder cannot
+    tell that from an expiry, so it says lost (never wrongly 'held until now')."""
     plim.create("cut-rel", 1)
     lease = plim.acquire("cut-rel")
     proxy.cut_reply(lease.id.encode())  # the next script naming this lease: the release
-    assert lease.release() is True and not lease.lost
+    assert lease.release() is False and lease.lost
     assert proxy.cut_replies == 1
     c = plim.broker.snapshot("cut-rel").counters
     assert (c.acquired, c.released, c.expired) == (1, 1, 0)
@@ -171,17 +173,19 @@ def test_drops_delays_and_cuts_under_load(
     print("observer:", rep.summary())
     assert failed == [] and forced == 0
     assert rep.violations == []
-    assert rep.counts["lost"] == 0  # cuts and drops never cost a holder its lease
+    # cuts and drops never cost a holder its lease while it holds it (a release whose reply
+    # was cut reports "lost" at the release: the holder cannot tell it from an expiry)
+    assert rep.counts["L"] == 0
     assert rep.counts["S"] > 50 and proxy.cut_replies > 0 and proxy.cut_requests > 0
     for name in limits:  # no slot leaked; each grant either released or (bounded) expired
         snap = lim.broker.snapshot(name)
         c = snap.counters
         print(name, "acquired", c.acquired, "released", c.released, "expired", c.expired)
         assert snap.used == 0 and snap.n_holder_entries == 0, name
-        # The promise under network faults is "no slot held longer than a TTL": a grant whose
-        # holder never saw it (seen once in ~140 grants under cuts) comes back by expiry.
-        assert c.acquired == c.released + c.expired, (name, c)
-        assert c.expired <= 2, (name, c)
+        # Nobody was killed or paused: every grant is released by its holder, or -- when the
+        # holder never saw it, or its release could not get through -- given back by the
+        # holder's background withdrawal. None may be left to expire.
+        assert (c.acquired, c.expired) == (c.released, 0), (name, c)
 
 
 def test_late_grant_notification_never_admits_a_second_holder(

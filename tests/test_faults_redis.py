@@ -24,7 +24,6 @@ from slotkeeper import (
     LimitNotFound,
     limit,
 )
-from slotkeeper.broker.client import RETRY_DELAYS
 from tests.support.proxy import TcpProxy
 from tests.support.redisproc import RedisProc
 
@@ -107,7 +106,7 @@ def test_restart_without_persistence_loss_is_detected(namespace: str, tmp_path: 
                 lim.create("vol", 1)
                 newcomer = lim.acquire("vol", timeout=0)
                 assert wait_until(lambda: lease.lost, timeout=10)
-                assert lost == [lease]
+                assert wait_until(lambda: lost == [lease], timeout=5)
         assert newcomer.release()
         # the waiter's ticket vanished with the data: it asked again and was granted on the
         # recreated limit (or, had nobody recreated it, told LimitNotFound) -- never a hang
@@ -162,11 +161,11 @@ def test_frozen_redis_raises_broker_unavailable_then_recovers(namespace: str) ->
             t.join(60)  # bounded retries: never a hang
             assert not t.is_alive()
             assert len(errors) == 1 and isinstance(errors[0], BrokerUnavailable), errors
-            assert f"after {len(RETRY_DELAYS) + 1} tries" in str(errors[0])
+            assert "unreachable after" in str(errors[0])
             assert isinstance(errors[0], ConnectionError)
             # the heartbeat cannot renew for a whole TTL: the holder is told
             assert wait_until(lambda: lease.lost, timeout=30)
-            assert lost == [lease]
+            assert wait_until(lambda: lost == [lease], timeout=5)  # on_lost runs on its own thread
             attempts = proxy.accepted - before
         finally:
             r.resume()
@@ -207,7 +206,7 @@ def test_unreachable_redis_raises_then_recovers_without_tight_loops(
         # waiting (its fallback check runs every second) it found Redis gone for longer than the
         # bounded retries, and was told so clearly
         print("waiter across the outage:", got)
-        assert got["error"] == "BrokerUnavailable" and "unreachable after 7 tries" in got["message"]
+        assert got["error"] == "BrokerUnavailable" and "unreachable after" in got["message"]
         with limit("un", limiter=lim, timeout=10):
             pass
         assert lease.release() is False

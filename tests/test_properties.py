@@ -66,8 +66,8 @@ anything = st.one_of(
 
 
 def spec_valid_name(s: object) -> bool:
-    """The name rules, written independently of the implementation (DESIGN.md #11, plus no
-    braces: only the {worker}/{host} templates, resolved before use)."""
+    """The name rules, written independently of the implementation: 1-200 printable characters,
+    no surrounding whitespace, no braces (only the {worker}/{host} templates, resolved before use)."""
     return (
         isinstance(s, str)
         and 1 <= len(s) <= 200

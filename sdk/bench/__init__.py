@@ -4,7 +4,7 @@ Redis round trip (the floor), on the same Redis and client library, in the same 
 Modules: :mod:`.server` (a private redis-server), :mod:`.reference` (the reference semaphore),
 :mod:`.impls` (what a workload drives: slotkeeper, the reference, or a peer), :mod:`.stats`,
 :mod:`.workloads` (W1..W5), :mod:`.runner` (one run of the chosen workloads), :mod:`.report`
-(the table, the targets of DESIGN.md, JSON).
+(the table, the performance targets, JSON).
 """
 
 from slotkeeper.bench.runner import ALL_WORKLOADS, BenchConfig, run_bench

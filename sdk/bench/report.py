@@ -1,4 +1,4 @@
-"""The results table, DESIGN.md's targets checked against a result, and JSON output."""
+"""The results table, the performance targets checked against a result, and JSON output."""
 
 from __future__ import annotations
 
@@ -91,7 +91,8 @@ def metric_rows(result: dict[str, Any]) -> list[Row]:
 
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """DESIGN.md's numbers against this result: name, value, target, ok."""
+    """The performance targets (README: Performance) against this result: name, value, target,
+    ok."""
     wl = result.get("workloads", {})
     out: list[dict[str, Any]] = []
 
@@ -212,7 +213,7 @@ def render(result: dict[str, Any]) -> str:
     tg = targets(result)
     if tg:
         text.append("")
-        text.append("targets (DESIGN.md):")
+        text.append("targets (README.md, Performance):")
         for t in tg:
             mark = "ok  " if t["ok"] else "MISS"
             text.append(f"  {mark} {t['name']}: {_fmt(t['value'])} (target {t['target']})")

@@ -19,6 +19,7 @@ import redis
 from slotkeeper.bench.impls import make_impl
 from slotkeeper.bench.reference import ACQUIRE_LUA
 from slotkeeper.bench.stats import summary_ms
+from slotkeeper.broker import protocol as P
 from slotkeeper.broker import records as R
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.keys import Keys
@@ -53,13 +54,9 @@ class _Planter:
             name = names[i % len(names)]
             lid = f"{i:08x}{os.urandom(4).hex()}"
             if self.spec == "slotkeeper":
-                # acquire.lua ARGV: n, names, id, occupy, ttl_ms, default_ttl_ms, priority, wait,
-                # channel, meta, default_slots (see its header); GRANTED replies start with 1
-                self.script(
-                    keys=self.keys.for_limits([name]),
-                    args=[1, name, lid, 1, ttl_ms, ttl_ms, 0, 0, "", self.meta, -1],
-                    client=pipe,
-                )
+                op = P.acquire(self.keys, [name], lid, ttl_ms=ttl_ms, default_ttl_ms=ttl_ms,
+                               wait=False, meta=self.meta)  # the one definition of its arguments
+                self.script(keys=list(op.keys), args=list(op.args), client=pipe)
             else:
                 self.script(
                     keys=[f"skref:{{{self.ns}}}:{name}"], args=[lid, BIG, ttl_ms], client=pipe

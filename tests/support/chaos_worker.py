@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slotkeeper import AcquireTimeout, LeaseLost, Limiter, limit
+from slotkeeper import AcquireTimeout, BrokerUnavailable, LeaseLost, Limiter, limit
 from tests.support.observer import StampWriter
 
 IDLE, ACQUIRING, WAITING, HOLDING, RELEASING = 0, 1, 2, 3, 4
@@ -103,9 +103,19 @@ class Worker:
                 finally:
                     entered[1] = time.monotonic()
                     self.stamps.write("R", lease.id, t=entered[1])  # body over
+                    if lease.lost:  # lost while held (not merely at release)
+                        self.stamps.write("L", lease.id)
                     self.phase.set(RELEASING)
         except AcquireTimeout:
             self.stamps.write("T")
+            return
+        except BrokerUnavailable:
+            # Redis did not answer within the call's deadline (timeout + 1 s): an outcome the
+            # caller is told about, not a crash; a slot granted meanwhile is given back by the
+            # runtime's background withdrawal
+            self.stamps.write("U", entered[0] if entered else "")
+            if entered:
+                self.stamps.write("E", entered[0], "lost", t=entered[1])
             return
         except LeaseLost:
             self.stamps.write("E", entered[0], "lost", t=entered[1])

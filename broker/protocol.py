@@ -1,0 +1,373 @@
+"""The broker protocol, free of I/O: every operation slotkeeper performs on Redis is defined here
+ONCE — which script (or command) it runs, how its keys and arguments are built, and how the reply
+becomes a typed result or an exception. A transport (:mod:`slotkeeper.broker.transport`: one on
+redis-py, one on ``redis.asyncio``) only moves an :class:`Op` to Redis and its reply back.
+
+Argument validation lives here too, so every path (SDK, CLI, daemon, benchmarks) shares one rule.
+See ARCHITECTURE.md for the layers and the script contract.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from slotkeeper.broker import records as R
+from slotkeeper.broker.codes import Status
+from slotkeeper.broker.errors import (
+    BrokerError,
+    InvalidArgument,
+    InvalidType,
+    LimitExists,
+    LimitHeld,
+    LimitNotFound,
+    OccupyExceedsLimit,
+)
+from slotkeeper.broker.keys import Keys, check_name, printable
+
+T = TypeVar("T")
+
+MAX_PRIORITY = 1000
+DELETE_BATCH = 500
+
+
+# -- validation (one rule each) ---------------------------------------------------------------
+
+
+def check_slots(slots: object) -> int:
+    if isinstance(slots, bool) or not isinstance(slots, int):
+        raise InvalidType(f"slots must be an int, not {type(slots).__name__}")
+    if slots < 0:
+        raise InvalidArgument(f"slots must be >= 0, got {slots}")
+    if slots > 10**9:
+        raise InvalidArgument(f"slots must be <= 1e9, got {slots}")
+    return slots
+
+
+def check_occupy(occupy: object) -> int:
+    if isinstance(occupy, bool) or not isinstance(occupy, int):
+        raise InvalidType(f"occupy must be an int, not {type(occupy).__name__}")
+    if occupy < 1:
+        raise InvalidArgument(f"occupy must be >= 1, got {occupy}")
+    if occupy > 10_000:
+        raise InvalidArgument(f"occupy must be <= 10000, got {occupy}")
+    return occupy
+
+
+def check_ttl(ttl: object, what: str = "ttl") -> float:
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise InvalidType(f"{what} must be a number of seconds, not {type(ttl).__name__}")
+    if not (ttl == ttl) or ttl < 0.05 or ttl > 86400 * 30:
+        raise InvalidArgument(f"{what} must be between 0.05 s and 30 days, got {ttl}")
+    return float(ttl)
+
+
+def check_seconds(value: object, what: str, *, allow_none: bool = True) -> float | None:
+    """A non-negative number of seconds (``None`` allowed where it means 'no bound')."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidType(f"{what} must be a number of seconds, not {type(value).__name__}")
+    if math.isnan(value) or value < 0:
+        raise InvalidArgument(f"{what} must be >= 0, got {value}")
+    return float(value)
+
+
+def check_priority(priority: object) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidType(f"priority must be an int, not {type(priority).__name__}")
+    if abs(priority) > MAX_PRIORITY:
+        raise InvalidArgument(f"priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
+    return priority
+
+
+def check_names(names: Iterable[object]) -> tuple[str, ...]:
+    out = tuple(check_name(n) for n in names)
+    if not out:
+        raise InvalidArgument("at least one limit name is required")
+    if len(set(out)) != len(out):
+        raise InvalidArgument(f"limit names repeat: {', '.join(out)}")
+    return out
+
+
+# -- operations -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Op(Generic[T]):
+    """One round trip: a script (by name, with keys and args) or a plain command, and the parser
+    that turns its reply into a result. Ops are plain data: any transport can run them."""
+
+    parse: Callable[[Any], T]
+    script: str = ""
+    keys: tuple[str, ...] = ()
+    args: tuple[Any, ...] = ()
+    command: tuple[Any, ...] = ()
+
+
+def s(v: Any) -> str:
+    return v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v)
+
+
+def _script(keys: Keys, name: str, names: Sequence[str], args: Sequence[Any],
+            parse: Callable[[Any], T]) -> Op[T]:
+    return Op(parse, script=name, keys=tuple(keys.for_limits(list(names))),
+              args=(len(names), *names, *args))
+
+
+def raise_for(reply: list[Any], namespace: str, occupy: int = 0) -> None:
+    """Map a script's error status to the exception it means (the one place that does)."""
+    code = int(reply[0])
+    if code == Status.NOT_FOUND:
+        raise LimitNotFound(s(reply[1]) if len(reply) > 1 else "?", namespace)
+    if code == Status.OCCUPY_EXCEEDS:
+        raise OccupyExceedsLimit(s(reply[1]), occupy, int(reply[2]))
+    if code == Status.EXISTS:
+        raise LimitExists(s(reply[1]))
+    if code == Status.REJECTED:
+        raise rejection(s(reply[1]), s(reply[2]), int(reply[3]) if len(reply) > 3 else 0,
+                        namespace, occupy)
+    if code == Status.NEED_KEYS:
+        raise BrokerError(f"internal: script needed the keys of limit {s(reply[1])!r}")
+
+
+def rejection(reason: str, name: str, slots: int, namespace: str, occupy: int) -> Exception:
+    """A waiting request the broker rejected (limit deleted, or its slots lowered below occupy)."""
+    if reason == "missing":
+        return LimitNotFound(name, namespace)
+    return OccupyExceedsLimit(name, occupy, slots)
+
+
+def parse_grant_message(msg: str) -> R.AcquireResult | None:
+    """A pushed notification ``g <token> <expiry_ms> <ttl_ms>``; None if it is not one (or is
+    malformed: then it is only a nudge to re-check)."""
+    parts = msg.split()
+    if len(parts) != 4 or parts[0] != "g":
+        return None
+    try:
+        token, exp, ttl = int(parts[1]), int(parts[2]), int(parts[3])
+    except ValueError:
+        return None
+    return R.AcquireResult(Status.GRANTED, token=token, expires_ms=exp, ttl_ms=ttl)
+
+
+def parse_reject_message(msg: str) -> tuple[str, int, str] | None:
+    """A pushed notification ``x <reason> <slots> <name>`` (reason, slots, name); None if it is
+    not one or is malformed."""
+    parts = msg.split(" ", 3)
+    if len(parts) != 4 or parts[0] != "x":
+        return None
+    try:
+        return parts[1], int(parts[2]), parts[3]
+    except ValueError:
+        return None
+
+
+def _acquire_result(namespace: str, occupy: int) -> Callable[[Any], R.AcquireResult]:
+    def parse(reply: list[Any]) -> R.AcquireResult:
+        code = int(reply[0])
+        if code == Status.GRANTED:
+            return R.AcquireResult(code, token=int(reply[1]), expires_ms=int(reply[2]),
+                                   ttl_ms=int(reply[3]) if len(reply) > 3 else 0)
+        if code == Status.QUEUED:
+            return R.AcquireResult(code, position=int(reply[1]), next_check_ms=int(reply[2]))
+        if code in (Status.BUSY, Status.LOST, Status.CANCELLED, Status.OK):
+            return R.AcquireResult(code)
+        raise_for(reply, namespace, occupy)
+        raise BrokerError(f"unexpected reply {reply!r}")
+
+    return parse
+
+
+def acquire(keys: Keys, names: Sequence[str], lease_id: str, *, occupy: int = 1,
+            ttl_ms: int = 0, default_ttl_ms: int = 30000, priority: int = 0, wait: bool = True,
+            channel: str = "", meta: bytes = b"\x80", default_slots: int | None = None,
+            recheck: bool = False) -> Op[R.AcquireResult]:
+    """Take slots or join the queues (see lua/acquire.lua). ``recheck=True`` re-asks about an id
+    already sent: LOST if its ticket and lease are gone, never a fresh start under the old id."""
+    ds = -1 if default_slots is None else check_slots(default_slots)
+    mode = (2 if recheck else 1) if wait else 0
+    return _script(keys, "acquire", names,
+                   [lease_id, occupy, ttl_ms, default_ttl_ms, priority, mode, channel, meta, ds],
+                   _acquire_result(keys.namespace, occupy))
+
+
+def cancel(keys: Keys, names: Sequence[str], ticket_id: str,
+           timed_out: bool) -> Op[R.AcquireResult]:
+    return _script(keys, "cancel", names, [ticket_id, 1 if timed_out else 0],
+                   _acquire_result(keys.namespace, 0))
+
+
+def release(keys: Keys, names: Sequence[str], lease_id: str, revoke: bool = False) -> Op[bool]:
+    """True if the lease was held and is now released; False if it was lost (expired, revoked or
+    unknown — also when a retry after a lost reply finds it gone: the holder cannot tell that its
+    first try released it, so it reports the lease lost, never wrongly held)."""
+
+    def parse(reply: list[Any]) -> bool:
+        if int(reply[0]) == Status.NEED_KEYS:
+            raise_for(reply, keys.namespace)
+        return int(reply[0]) == Status.OK
+
+    return _script(keys, "release", names, [lease_id, "revoke" if revoke else "release"], parse)
+
+
+def _unique_names(entries: Iterable[tuple[str, Sequence[str], int]]) -> list[str]:
+    names: list[str] = []
+    seen: set[str] = set()
+    for _, ns, _ in entries:
+        for n in ns:
+            if n not in seen:
+                seen.add(n)
+                names.append(n)
+    return names
+
+
+def heartbeat(keys: Keys, leases: Sequence[tuple[str, Sequence[str], int]],
+              tickets: Sequence[tuple[str, Sequence[str], int]]) -> Op[R.HeartbeatResult]:
+    """Renew (id, names, ttl_ms) leases and tickets in one round trip."""
+    args: list[Any] = [len(leases)]
+    for lid, _, ttl in leases:
+        args += [lid, ttl]
+    args.append(len(tickets))
+    for tid, _, ttl in tickets:
+        args += [tid, ttl]
+
+    def parse(reply: list[Any]) -> R.HeartbeatResult:
+        lost, lost_t, granted, now = reply[:4]
+        failed = reply[4] if len(reply) > 4 else []
+        return R.HeartbeatResult([s(x) for x in lost], [s(x) for x in lost_t],
+                                 [s(x) for x in granted], int(now), [s(x) for x in failed])
+
+    return _script(keys, "heartbeat", _unique_names([*leases, *tickets]), args, parse)
+
+
+def snapshot(keys: Keys, name: str, max_items: int = 1000) -> Op[R.Snapshot]:
+    def parse(reply: list[Any]) -> R.Snapshot:
+        if int(reply[0]) == Status.NOT_FOUND:
+            raise LimitNotFound(name, keys.namespace)
+        _, conf_flat, used, now, holders, waiters, n_h, n_w = reply
+        flat = {s(conf_flat[i]): s(conf_flat[i + 1]) for i in range(0, len(conf_flat), 2)}
+        problems: list[str] = []
+        conf, counters = R.parse_config(name, flat, problems)
+        config_problems = list(problems)
+        hs = []
+        for i in range(0, len(holders), 2):
+            rec = R.decode_record(holders[i + 1])
+            h = R.holder_from(s(holders[i]), rec)
+            if h.garbage:
+                problems.append(f"limit {name!r}: lease {h.lease_id} has an unreadable record")
+            elif rec is not None and R.bad_fields(rec):
+                problems.append(f"limit {name!r}: lease {h.lease_id} has unreadable fields "
+                                f"{', '.join(R.bad_fields(rec))}")
+            hs.append(h)
+        ws = []
+        for i in range(0, len(waiters), 3):
+            rec = R.decode_record(waiters[i + 1])
+            w = R.waiter_from(s(waiters[i]), rec)
+            if w.garbage:
+                problems.append(f"limit {name!r}: ticket {w.ticket_id} has an unreadable record")
+            elif rec is not None and R.bad_fields(rec):
+                problems.append(f"limit {name!r}: ticket {w.ticket_id} has unreadable fields "
+                                f"{', '.join(R.bad_fields(rec))}")
+            ws.append(w)
+        return R.Snapshot(conf, counters, int(used), int(now), hs, ws, int(n_h), int(n_w),
+                          problems, config_problems)
+
+    return _script(keys, "snapshot", [check_name(name)], [max_items], parse)
+
+
+def config_args(slots: int | None, ttl: float | None, enabled: bool | None,
+                description: str | None) -> list[Any]:
+    args: list[Any] = []
+    if slots is not None:
+        args += ["slots", check_slots(slots)]
+    if ttl is not None:
+        args += ["ttl", 0 if ttl == 0 else int(check_ttl(ttl) * 1000)]
+    if enabled is not None:
+        if not isinstance(enabled, bool):
+            raise InvalidType("enabled must be a bool")
+        args += ["enabled", 1 if enabled else 0]
+    if description is not None:
+        if not isinstance(description, str):
+            raise InvalidType("description must be a str")
+        if len(description) > 1000:
+            raise InvalidArgument("description is longer than 1000 characters")
+        args += ["desc", description]
+    return args
+
+
+def limit_config(keys: Keys, name: str, mode: str,
+                 args: Sequence[Any]) -> Op[tuple[bool, list[str]]]:
+    """Create / update / upsert a limit: (created, changed field names)."""
+
+    def parse(reply: list[Any]) -> tuple[bool, list[str]]:
+        raise_for(reply, keys.namespace)
+        return bool(int(reply[1])), [s(x) for x in reply[2:]]
+
+    return _script(keys, "limit_config", [check_name(name)], [mode, *args], parse)
+
+
+def limit_delete(keys: Keys, name: str, batch: int = DELETE_BATCH) -> Op[bool]:
+    """One bounded step of deleting a limit: True when done, False when another step is needed."""
+
+    def parse(reply: list[Any]) -> bool:
+        code = int(reply[0])
+        if code == Status.NOT_FOUND:
+            raise LimitNotFound(name, keys.namespace)
+        if code == Status.HELD:
+            raise LimitHeld(name, int(reply[1]))
+        return code == Status.OK
+
+    return _script(keys, "limit_delete", [check_name(name)], [batch], parse)
+
+
+def reclaim(keys: Keys, name: str | None, batch: int = 500) -> Op[R.ReclaimResult]:
+    def parse(r: list[Any]) -> R.ReclaimResult:
+        return R.ReclaimResult(int(r[0]), int(r[1]), int(r[2]), int(r[3]), bool(int(r[4])),
+                               int(r[5]) if len(r) > 5 else 0)
+
+    return _script(keys, "reclaim", [name] if name is not None else [], [batch], parse)
+
+
+# -- plain commands ---------------------------------------------------------------------------
+
+
+def _int_or_zero(raw: Any) -> int:
+    try:
+        return int(raw) if raw is not None else 0
+    except (ValueError, OverflowError):
+        return 0
+
+
+def limit_slots(keys: Keys, name: str) -> Op[int]:
+    return Op(_int_or_zero, command=("HGET", keys.limit(name)[0], "slots"))
+
+
+def list_limits(keys: Keys) -> Op[list[str]]:
+    # bytes that are not UTF-8 (written by someone else) become U+FFFD: safe to print and export
+    return Op(lambda raw: sorted(printable(s(x)) for x in raw), command=("SMEMBERS", keys.limits))
+
+
+def lease_record(keys: Keys, lease_id: str) -> Op[R.Holder | None]:
+    def parse(raw: Any) -> R.Holder | None:
+        return None if raw is None else R.holder_from(lease_id, R.decode_record(raw))
+
+    return Op(parse, command=("HGET", keys.leases, lease_id))
+
+
+def ping() -> Op[bool]:
+    return Op(bool, command=("PING",))
+
+
+def server_time_ms() -> Op[int]:
+    return Op(lambda r: int(r[0]) * 1000 + int(r[1]) // 1000, command=("TIME",))
+
+
+def wait_replicas(replicas: int, timeout_ms: int) -> Op[int]:
+    return Op(int, command=("WAIT", replicas, timeout_ms))
+
+
+def drop_holder_entry(keys: Keys, name: str, lease_id: str) -> Op[int]:
+    return Op(int, command=("ZREM", keys.limit(name)[1], lease_id))

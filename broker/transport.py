@@ -1,0 +1,198 @@
+"""Transports: move a protocol :class:`~slotkeeper.broker.protocol.Op` to Redis and its reply
+back, under a deadline. :class:`SyncTransport` runs on redis-py (its sockets capped by
+:mod:`slotkeeper.broker.deadline`); :class:`AsyncTransport` on ``redis.asyncio`` (each try bounded
+by ``asyncio.wait_for``; it never blocks or sleeps on the event loop). Both share the retry policy
+and the error mapping below, so every rule is the same on both paths.
+
+Every mutating script is idempotent on its client-made id, so re-sending after a lost reply is
+safe. A call retries connection errors with backoff until its deadline, then raises
+:class:`BrokerUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio
+
+from slotkeeper.broker.connection import redact
+from slotkeeper.broker.deadline import DEADLINE
+from slotkeeper.broker.errors import BrokerError, BrokerUnavailable, SlotkeeperError
+from slotkeeper.broker.protocol import Op
+from slotkeeper.broker.scripts import sha, source
+
+T = TypeVar("T")
+
+DEFAULT_OP_TIMEOUT = 10.0  # s: how long a call with no deadline of its own may take, in all
+RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0)  # backoff between tries (the last one repeats)
+RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OSError)
+
+
+def backoff(attempt: int) -> float:
+    return RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+
+
+def unavailable(where: str, tries: int, exc: BaseException | None) -> BrokerUnavailable:
+    what = f"{type(exc).__name__}: {redact(str(exc))[:300]}" if exc is not None else "deadline"
+    return BrokerUnavailable(f"Redis at {where} unreachable after {tries} tries: {what}")
+
+
+def wrap(exc: Exception) -> SlotkeeperError:
+    """A non-retryable redis-py error as the slotkeeper error it means."""
+    if isinstance(exc, redis.ResponseError):
+        return BrokerError(f"Redis error: {redact(str(exc))}")
+    return BrokerError(f"Redis client error: {redact(str(exc))}")
+
+
+def _is_noscript(exc: BaseException) -> bool:
+    return isinstance(exc, redis.exceptions.NoScriptError)
+
+
+def _script_args(op: Op[Any]) -> tuple[Any, ...]:
+    return (len(op.keys), *op.keys, *op.args)
+
+
+class SyncTransport:
+    """Runs ops on a redis-py client (thread-safe: the pool gives each thread a connection)."""
+
+    def __init__(self, client: redis.Redis, where: str,
+                 op_timeout: float = DEFAULT_OP_TIMEOUT) -> None:
+        self.client = client
+        self.where = where
+        self.op_timeout = op_timeout
+
+    def _execute(self, op: Op[Any]) -> Any:
+        c: Any = self.client
+        if not op.script:
+            return c.execute_command(*op.command)
+        try:
+            return c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
+        except redis.exceptions.NoScriptError:
+            return c.execute_command("EVAL", source(op.script), *_script_args(op))
+
+    def run(self, op: Op[T], deadline: float | None = None, retry: bool = True) -> T:
+        """Run ``op``, retrying connection errors until ``deadline`` (monotonic; default: now +
+        the op timeout). Raises BrokerUnavailable at the deadline, BrokerError for an error reply,
+        or whatever the op's parser raises."""
+        return op.parse(self.call(lambda: self._execute(op), deadline, retry))
+
+    def call(self, fn: Any, deadline: float | None = None, retry: bool = True) -> Any:
+        end = deadline if deadline is not None else time.monotonic() + self.op_timeout
+        attempt = 0
+        while True:
+            token = DEADLINE.set(end)
+            try:
+                return fn()
+            except RETRYABLE as exc:
+                attempt += 1
+                pause = backoff(attempt - 1)
+                if not retry or time.monotonic() + pause >= end:
+                    raise unavailable(self.where, attempt, exc) from exc
+            except redis.RedisError as exc:
+                raise wrap(exc) from exc
+            finally:
+                DEADLINE.reset(token)
+            time.sleep(pause)
+
+    def run_then_wait(self, op: Op[T], replicas: int, timeout_ms: int,
+                      deadline: float | None = None) -> tuple[T, int]:
+        """Run a script op and WAIT for ``replicas`` on ONE connection (WAIT covers only the writes
+        of its own connection). Returns (parsed reply, replicas that acknowledged)."""
+        c: Any = self.client
+        target = c
+        if hasattr(c, "get_node_from_key"):  # Redis Cluster: the namespace's node
+            target = c.get_redis_connection(c.get_node_from_key(op.keys[0]))
+
+        def go() -> tuple[Any, int]:
+            for _ in range(2):
+                pipe = target.pipeline(transaction=False)
+                pipe.execute_command("EVALSHA", sha(op.script), *_script_args(op))
+                pipe.execute_command("WAIT", replicas, timeout_ms)
+                reply, acked = pipe.execute(raise_on_error=False)
+                if _is_noscript(reply):
+                    target.execute_command("SCRIPT", "LOAD", source(op.script))
+                    continue
+                for res in (reply, acked):
+                    if isinstance(res, Exception):
+                        raise res
+                return reply, int(acked)
+            raise BrokerError(f"internal: script {op.script!r} could not be loaded")
+
+        end = deadline if deadline is not None else (
+            time.monotonic() + self.op_timeout + timeout_ms / 1000)
+        reply, acked = self.call(go, end)
+        return op.parse(reply), acked
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class AsyncTransport:
+    """Runs ops on a ``redis.asyncio`` client. A client belongs to the event loop it was made on."""
+
+    def __init__(self, client: redis.asyncio.Redis, where: str,
+                 op_timeout: float = DEFAULT_OP_TIMEOUT) -> None:
+        self.client = client
+        self.where = where
+        self.op_timeout = op_timeout
+
+    async def _execute(self, op: Op[Any]) -> Any:
+        c: Any = self.client
+        if not op.script:
+            return await c.execute_command(*op.command)
+        try:
+            return await c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
+        except redis.exceptions.NoScriptError:
+            return await c.execute_command("EVAL", source(op.script), *_script_args(op))
+
+    async def run(self, op: Op[T], deadline: float | None = None, retry: bool = True) -> T:
+        return op.parse(await self.call(lambda: self._execute(op), deadline, retry))
+
+    async def call(self, fn: Any, deadline: float | None = None, retry: bool = True) -> Any:
+        end = deadline if deadline is not None else time.monotonic() + self.op_timeout
+        attempt = 0
+        while True:
+            left = end - time.monotonic()
+            exc: BaseException | None = None
+            if left > 0:
+                try:
+                    return await asyncio.wait_for(fn(), left)
+                except (*RETRYABLE, asyncio.TimeoutError) as e:
+                    exc = e
+                except redis.RedisError as e:
+                    raise wrap(e) from e
+            attempt += 1
+            pause = backoff(attempt - 1)
+            if not retry or time.monotonic() + pause >= end:
+                raise unavailable(self.where, attempt, exc) from exc
+            await asyncio.sleep(pause)
+
+    async def run_then_wait(self, op: Op[T], replicas: int, timeout_ms: int,
+                            deadline: float | None = None) -> tuple[T, int]:
+        c: Any = self.client
+
+        async def go() -> tuple[Any, int]:
+            for _ in range(2):
+                pipe = c.pipeline(transaction=False)
+                pipe.execute_command("EVALSHA", sha(op.script), *_script_args(op))
+                pipe.execute_command("WAIT", replicas, timeout_ms)
+                reply, acked = await pipe.execute(raise_on_error=False)
+                if _is_noscript(reply):
+                    await c.execute_command("SCRIPT", "LOAD", source(op.script))
+                    continue
+                for res in (reply, acked):
+                    if isinstance(res, Exception):
+                        raise res
+                return reply, int(acked)
+            raise BrokerError(f"internal: script {op.script!r} could not be loaded")
+
+        end = deadline if deadline is not None else (
+            time.monotonic() + self.op_timeout + timeout_ms / 1000)
+        reply, acked = await self.call(go, end)
+        return op.parse(reply), acked
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
