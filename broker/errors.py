@@ -114,3 +114,12 @@ def _quote(name: str) -> str:
 class UnsafeDirectory(SlotkeeperError, PermissionError):
     """The embedded broker's state or socket directory is not private to this user (owned by
     another user, or open to group/others, or a symlink): refusing to use it."""
+
+
+class FunctionLibraryMissing(BrokerError):
+    """The slotkeeper Redis Functions library is not loaded, and this Redis user may neither load
+    it nor run scripts (the least-privilege ACL): an operator must load it."""
+
+
+class FunctionLibraryMismatch(BrokerError):
+    """Redis holds the slotkeeper function library of another slotkeeper version."""

@@ -91,7 +91,7 @@ def cli(ctx: click.Context, url: str | None, namespace: str | None, json_out: bo
 
 
 def _register() -> None:
-    from slotkeeper.cli import apply, daemon, demo, limits, run, server, top
+    from slotkeeper.cli import apply, daemon, demo, functions, limits, run, server, top
 
     for cmd in (
         *limits.COMMANDS,
@@ -102,6 +102,7 @@ def _register() -> None:
         demo.demo,
         server.server,
         daemon.daemon,
+        functions.functions,
     ):
         cli.add_command(cmd)
     try:

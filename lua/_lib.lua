@@ -85,8 +85,8 @@ end
 local function next_seq()
   local r = redis.pcall('INCR', K_FENCE)
   if type(r) == 'table' and r.err then
-    redis.call('SET', K_FENCE, 1)
-    return 1
+    redis.call('DEL', K_FENCE)
+    return redis.call('INCR', K_FENCE)
   end
   return r
 end
