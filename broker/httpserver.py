@@ -159,10 +159,6 @@ def _request_handler_for(handler: Handler, timeout: float) -> type[BaseHTTPReque
         server_version = "slotkeeper"
         sys_version = ""
 
-        def setup(self) -> None:
-            self.timeout = timeout  # the socket timeout of every read and write
-            super().setup()
-
         def version_string(self) -> str:
             return "slotkeeper"  # no version banner (neither slotkeeper's nor Python's)
 
@@ -191,4 +187,5 @@ def _request_handler_for(handler: Handler, timeout: float) -> type[BaseHTTPReque
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             log.debug("http: " + format, *args)
 
+    RequestHandler.timeout = timeout  # the socket timeout of every read and write
     return RequestHandler
