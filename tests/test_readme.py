@@ -84,6 +84,8 @@ SETUP: dict[str, Setup] = {
 }
 
 CANNOT_RUN_HERE: dict[str, str] = {
+    "README.md > The status page > 1": "needs a daemon serving on localhost:9808 (the API itself "
+    "is tested in tests/test_http_api.py)",
     "README.md > Deploying > 2": "systemd and root (useradd, /etc, systemctl)",
     "deploy/README.md > Deploying: from zero to a scraped daemon > 1": "root and a system Redis "
     "under systemd (/etc/redis, systemctl restart)",

@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from slotkeeper.broker.client import Broker
+from slotkeeper.broker.collector import SlotkeeperCollector
 from slotkeeper.broker.daemon import Daemon
-from slotkeeper.broker.metrics import SlotkeeperCollector
 from slotkeeper.broker.records import GRANTED, QUEUED
 from tests.support.redisproc import RedisProc
 
