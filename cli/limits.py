@@ -8,6 +8,7 @@ import sys
 import click
 
 from slotkeeper.broker.errors import InvalidArgument, LimitHeld, LimitNotFound
+from slotkeeper.broker.keys import check_name
 from slotkeeper.broker.readmodel import LimitStats, ReadModel, ensure_readable
 from slotkeeper.broker.render_json import config_dict, limit_detail, limit_summary
 from slotkeeper.cli.context import App, json_option, pass_app
@@ -191,8 +192,9 @@ def ls(app: App) -> None:
 @pass_app
 def show(app: App, name: str, max_items: int) -> None:
     """Show a limit: config, counters, holders and waiters in queue order."""
+    check_name(name)  # a bad name is one error, not also a warning about an unreadable limit
     st = ReadModel(app.broker()).limit(name, max_items)
-    if not st.missing:
+    if st.ok:  # an unreadable limit is the one error below, not also a warning
         report_problems([st])
     st = ensure_readable(st, app.namespace)
     emit(app, limit_detail(st), lambda: click.echo(limit_text(st)))
