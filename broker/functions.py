@@ -23,6 +23,7 @@ not FCALL (an older deployment's ACL line).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable, Generator
 from functools import cache
 from typing import Any
 
@@ -107,15 +108,14 @@ def missing() -> FunctionLibraryMissing:
     )
 
 
-def decide(execute: Any) -> str:
-    """Which path a connection takes (blocking): ``execute(*command)`` runs one command.
-
-    The library at this version -> FUNCTIONS. No library -> load it (FUNCTIONS), or EVALSHA when
-    this user may not load it. Another version -> FunctionLibraryMismatch. No Functions in this
-    Redis, or no FCALL for this user -> EVALSHA."""
+def _decide() -> Generator[tuple[Any, ...], Any, str]:
+    """Which path a connection takes, sans-IO: yields each command to run and receives its reply
+    (or has the redis-py error thrown in). The library at this version -> FUNCTIONS. No library ->
+    load it (FUNCTIONS), or EVALSHA_UNLOADED when this user may not. Another version ->
+    FunctionLibraryMismatch. No Functions in this Redis, or no FCALL for this user -> EVALSHA."""
     for _ in range(2):
         try:
-            found = execute("FCALL_RO", VERSION_FUNCTION, 0)
+            found = yield ("FCALL_RO", VERSION_FUNCTION, 0)
         except redis.exceptions.NoPermissionError:
             return EVALSHA
         except redis.ResponseError as exc:
@@ -130,7 +130,7 @@ def decide(execute: Any) -> str:
                 raise mismatch(found)
             return FUNCTIONS
         try:
-            execute("FUNCTION", "LOAD", library_source())
+            yield ("FUNCTION", "LOAD", library_source())
             return FUNCTIONS
         except redis.exceptions.NoPermissionError:
             return EVALSHA_UNLOADED
@@ -140,33 +140,36 @@ def decide(execute: Any) -> str:
     return EVALSHA
 
 
-async def decide_async(execute: Any) -> str:
-    """:func:`decide` for an asyncio client (``execute`` is awaited)."""
-    for _ in range(2):
+def decide(execute: Callable[..., Any]) -> str:
+    """:func:`_decide` driven by a blocking ``execute(*command)``."""
+    steps = _decide()
+    cmd = next(steps)
+    while True:
         try:
-            found = await execute("FCALL_RO", VERSION_FUNCTION, 0)
-        except redis.exceptions.NoPermissionError:
-            return EVALSHA
-        except redis.ResponseError as exc:
-            if is_unknown_command(exc):
-                return EVALSHA
-            if not is_missing_function(exc):
-                raise
-            found = None
-        if found is not None:
-            found = found.decode() if isinstance(found, bytes) else str(found)
-            if found != version():
-                raise mismatch(found)
-            return FUNCTIONS
+            try:
+                reply = execute(*cmd)
+            except redis.ResponseError as exc:
+                cmd = steps.throw(exc)
+                continue
+            cmd = steps.send(reply)
+        except StopIteration as done:
+            return str(done.value)
+
+
+async def decide_async(execute: Callable[..., Awaitable[Any]]) -> str:
+    """:func:`_decide` driven by an awaited ``execute(*command)`` (asyncio clients)."""
+    steps = _decide()
+    cmd = next(steps)
+    while True:
         try:
-            await execute("FUNCTION", "LOAD", library_source())
-            return FUNCTIONS
-        except redis.exceptions.NoPermissionError:
-            return EVALSHA_UNLOADED
-        except redis.ResponseError as exc:
-            if not is_already_loaded(exc):
-                raise
-    return EVALSHA
+            try:
+                reply = await execute(*cmd)
+            except redis.ResponseError as exc:
+                cmd = steps.throw(exc)
+                continue
+            cmd = steps.send(reply)
+        except StopIteration as done:
+            return str(done.value)
 
 
 def load(client: Any, replace: bool = False) -> str:
