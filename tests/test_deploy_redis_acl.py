@@ -7,6 +7,7 @@ granted, nothing unused)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -407,6 +408,19 @@ def test_library_missing_or_of_another_version_is_one_clear_error(tmp_path: Path
             timeout=60,
         )
         assert res.returncode == 0, res.stderr
+        res = subprocess.run(
+            [sys.executable, "-m", "slotkeeper.cli", "--url", url, "functions", "status", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # readable by the namespace user too (FCALL_RO sk_version)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout) == {
+            "library": "slotkeeper",
+            "loaded": F.version(),
+            "needed": F.version(),
+            "current": True,
+        }
         b = Broker.from_url(url, ns)
         b.create_limit("v", 1)  # positive control: the command the error named fixed it
         assert b.list_limits() == ["v"]
