@@ -20,10 +20,12 @@ from slotkeeper.broker.connection import connect, connect_async, redact
 from slotkeeper.broker.errors import (
     BrokerError,
     InvalidArgument,
+    InvalidType,
     SlotkeeperError,
 )
-from slotkeeper.broker.keys import Keys, check_name, check_namespace
+from slotkeeper.broker.keys import Keys, check_limit_name, check_namespace, is_template
 from slotkeeper.broker.protocol import check_slots
+from slotkeeper.broker.rates import Rate
 from slotkeeper.broker.transport import (
     DEFAULT_OP_TIMEOUT,
     AsyncTransport,
@@ -56,6 +58,17 @@ class Broker:
     def run(self, op: P.Op[Any], deadline: float | None = None) -> Any:
         return self.transport.run(op, deadline)
 
+    def templates(self, refresh: bool = False) -> tuple[str, ...]:
+        """The namespace's template names, longest first (read again when older than
+        TEMPLATE_CACHE_S). Scripts get the keys of those matching the names they are given."""
+        if refresh or P.templates_stale(self.namespace):
+            return self.transport.run(P.list_templates(self.keys))
+        return P.known_templates(self.namespace)
+
+    def _fresh(self) -> None:
+        if P.templates_stale(self.namespace):
+            self.templates(refresh=True)
+
     # -- plain reads ------------------------------------------------------------------------
 
     def limit_slots(self, name: str) -> int:
@@ -72,6 +85,11 @@ class Broker:
     def server_time_ms(self) -> int:
         return self.transport.run(P.server_time_ms())
 
+    def probe_permissions(self) -> list[str]:
+        """The commands the scripts use that this ACL user may not run (see ``slotkeeper
+        doctor``). Raises PermissionDenied if scripts cannot run at all."""
+        return self.transport.run(P.probe_permissions(self.keys), retry=False)
+
     def list_limits(self) -> list[str]:
         return self.transport.run(P.list_limits(self.keys))
 
@@ -79,26 +97,74 @@ class Broker:
         return self.transport.run(P.lease_record(self.keys, lease_id))
 
     def snapshot(self, name: str, max_items: int = 1000) -> R.Snapshot:
+        self._fresh()
         return self.transport.run(P.snapshot(self.keys, name, max_items))
+
+    def template_keys(self, template: str, limit: int = 100_000) -> list[tuple[str, int]]:
+        """(key, last activity ms) of the keys made from a template, most recent first."""
+        return self.transport.run(P.template_keys(self.keys, template, limit))
+
+    def recent_template_keys(self, template: str, within_ms: int, limit: int) -> list[str]:
+        """Keys of a template active within the last ``within_ms``, most recent first."""
+        since = self.server_time_ms() - within_ms
+        return self.transport.run(P.recent_template_keys(self.keys, template, since, limit))
+
+    def reap_idle(self, template: str, batch: int = 200) -> int:
+        """Remove keys of a template idle for its --idle-ttl (bounded calls); returns how many."""
+        idle_ms = int(self.snapshot(template, 1).config.idle_ttl_s * 1000)
+        removed = 0
+        while True:
+            cutoff = self.server_time_ms() - idle_ms
+            cands = self.transport.run(P.idle_candidates(self.keys, template, cutoff, batch))
+            if not cands:
+                return removed
+            n = self.transport.run(P.reap_idle(self.keys, template, cands))
+            removed += n
+            if n == 0:
+                return removed
 
     # -- limits -------------------------------------------------------------------------------
 
-    def create_limit(self, name: str, slots: int, ttl: float | None = None,
-                     enabled: bool = True, description: str = "") -> None:
-        check_slots(slots)  # required here (None would mean "unchanged")
-        args = P.config_args(slots, ttl if ttl is not None else 0, enabled, description)
+    def create_limit(self, name: str, slots: int | None = None, ttl: float | None = None,
+                     enabled: bool = True, description: str = "", *,
+                     rate: Rate | str | None = None, spread: bool = False,
+                     max_waiters: int | None = None, total: int | None = None,
+                     idle_ttl: float | str | None = None) -> None:
+        """Create a limit (or a template: a name ending in '*'). It needs slots, a rate, or both."""
+        name = check_limit_name(name)
+        if slots is None and rate is None:
+            raise InvalidType(f"limit {name!r}: slots must be an int (or give a rate: N/s, N/min)")
+        if slots is not None:
+            check_slots(slots)
+        if spread and rate is None:
+            raise InvalidArgument("--spread needs a rate")
+        args = P.config_args(
+            slots, ttl if ttl is not None else 0, enabled, description, rate=rate,
+            spread=spread if rate is not None else None, max_waiters=max_waiters, total=total,
+            idle_ttl=idle_ttl, name=name, unset=("slots",) if slots is None else ())
         self.transport.run(P.limit_config(self.keys, name, "create", args))
+        if is_template(name):
+            self.templates(refresh=True)
 
     def update_limit(self, name: str, *, slots: int | None = None, ttl: float | None = None,
                      enabled: bool | None = None, description: str | None = None,
-                     create: bool = False) -> tuple[bool, list[str]]:
+                     create: bool = False, rate: Rate | str | None = None,
+                     spread: bool | None = None, max_waiters: int | None = None,
+                     total: int | None = None, idle_ttl: float | str | None = None,
+                     unset: Sequence[str] = ()) -> tuple[bool, list[str]]:
         """Change some fields; returns (created, changed field names)."""
-        name = check_name(name)
-        args = P.config_args(slots, ttl, enabled, description)
-        if create and slots is None:
-            raise InvalidArgument("creating a limit needs slots")
-        return self.transport.run(
+        name = check_limit_name(name)
+        args = P.config_args(slots, ttl, enabled, description, rate=rate, spread=spread,
+                             max_waiters=max_waiters, total=total, idle_ttl=idle_ttl, name=name,
+                             unset=unset)
+        if create and slots is None and rate is None:
+            raise InvalidArgument("creating a limit needs slots or a rate")
+        self._fresh()
+        result: tuple[bool, list[str]] = self.transport.run(
             P.limit_config(self.keys, name, "upsert" if create else "update", args))
+        if is_template(name):
+            self.templates(refresh=True)
+        return result
 
     def delete_limit(self, name: str) -> None:
         while not self.transport.run(P.limit_delete(self.keys, name)):
@@ -109,11 +175,19 @@ class Broker:
     def acquire(self, names: Sequence[str], lease_id: str, deadline: float | None = None,
                 **kwargs: Any) -> R.AcquireResult:
         """Take slots or join the queues (see :func:`slotkeeper.broker.protocol.acquire`)."""
+        self._fresh()
         return self.transport.run(P.acquire(self.keys, names, lease_id, **kwargs), deadline)
 
     def cancel(self, names: Sequence[str], ticket_id: str, timed_out: bool,
-               deadline: float | None = None) -> R.AcquireResult:
-        return self.transport.run(P.cancel(self.keys, names, ticket_id, timed_out), deadline)
+               deadline: float | None = None, units_only_occupy: int = 0) -> R.AcquireResult:
+        return self.transport.run(
+            P.cancel(self.keys, names, ticket_id, timed_out, units_only_occupy), deadline)
+
+    def settle(self, names: Sequence[str], request_id: str, taken: int, true_units: int,
+               deadline: float | None = None) -> bool:
+        """Correct the units a granted request took (see :func:`protocol.settle`)."""
+        return self.transport.run(
+            P.settle(self.keys, names, request_id, taken, true_units), deadline)
 
     def release(self, names: Sequence[str], lease_id: str, revoke: bool = False,
                 deadline: float | None = None) -> bool:
@@ -168,6 +242,7 @@ class Broker:
         return self.transport.run(P.heartbeat(self.keys, leases, tickets), deadline, retry)
 
     def reclaim(self, name: str | None, batch: int = 500) -> R.ReclaimResult:
+        self._fresh()
         return self.transport.run(P.reclaim(self.keys, name, batch))
 
     def reclaim_all(self, name: str | None, batch: int = 500) -> int:
@@ -199,9 +274,14 @@ class AsyncBroker:
         return await self.transport.run(P.acquire(self.keys, names, lease_id, **kwargs), deadline)
 
     async def cancel(self, names: Sequence[str], ticket_id: str, timed_out: bool,
-                     deadline: float | None = None) -> R.AcquireResult:
-        return await self.transport.run(P.cancel(self.keys, names, ticket_id, timed_out),
-                                        deadline)
+                     deadline: float | None = None, units_only_occupy: int = 0) -> R.AcquireResult:
+        return await self.transport.run(
+            P.cancel(self.keys, names, ticket_id, timed_out, units_only_occupy), deadline)
+
+    async def settle(self, names: Sequence[str], request_id: str, taken: int, true_units: int,
+                     deadline: float | None = None) -> bool:
+        return await self.transport.run(
+            P.settle(self.keys, names, request_id, taken, true_units), deadline)
 
     async def release(self, names: Sequence[str], lease_id: str, revoke: bool = False,
                       deadline: float | None = None) -> bool:

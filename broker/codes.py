@@ -24,6 +24,7 @@ class Status(IntEnum):
     REJECTED = 10
     NEED_KEYS = 11
     MORE = 12
+    QUEUE_FULL = 13
 
 
 def lua_prelude() -> str:

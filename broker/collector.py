@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.errors import BrokerUnavailable, SlotkeeperError
 from slotkeeper.broker.keys import WAIT_BUCKETS_MS, printable
-from slotkeeper.broker.readmodel import SAMPLE, LimitStats, ProblemLog, read_limits
+from slotkeeper.broker.readmodel import SAMPLE, LimitStats, ProblemLog, read_limit, read_limits
 from slotkeeper.broker.records import Counters
 
 log = logging.getLogger("slotkeeper.metrics")
@@ -71,6 +71,11 @@ def _families(namespace: str, stats: Sequence[LimitStats], up: bool) -> list[Met
     )
     revoked = counter("slotkeeper_revoked_total", "Leases revoked by an operator.")
     timed_out = counter("slotkeeper_timed_out_total", "Acquire requests that timed out waiting.")
+    rate_limit = gauge("slotkeeper_limit_rate_units", "Units a limit's --rate allows per window.")
+    rate_period = gauge("slotkeeper_limit_rate_period_seconds", "Window length of the --rate.")
+    rate_used = gauge("slotkeeper_limit_rate_in_window", "Rate units granted in the window now.")
+    units = counter("slotkeeper_rate_units_total", "Rate units granted.")
+    rejected = counter("slotkeeper_rejected_total", "Requests refused by --max-waiters.")
     wait = HistogramMetricFamily(
         "slotkeeper_wait_seconds", "Time from request to grant of each lease.", labels=LIMIT_LABELS
     )
@@ -85,7 +90,16 @@ def _families(namespace: str, stats: Sequence[LimitStats], up: bool) -> list[Met
         if snap is None:
             continue
         c = snap.counters
-        slots.add_metric(lv, float(snap.config.slots))
+        # a template reports its keys aggregated: its capacity is its --total (if any)
+        cap = snap.config.total if snap.config.is_template else snap.config.slots
+        if cap is not None:
+            slots.add_metric(lv, float(cap))
+        if snap.config.rate is not None and not snap.config.is_template:
+            rate_limit.add_metric(lv, float(snap.config.rate.units))
+            rate_period.add_metric(lv, snap.config.rate.period_ms / 1000.0)
+            rate_used.add_metric(lv, float(snap.rate_in_window))
+        units.add_metric(lv, float(c.units))
+        rejected.add_metric(lv, float(c.rejected))
         in_use.add_metric(lv, float(snap.used))
         leases.add_metric(lv, float(st.leases))
         waiters.add_metric(lv, float(st.waiters))
@@ -107,6 +121,11 @@ def _families(namespace: str, stats: Sequence[LimitStats], up: bool) -> list[Met
         expired,
         revoked,
         timed_out,
+        rate_limit,
+        rate_period,
+        rate_used,
+        units,
+        rejected,
         wait,
         problems,
         redis_up,
@@ -129,6 +148,7 @@ class SlotkeeperCollector(Collector):
         problems: ProblemLog | None = None,
         sample: int = SAMPLE,
         cache_seconds: float = CACHE_SECONDS,
+        per_key: int = 0,
     ) -> None:
         self.broker = broker
         self.problems = problems
@@ -137,6 +157,7 @@ class SlotkeeperCollector(Collector):
         self.reads = 0  # reads of Redis made (for tests and the curious)
         self._lock = threading.Lock()
         self._cached: tuple[float, list[LimitStats], bool] | None = None
+        self.per_key = per_key  # >0: also series for up to this many keys of each template
 
     def describe(self) -> Iterator[Metric]:
         yield from _families(self.broker.namespace, (), False)
@@ -163,6 +184,11 @@ class SlotkeeperCollector(Collector):
             up = self.broker.ping()
             if up:
                 stats = read_limits(self.broker, self.sample)
+                if self.per_key > 0:  # opt-in: keys made from templates get series of their own
+                    for st in list(stats):
+                        if st.snapshot is not None and st.snapshot.config.is_template:
+                            for key, _ in self.broker.template_keys(st.name, self.per_key):
+                                stats.append(read_limit(self.broker, key, self.sample))
         except BrokerUnavailable:
             up = False
             stats = []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
@@ -28,12 +28,14 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from slotkeeper.broker import doctor
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.collector import CACHE_SECONDS, SlotkeeperCollector
 from slotkeeper.broker.connection import redact
+from slotkeeper.broker.doctor import Report
 from slotkeeper.broker.errors import BrokerUnavailable, SlotkeeperError
 from slotkeeper.broker.httpserver import MAX_CONNECTIONS, REQUEST_TIMEOUT, HttpServer
-from slotkeeper.broker.keys import check_name
+from slotkeeper.broker.keys import check_limit_name, is_template
 from slotkeeper.broker.readmodel import ProblemLog, ReadModel, read_limit
 from slotkeeper.broker.webapp import WebApp
 
@@ -44,6 +46,7 @@ DEFAULT_BATCH = 500
 MAX_CALLS_PER_LIMIT = 200  # per pass; the rest waits for the next pass (which starts at once)
 AUDIT_EVERY = 60.0  # s between full reads of every limit looking for unreadable entries
 AUDIT_SAMPLE = 200
+DOCTOR_EVERY = 300.0  # s between runs of the doctor's checks (logged on change, exported as gauges)
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -110,9 +113,12 @@ class DaemonStats:
 class DaemonCollector(Collector):
     """The daemon's own metrics (labelled by namespace only)."""
 
-    def __init__(self, namespace: str, stats: DaemonStats) -> None:
+    def __init__(
+        self, namespace: str, stats: DaemonStats, doctor: Callable[[], Report | None] = lambda: None
+    ) -> None:
         self.namespace = namespace
         self.stats = stats
+        self.doctor = doctor
 
     def describe(self) -> Iterator[Metric]:
         yield from self._families(empty=True)
@@ -160,9 +166,20 @@ class DaemonCollector(Collector):
             "Unix time the last pass completed.",
             labels=lbl,
         )
-        fams: list[Metric] = [dur, reclaimed, last, granted, passes, errors, max_call, last_at]
+        checks = GaugeMetricFamily(
+            "slotkeeper_doctor_check",
+            "Last result of each `slotkeeper doctor` check: 0 fine, 1 warning, 2 danger, "
+            "-1 could not check.",
+            labels=("namespace", "check"),
+        )
+        fams: list[Metric] = [
+            dur, reclaimed, last, granted, passes, errors, max_call, last_at, checks
+        ]  # fmt: skip
         if empty:
             return fams
+        report = self.doctor()
+        for c in report.checks if report is not None else ():
+            checks.add_metric([self.namespace, c.name], c.level.gauge)
         s = self.stats
         buckets, total = s.histogram()
         with s._lock:
@@ -186,6 +203,10 @@ def _why(exc: Exception) -> str:
     return f"{type(exc).__name__}: {redact(str(exc))[:300]}"
 
 
+RECENT_KEYS_MS = 60_000  # template keys active this recently get a reclaim call each pass
+RECENT_KEYS_PER_PASS = 100
+
+
 class Daemon:
     """Reclaim loop for one namespace. ``stop()`` is safe to call from a signal handler."""
 
@@ -199,6 +220,8 @@ class Daemon:
         audit_every: float = AUDIT_EVERY,
         health_broker: Broker | None = None,
         scrape_cache: float = CACHE_SECONDS,
+        doctor_every: float = DOCTOR_EVERY,
+        per_key_metrics: int = 0,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0")
@@ -215,9 +238,14 @@ class Daemon:
         self.stats = DaemonStats()
         self.problems = ProblemLog(log)
         self._stop = False
+        self.reaped = 0  # keys made from templates removed after their --idle-ttl
+        self.per_key_metrics = per_key_metrics
         self._redis_up: bool | None = None  # unknown until the first pass
         self._bad_limits: dict[str, str] = {}
         self._last_audit: float | None = None  # audit on the first pass
+        self.doctor_every = doctor_every
+        self.doctor_report: doctor.Report | None = None
+        self._last_doctor: float | None = None
         self.started = time.monotonic()
 
     # -- control ------------------------------------------------------------------------------
@@ -243,7 +271,7 @@ class Daemon:
             if self._stop:
                 break
             try:
-                check_name(name)
+                check_limit_name(name)
             except SlotkeeperError as exc:
                 self._limit_failed(name, f"limit {name!r} has an unusable name: {exc}")
                 errors += 1
@@ -269,6 +297,17 @@ class Daemon:
                         break
                     if i == self.max_calls - 1:
                         backlog = True
+                if is_template(name):
+                    # keys made from it: remove those idle for its --idle-ttl; reclaim (and grant
+                    # due or fitting waiters of) the recently active ones, bounded per pass
+                    self.reaped += self.broker.reap_idle(name, self.batch)
+                    for key in self.broker.recent_template_keys(
+                        name, RECENT_KEYS_MS, RECENT_KEYS_PER_PASS
+                    ):
+                        r = self.broker.reclaim(key, self.batch)
+                        calls += 1
+                        expired += r.expired
+                        granted += r.granted
                 self._limit_ok(name)
             except BrokerUnavailable:
                 raise
@@ -324,6 +363,27 @@ class Daemon:
             self.problems.report(name, st.messages())
         self.problems.forget_missing(names)
 
+    def check_redis(self) -> doctor.Report:
+        """Run the doctor's checks; log each warning or danger when it appears or changes."""
+        report = doctor.run(self.broker, clock_samples=3)
+        before = {c.name: c for c in self.doctor_report.checks} if self.doctor_report else {}
+        for c in report.checks:
+            old = before.get(c.name)
+            if old is not None and old.level is c.level:
+                continue
+            if c.level in (doctor.Level.WARN, doctor.Level.DANGER):
+                log.warning("doctor: %s %s: %s (fix: %s)", c.level.value, c.name, c.summary, c.fix)
+            elif old is not None and old.level in (doctor.Level.WARN, doctor.Level.DANGER):
+                log.info("doctor: %s is fine now: %s", c.name, c.summary)
+        self.doctor_report = report
+        self._last_doctor = time.monotonic()
+        return report
+
+    def _doctor_due(self) -> bool:
+        return self.doctor_every > 0 and (
+            self._last_doctor is None or time.monotonic() - self._last_doctor >= self.doctor_every
+        )
+
     def _limit_failed(self, name: str, msg: str) -> None:
         if self._bad_limits.get(name) != msg:
             log.warning("%s (carrying on with the other limits)", msg)
@@ -360,6 +420,8 @@ class Daemon:
             self.last_tick = time.monotonic()
             backlog = False
             try:
+                if self._doctor_due() and not once:
+                    self.check_redis()
                 r = self.run_pass()
                 self._set_up(True)
                 backlog = r.backlog
@@ -426,9 +488,11 @@ class Daemon:
 
     def registry(self) -> CollectorRegistry:
         reg = CollectorRegistry(auto_describe=True)
-        reg.register(SlotkeeperCollector(self.health_broker, self.problems,
-                                         cache_seconds=self.scrape_cache))
-        reg.register(DaemonCollector(self.broker.namespace, self.stats))
+        reg.register(
+            SlotkeeperCollector(self.health_broker, self.problems,
+                                cache_seconds=self.scrape_cache, per_key=self.per_key_metrics)
+        )
+        reg.register(DaemonCollector(self.broker.namespace, self.stats, lambda: self.doctor_report))
         # the daemon process itself: process_* (CPU, memory, fds), python_info, python_gc_*
         ProcessCollector(registry=reg)
         PlatformCollector(registry=reg)

@@ -73,6 +73,30 @@ class OccupyExceedsLimit(SlotkeeperError, ValueError):
         )
 
 
+class QueueFull(SlotkeeperError):
+    """The request would have been the (N+1)-th waiter of a limit with ``--max-waiters N``: it
+    fails at once instead of waiting (backpressure)."""
+
+    def __init__(self, name: str, max_waiters: int) -> None:
+        self.name = name
+        self.max_waiters = max_waiters
+        super().__init__(
+            f"limit {name!r} already has {max_waiters} waiter(s) (--max-waiters {max_waiters}): "
+            "request rejected"
+        )
+
+
+class NoRate(SlotkeeperError, ValueError):
+    """``rate_limit`` on a limit that has no rate."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"limit {name!r} has no rate: give it one (`slotkeeper set {_quote(name)} --rate N/s`) "
+            "or use limit()"
+        )
+
+
 class AcquireTimeout(SlotkeeperError, TimeoutError):
     """No slot within the timeout."""
 
@@ -95,6 +119,10 @@ class BrokerUnavailable(SlotkeeperError, ConnectionError):
 
 class BrokerError(SlotkeeperError):
     """Redis answered with an error slotkeeper did not expect (e.g. garbage in its keys)."""
+
+
+class PermissionDenied(BrokerError):
+    """The Redis ACL user may not run a command slotkeeper needs (NOPERM)."""
 
 
 class LimitUnreadable(SlotkeeperError):

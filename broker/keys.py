@@ -6,19 +6,33 @@ slot (multi-limit scripts stay atomic) and different namespaces spread over shar
 =====================================  ======  =================================================
 key                                    type    holds
 =====================================  ======  =================================================
-``sk:{ns}:limits``                     SET     names of every limit in the namespace
-``sk:{ns}:limit:<name>``               HASH    config (slots, ttl ms, enabled, desc, created,
-                                               updated) and counters (c_acquired, c_released,
-                                               c_expired, c_revoked, c_timed_out, w1..w16
+``sk:{ns}:limits``                     SET     names of every limit in the namespace (own limits
+                                               and templates; not the keys made from templates)
+``sk:{ns}:templates``                  SET     names of the templates (names ending in ``*``)
+``sk:{ns}:limit:<name>``               HASH    config (slots or ``none``, ttl ms, enabled, desc,
+                                               rate_n, rate_p ms, spread, maxw, total, idle ms,
+                                               created, updated), rate state (r_used units in
+                                               the window, r_next ms for --spread) and counters
+                                               (c_acquired, c_released, c_expired, c_revoked,
+                                               c_timed_out, c_units, c_rejected, w1..w16
                                                wait-time buckets, w_sum_us: waits summed in
-                                               microseconds; w_sum: the same in ms, written
-                                               by earlier versions, still added when read)
+                                               microseconds; w_sum: the same in ms, written by
+                                               earlier versions, still added when read). A key
+                                               made from a template holds ``tpl`` (the
+                                               template) instead of config.
 ``sk:{ns}:holders:<name>``             ZSET    lease id (plus ``id#2``..``id#occupy``) -> expiry ms
+                                               (a template: the entries of all its keys)
 ``sk:{ns}:queue:<name>``               ZSET    waiting ticket id -> -priority*1e12 + arrival seq
+``sk:{ns}:rate:<name>``                ZSET    grant batch ``"<id> <units>"`` -> grant time ms
+                                               (the sliding window of a rate)
+``sk:{ns}:keys:<template>``            ZSET    key made from the template -> last activity ms
 ``sk:{ns}:leases``                     HASH    lease id -> msgpack lease record
 ``sk:{ns}:tickets``                    HASH    ticket id -> msgpack ticket record
 ``sk:{ns}:ticket_exp``                 ZSET    ticket id -> expiry ms
 ``sk:{ns}:fence``                      STRING  fencing token / arrival sequence counter
+``sk:{ns}:doctor``                     any     ``slotkeeper doctor``'s ACL probe (deleted at once)
+``sk:{ns}:events``                     STREAM  audit events (broker/events.py), XADD MAXLEN ~ cap
+``sk:{ns}:settings``                   HASH    namespace settings: events (0 = off), events_cap
 ``sk:{ns}:wake:<client>`` (channel)    PUBSUB  grant notifications to one process (not a key)
 =====================================  ======  =================================================
 """
@@ -56,6 +70,29 @@ def check_namespace(ns: object) -> str:
     return ns
 
 
+def is_template(name: str) -> bool:
+    """A template is a limit whose name ends in ``*``: ``tenant:*``."""
+    return name.endswith("*")
+
+
+def template_prefix(name: str) -> str:
+    return name[:-1]
+
+
+def check_limit_name(name: object) -> str:
+    """A limit or a template: a limit name, or one followed by ``*`` (``tenant:*``)."""
+    if isinstance(name, str) and name.endswith("*"):
+        if name == "*":
+            raise InvalidName("a template needs a prefix before '*' (e.g. 'tenant:*')")
+        if len(name) > MAX_NAME:
+            raise InvalidName(
+                f"limit name is {len(name)} characters long; the maximum is {MAX_NAME}"
+            )
+        check_name(name[:-1])
+        return name
+    return check_name(name)
+
+
 def check_name(name: object) -> str:
     """A limit name: 1-200 printable characters, no leading/trailing space."""
     if not isinstance(name, str):
@@ -68,6 +105,11 @@ def check_name(name: object) -> str:
         raise InvalidName(f"limit name {name!r} contains non-printable characters")
     if name != name.strip():
         raise InvalidName(f"limit name {name!r} has leading or trailing whitespace")
+    if "*" in name:
+        raise InvalidName(
+            f"limit name {name!r}: '*' may only be the last character (a template, created with "
+            "`slotkeeper create 'prefix*'`; acquire names made from it)"
+        )
     if "{" in name or "}" in name:
         raise InvalidName(
             f"limit name {name!r} contains '{{' or '}}' (only the templates {{worker}} and "
@@ -94,11 +136,20 @@ class Keys:
             f"{b}:tickets",
             f"{b}:ticket_exp",
             f"{b}:fence",
+            f"{b}:templates",
+            f"{b}:events",
+            f"{b}:settings",
         ]
 
     def limit(self, name: str) -> list[str]:
         b = self.base
-        return [f"{b}:limit:{name}", f"{b}:holders:{name}", f"{b}:queue:{name}"]
+        return [
+            f"{b}:limit:{name}",
+            f"{b}:holders:{name}",
+            f"{b}:queue:{name}",
+            f"{b}:rate:{name}",
+            f"{b}:keys:{name}",
+        ]
 
     def for_limits(self, names: list[str] | tuple[str, ...]) -> list[str]:
         keys = self.fixed()
@@ -111,12 +162,34 @@ class Keys:
         return f"{self.base}:limits"
 
     @property
+    def templates(self) -> str:
+        return f"{self.base}:templates"
+
+    def template_keys(self, template: str) -> str:
+        return f"{self.base}:keys:{template}"
+
+    @property
     def leases(self) -> str:
         return f"{self.base}:leases"
 
     @property
     def tickets(self) -> str:
         return f"{self.base}:tickets"
+
+    @property
+    def events(self) -> str:
+        """The audit event stream (broker/events.py)."""
+        return f"{self.base}:events"
+
+    @property
+    def settings(self) -> str:
+        """Namespace settings: ``events`` (0/1), ``events_cap``."""
+        return f"{self.base}:settings"
+
+    @property
+    def doctor_probe(self) -> str:
+        """Written and deleted by ``slotkeeper doctor``'s permission probe."""
+        return f"{self.base}:doctor"
 
     def wake_channel(self, client_id: str) -> str:
         return f"{self.base}:wake:{client_id}"

@@ -10,6 +10,7 @@ See ARCHITECTURE.md for the layers and the script contract.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -23,14 +24,32 @@ from slotkeeper.broker.errors import (
     LimitExists,
     LimitHeld,
     LimitNotFound,
+    NoRate,
     OccupyExceedsLimit,
+    QueueFull,
 )
-from slotkeeper.broker.keys import Keys, check_name, printable
+from slotkeeper.broker.events import (
+    DEFAULT_CAP,
+    Event,
+    check_cap,
+    parse_entries,
+    parse_xread,
+)
+from slotkeeper.broker.keys import (
+    Keys,
+    check_limit_name,
+    check_name,
+    is_template,
+    printable,
+    template_prefix,
+)
+from slotkeeper.broker.rates import Rate, parse_duration, parse_rate
 
 T = TypeVar("T")
 
 MAX_PRIORITY = 1000
 DELETE_BATCH = 500
+TEMPLATE_CACHE_S = 2.0  # how long a process trusts its copy of a namespace's template names
 
 
 # -- validation (one rule each) ---------------------------------------------------------------
@@ -83,7 +102,29 @@ def check_priority(priority: object) -> int:
     return priority
 
 
+def check_max_waiters(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InvalidType(f"max_waiters must be an int, not {type(v).__name__}")
+    if not 0 <= v <= 10**9:
+        raise InvalidArgument(f"max_waiters must be between 0 and 1e9, got {v}")
+    return v
+
+
+def check_total(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InvalidType(f"total must be an int, not {type(v).__name__}")
+    if not 1 <= v <= 10**9:
+        raise InvalidArgument(f"total must be between 1 and 1e9, got {v}")
+    return v
+
+
 def check_names(names: Iterable[object]) -> tuple[str, ...]:
+    names = list(names)
+    for n in names:
+        if isinstance(n, str) and is_template(n) and n != "*":
+            raise InvalidArgument(
+                f"{n!r} is a template: acquire a name made from it (e.g. {template_prefix(n)}acme)"
+            )
     out = tuple(check_name(n) for n in names)
     if not out:
         raise InvalidArgument("at least one limit name is required")
@@ -111,10 +152,65 @@ def s(v: Any) -> str:
     return v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v)
 
 
+# -- templates: a script names the keys of every template matching a name it is given ----------
+# (scripts never build key names). The process keeps each namespace's template names for
+# TEMPLATE_CACHE_S; a stale list only costs a retry: a script that needs a template the list did
+# not name answers NEED_KEYS (or NOT_FOUND for a name no known template matches).
+
+_TEMPLATES: dict[str, tuple[float, tuple[str, ...]]] = {}
+
+
+def known_templates(namespace: str) -> tuple[str, ...]:
+    return _TEMPLATES.get(namespace, (0.0, ()))[1]
+
+
+def templates_stale(namespace: str, max_age: float = TEMPLATE_CACHE_S) -> bool:
+    at = _TEMPLATES.get(namespace, (-1e18, ()))[0]
+    return time.monotonic() - at > max_age
+
+
+def remember_templates(namespace: str, names: Iterable[str], replace: bool = True) -> None:
+    old = () if replace else known_templates(namespace)
+    merged = sorted({*old, *names}, key=lambda n: (-len(n), n))
+    at = time.monotonic() if replace else _TEMPLATES.get(namespace, (0.0, ()))[0]
+    _TEMPLATES[namespace] = (at, tuple(merged))
+
+
+def expand(namespace: str, names: Sequence[str]) -> list[str]:
+    """``names`` followed by every known template whose prefix matches one of them."""
+    out = list(names)
+    for t in known_templates(namespace):
+        if t not in out and any(
+            not is_template(n) and n.startswith(template_prefix(t)) for n in names
+        ):
+            out.append(t)
+    return out
+
+
+def list_templates(keys: Keys) -> Op[tuple[str, ...]]:
+    """Read (and remember) the namespace's template names."""
+
+    def parse(raw: Any) -> tuple[str, ...]:
+        remember_templates(keys.namespace, (s(x) for x in raw))
+        return known_templates(keys.namespace)
+
+    return Op(parse, command=("SMEMBERS", keys.templates))
+
+
 def _script(keys: Keys, name: str, names: Sequence[str], args: Sequence[Any],
-            parse: Callable[[Any], T]) -> Op[T]:
-    return Op(parse, script=name, keys=tuple(keys.for_limits(list(names))),
-              args=(len(names), *names, *args))
+            parse: Callable[[Any], T], exact: bool = False) -> Op[T]:
+    full = list(names) if exact else expand(keys.namespace, names)
+    return Op(parse, script=name, keys=tuple(keys.for_limits(full)),
+              args=(len(full), *full, *args))
+
+
+def _need_template(namespace: str, reply: Any) -> bool:
+    """A NEED_KEYS reply naming a template: remember it, so the retry names its keys."""
+    if (isinstance(reply, list) and reply and int(reply[0]) == Status.NEED_KEYS
+            and len(reply) > 1 and is_template(s(reply[1]))):
+        remember_templates(namespace, [s(reply[1])], replace=False)
+        return True
+    return False
 
 
 def raise_for(reply: list[Any], namespace: str, occupy: int = 0) -> None:
@@ -130,13 +226,22 @@ def raise_for(reply: list[Any], namespace: str, occupy: int = 0) -> None:
         raise rejection(s(reply[1]), s(reply[2]), int(reply[3]) if len(reply) > 3 else 0,
                         namespace, occupy)
     if code == Status.NEED_KEYS:
+        _need_template(namespace, reply)
         raise BrokerError(f"internal: script needed the keys of limit {s(reply[1])!r}")
+    if code == Status.QUEUE_FULL:
+        raise QueueFull(s(reply[1]), int(reply[2]))
 
 
 def rejection(reason: str, name: str, slots: int, namespace: str, occupy: int) -> Exception:
-    """A waiting request the broker rejected (limit deleted, or its slots lowered below occupy)."""
+    """A request the broker rejected (limit deleted, its slots or rate lowered below occupy, a
+    rate_limit on a limit without a rate, a config that would have neither slots nor rate)."""
     if reason == "missing":
         return LimitNotFound(name, namespace)
+    if reason == "norate":
+        return NoRate(name)
+    if reason == "invalid":
+        return InvalidArgument(
+            f"limit {name!r} needs slots or a rate (--slots N and/or --rate N/P)")
     return OccupyExceedsLimit(name, occupy, slots)
 
 
@@ -151,6 +256,18 @@ def parse_grant_message(msg: str) -> R.AcquireResult | None:
     except ValueError:
         return None
     return R.AcquireResult(Status.GRANTED, token=token, expires_ms=exp, ttl_ms=ttl)
+
+
+def parse_due_message(msg: str) -> int | None:
+    """A pushed notification ``d <ms>``: the waiter's rate units are due in that many ms (ask
+    again then); None if it is not one."""
+    parts = msg.split()
+    if len(parts) != 2 or parts[0] != "d":
+        return None
+    try:
+        return max(1, int(parts[1]))
+    except ValueError:
+        return None
 
 
 def parse_reject_message(msg: str) -> tuple[str, int, str] | None:
@@ -172,9 +289,12 @@ def _acquire_result(namespace: str, occupy: int) -> Callable[[Any], R.AcquireRes
             return R.AcquireResult(code, token=int(reply[1]), expires_ms=int(reply[2]),
                                    ttl_ms=int(reply[3]) if len(reply) > 3 else 0)
         if code == Status.QUEUED:
-            return R.AcquireResult(code, position=int(reply[1]), next_check_ms=int(reply[2]))
+            return R.AcquireResult(code, position=int(reply[1]), next_check_ms=int(reply[2]),
+                                   due_ms=int(reply[3]) if len(reply) > 3 else 0)
         if code in (Status.BUSY, Status.LOST, Status.CANCELLED, Status.OK):
             return R.AcquireResult(code)
+        if _need_template(namespace, reply):
+            return R.AcquireResult(Status.LOST)  # ask again (a new id), naming the template
         raise_for(reply, namespace, occupy)
         raise BrokerError(f"unexpected reply {reply!r}")
 
@@ -184,20 +304,68 @@ def _acquire_result(namespace: str, occupy: int) -> Callable[[Any], R.AcquireRes
 def acquire(keys: Keys, names: Sequence[str], lease_id: str, *, occupy: int = 1,
             ttl_ms: int = 0, default_ttl_ms: int = 30000, priority: int = 0, wait: bool = True,
             channel: str = "", meta: bytes = b"\x80", default_slots: int | None = None,
-            recheck: bool = False) -> Op[R.AcquireResult]:
-    """Take slots or join the queues (see lua/acquire.lua). ``recheck=True`` re-asks about an id
-    already sent: LOST if its ticket and lease are gone, never a fresh start under the old id."""
+            recheck: bool = False, units_only: bool = False) -> Op[R.AcquireResult]:
+    """Take slots (and rate units) or join the queues (see lua/acquire.lua). ``recheck=True``
+    re-asks about an id already sent: LOST if its ticket and lease are gone, never a fresh start
+    under the old id. ``units_only=True`` (rate_limit) takes rate units only: no lease, token 0.
+    Raises QueueFull when the request would exceed a limit's --max-waiters."""
     ds = -1 if default_slots is None else check_slots(default_slots)
     mode = (2 if recheck else 1) if wait else 0
     return _script(keys, "acquire", names,
-                   [lease_id, occupy, ttl_ms, default_ttl_ms, priority, mode, channel, meta, ds],
+                   [lease_id, occupy, ttl_ms, default_ttl_ms, priority, mode, channel, meta, ds,
+                    1 if units_only else 0],
                    _acquire_result(keys.namespace, occupy))
 
 
-def cancel(keys: Keys, names: Sequence[str], ticket_id: str,
-           timed_out: bool) -> Op[R.AcquireResult]:
-    return _script(keys, "cancel", names, [ticket_id, 1 if timed_out else 0],
+def cancel(keys: Keys, names: Sequence[str], ticket_id: str, timed_out: bool,
+           units_only_occupy: int = 0) -> Op[R.AcquireResult]:
+    """Withdraw a ticket. GRANTED if it was granted meanwhile (for a units-only request, pass its
+    occupy so a grant of its units is found: token 0)."""
+    return _script(keys, "cancel", names, [ticket_id, 1 if timed_out else 0, units_only_occupy],
                    _acquire_result(keys.namespace, 0))
+
+
+def settle(keys: Keys, names: Sequence[str], request_id: str, taken: int,
+           true_units: int) -> Op[bool]:
+    """Correct the units a granted request took from its limits' rate windows (``taken`` ->
+    ``true_units``). False if no window holds its batch any more (too late to settle)."""
+    if isinstance(true_units, bool) or not isinstance(true_units, int):
+        raise InvalidType("units must be an int")
+    if not 0 <= true_units <= 10**9:
+        raise InvalidArgument(f"units must be between 0 and 1e9, got {true_units}")
+    return _script(keys, "settle", names, [request_id, taken, true_units],
+                   lambda reply: int(reply[0]) == Status.OK)
+
+
+def reap_idle(keys: Keys, template: str, candidates: Sequence[str]) -> Op[int]:
+    """Remove the candidate keys of a template that are idle (checked again in the script)."""
+    return _script(keys, "reap_idle", [template, *candidates], [], lambda r: int(r[0]),
+                   exact=True)
+
+
+def idle_candidates(keys: Keys, template: str, cutoff_ms: int, batch: int) -> Op[list[str]]:
+    return Op(lambda raw: [s(x) for x in raw],
+              command=("ZRANGE", keys.template_keys(template), "-inf", cutoff_ms, "BYSCORE",
+                       "LIMIT", 0, batch))
+
+
+def recent_template_keys(keys: Keys, template: str, since_ms: int, limit: int) -> Op[list[str]]:
+    """Keys of a template active since ``since_ms`` (server clock), most recent first."""
+    return Op(lambda raw: [s(x) for x in raw],
+              command=("ZRANGE", keys.template_keys(template), "+inf", since_ms, "BYSCORE", "REV",
+                       "LIMIT", 0, limit))
+
+
+def template_keys(keys: Keys, template: str, limit: int) -> Op[list[tuple[str, int]]]:
+    """(key, last activity ms) of the keys made from a template, most recent first."""
+
+    def parse(raw: Any) -> list[tuple[str, int]]:
+        if raw and isinstance(raw[0], list | tuple):  # a client that pairs WITHSCORES replies
+            raw = [x for pair in raw for x in pair]
+        return [(s(raw[i]), int(float(s(raw[i + 1])))) for i in range(0, len(raw), 2)]
+
+    return Op(parse, command=("ZRANGE", keys.template_keys(template), 0, limit - 1, "REV",
+                              "WITHSCORES"))
 
 
 def release(keys: Keys, names: Sequence[str], lease_id: str, revoke: bool = False) -> Op[bool]:
@@ -247,10 +415,15 @@ def snapshot(keys: Keys, name: str, max_items: int = 1000) -> Op[R.Snapshot]:
     def parse(reply: list[Any]) -> R.Snapshot:
         if int(reply[0]) == Status.NOT_FOUND:
             raise LimitNotFound(name, keys.namespace)
-        _, conf_flat, used, now, holders, waiters, n_h, n_w = reply
+        _, conf_flat, used, now, holders, waiters, n_h, n_w, tname, tflat_raw = reply[:10]
+        in_window, room, n_keys = (int(x) for x in reply[10:13])
         flat = {s(conf_flat[i]): s(conf_flat[i + 1]) for i in range(0, len(conf_flat), 2)}
+        tflat = {s(tflat_raw[i]): s(tflat_raw[i + 1]) for i in range(0, len(tflat_raw), 2)}
         problems: list[str] = []
-        conf, counters = R.parse_config(name, flat, problems)
+        if s(tname) and not tflat:
+            problems.append(f"limit {name!r}: its template {s(tname)!r} is gone")
+        conf, counters = R.parse_config(name, flat, problems, s(tname),
+                                        tflat if s(tname) else None)
         config_problems = list(problems)
         hs = []
         for i in range(0, len(holders), 2):
@@ -273,16 +446,27 @@ def snapshot(keys: Keys, name: str, max_items: int = 1000) -> Op[R.Snapshot]:
                                 f"{', '.join(R.bad_fields(rec))}")
             ws.append(w)
         return R.Snapshot(conf, counters, int(used), int(now), hs, ws, int(n_h), int(n_w),
-                          problems, config_problems)
+                          problems, config_problems=config_problems,
+                          rate_in_window=in_window, rate_room_ms=room, n_keys=n_keys)
 
-    return _script(keys, "snapshot", [check_name(name)], [max_items], parse)
+    return _script(keys, "snapshot", [check_limit_name(name)], [max_items], parse)
 
 
 def config_args(slots: int | None, ttl: float | None, enabled: bool | None,
-                description: str | None) -> list[Any]:
+                description: str | None, *, rate: Rate | str | None = None,
+                spread: bool | None = None, max_waiters: int | None = None,
+                total: int | None = None, idle_ttl: float | str | None = None,
+                name: str = "", unset: Sequence[str] = ()) -> list[Any]:
+    """Field/value pairs for limit_config. ``unset`` names settings to remove: ``slots`` (a
+    rate-only limit), ``rate``, ``max_waiters``, ``total``."""
     args: list[Any] = []
+    bad = set(unset) - {"slots", "rate", "max_waiters", "total"}
+    if bad:
+        raise InvalidArgument(f"cannot unset {', '.join(sorted(bad))}")
     if slots is not None:
         args += ["slots", check_slots(slots)]
+    elif "slots" in unset:
+        args += ["slots", "none"]
     if ttl is not None:
         args += ["ttl", 0 if ttl == 0 else int(check_ttl(ttl) * 1000)]
     if enabled is not None:
@@ -295,6 +479,32 @@ def config_args(slots: int | None, ttl: float | None, enabled: bool | None,
         if len(description) > 1000:
             raise InvalidArgument("description is longer than 1000 characters")
         args += ["desc", description]
+    if rate is not None:
+        r = parse_rate(rate)
+        args += ["rate_n", r.units, "rate_p", r.period_ms]
+    elif "rate" in unset:
+        args += ["rate_n", "", "rate_p", "", "spread", ""]
+    if spread is not None:
+        if not isinstance(spread, bool):
+            raise InvalidType("spread must be a bool")
+        args += ["spread", 1 if spread else 0]
+    if max_waiters is not None:
+        args += ["maxw", check_max_waiters(max_waiters)]
+    elif "max_waiters" in unset:
+        args += ["maxw", ""]
+    template = is_template(name)
+    if total is not None:
+        if not template:
+            raise InvalidArgument(
+                f"--total applies to templates only (names ending in '*'), not {name!r}")
+        args += ["total", check_total(total)]
+    elif "total" in unset:
+        args += ["total", ""]
+    if idle_ttl is not None:
+        if not template:
+            raise InvalidArgument(
+                f"--idle-ttl applies to templates only (names ending in '*'), not {name!r}")
+        args += ["idle", int(parse_duration(idle_ttl, "idle-ttl") * 1000)]
     return args
 
 
@@ -306,7 +516,7 @@ def limit_config(keys: Keys, name: str, mode: str,
         raise_for(reply, keys.namespace)
         return bool(int(reply[1])), [s(x) for x in reply[2:]]
 
-    return _script(keys, "limit_config", [check_name(name)], [mode, *args], parse)
+    return _script(keys, "limit_config", [check_limit_name(name)], [mode, *args], parse)
 
 
 def limit_delete(keys: Keys, name: str, batch: int = DELETE_BATCH) -> Op[bool]:
@@ -320,7 +530,14 @@ def limit_delete(keys: Keys, name: str, batch: int = DELETE_BATCH) -> Op[bool]:
             raise LimitHeld(name, int(reply[1]))
         return code == Status.OK
 
-    return _script(keys, "limit_delete", [check_name(name)], [batch], parse)
+    return _script(keys, "limit_delete", [check_limit_name(name)], [batch], parse)
+
+
+def probe_permissions(keys: Keys) -> Op[list[str]]:
+    """The commands the scripts use that this ACL user may not run (lua/doctor_probe.lua: writes
+    and deletes the key ``sk:{ns}:doctor``, publishes once on a channel nobody listens to)."""
+    return Op(lambda reply: [s(x) for x in reply], script="doctor_probe",
+              keys=(*keys.fixed(), keys.doctor_probe), args=(0, keys.wake_channel("doctor")))
 
 
 def reclaim(keys: Keys, name: str | None, batch: int = 500) -> Op[R.ReclaimResult]:
@@ -371,3 +588,43 @@ def wait_replicas(replicas: int, timeout_ms: int) -> Op[int]:
 
 def drop_holder_entry(keys: Keys, name: str, lease_id: str) -> Op[int]:
     return Op(int, command=("ZREM", keys.limit(name)[1], lease_id))
+
+
+# -- audit events (broker/events.py) ----------------------------------------------------------
+
+
+def events_range(keys: Keys, newest: str = "+", oldest: str = "-",
+                 count: int = 1000) -> Op[list[Event]]:
+    """Up to ``count`` events between two stream ids, newest first (XREVRANGE)."""
+    return Op(parse_entries, command=("XREVRANGE", keys.events, newest, oldest, "COUNT", count))
+
+
+def events_after(keys: Keys, after_id: str, block_ms: int = 0,
+                 count: int = 1000) -> Op[list[Event]]:
+    """Events added after ``after_id``, oldest first; waits up to ``block_ms`` for one."""
+    cmd: tuple[Any, ...] = ("XREAD", "COUNT", count)
+    if block_ms > 0:
+        cmd += ("BLOCK", block_ms)
+    return Op(parse_xread, command=(*cmd, "STREAMS", keys.events, after_id))
+
+
+def event_settings(keys: Keys) -> Op[tuple[bool, int]]:
+    """(recording on, cap) of the namespace (defaults: on, DEFAULT_CAP)."""
+
+    def parse(raw: list[Any]) -> tuple[bool, int]:
+        on = raw[0] is None or s(raw[0]) != "0"
+        cap = _int_or_zero(raw[1]) or DEFAULT_CAP
+        return on, cap
+
+    return Op(parse, command=("HMGET", keys.settings, "events", "events_cap"))
+
+
+def set_event_settings(keys: Keys, enabled: bool | None, cap: int | None) -> Op[int]:
+    args: list[Any] = []
+    if enabled is not None:
+        args += ["events", 1 if enabled else 0]
+    if cap is not None:
+        args += ["events_cap", check_cap(cap)]
+    if not args:
+        raise InvalidArgument("nothing to change: give enabled and/or cap")
+    return Op(int, command=("HSET", keys.settings, *args))

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import redis
 
+from slotkeeper.broker import protocol as P
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.connection import redact
 from slotkeeper.broker.errors import (
@@ -29,13 +31,17 @@ from slotkeeper.broker.errors import (
     LimitUnreadable,
     SlotkeeperError,
 )
-from slotkeeper.broker.keys import WAIT_BUCKETS_MS, check_name
+from slotkeeper.broker.events import Event
+from slotkeeper.broker.keys import WAIT_BUCKETS_MS, check_limit_name, check_name
 from slotkeeper.broker.records import Counters, Snapshot
+from slotkeeper.broker.waitreasons import WaitReason, blocking_reason
 
 log = logging.getLogger("slotkeeper.readmodel")
 
 SAMPLE = 1000  # holders/waiters read per limit; beyond that, leases are counted in chunks
 COUNT_CHUNK = 5000
+EVENT_PAGE = 1000
+BUSIEST_OF = 20  # recently active keys of a template looked at for its busiest
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,7 @@ def read_limit(broker: Broker, name: str, sample: int = SAMPLE, count: bool = Tr
     ``count=False`` skips counting leases beyond the sample (config-only readers).
     Raises only BrokerUnavailable (Redis unreachable: nothing can be read)."""
     try:
-        check_name(name)
+        check_limit_name(name)
         snap = broker.snapshot(name, max_items=sample)
         if snap.used <= sample or not count:  # the holder list is complete
             leases = len(snap.holders)
@@ -155,6 +161,72 @@ class ReadModel:
     def readable_limit(self, name: str, sample: int | None = None) -> LimitStats:
         """One limit that could be read; raises LimitNotFound or LimitUnreadable otherwise."""
         return ensure_readable(self.limit(name, sample), self.namespace)
+
+    def busiest_template_keys(
+        self, stats: list[LimitStats], n: int = 3
+    ) -> dict[str, list[tuple[str, int]]]:
+        """Per template among ``stats``: up to ``n`` of its keys with the most slots in use
+        (among its BUSIEST_OF most recently active ones), busiest first."""
+        out: dict[str, list[tuple[str, int]]] = {}
+        for st in stats:
+            if st.snapshot is None or not st.snapshot.config.is_template:
+                continue
+            keys = []
+            for key, _ in self.broker.template_keys(st.name, BUSIEST_OF):
+                try:
+                    keys.append((key, int(self.broker.snapshot(key, 1).used)))
+                except LimitNotFound:
+                    continue  # removed meanwhile
+            keys.sort(key=lambda x: -x[1])
+            out[st.name] = keys[:n]
+        return out
+
+    def wait_reason(self, names: Sequence[str], ticket_id: str) -> tuple[int, WaitReason] | None:
+        """(position, reason) of a waiting request across all its limits; None if no longer
+        queued (granted, withdrawn, or beyond the sample)."""
+        snaps = [self.broker.snapshot(n, max_items=self.sample) for n in names]
+        return blocking_reason(snaps, ticket_id)
+
+    # -- audit events ---------------------------------------------------------------------------
+
+    def events(
+        self, limit: str | None = None, since_s: float | None = None, count: int = 100
+    ) -> list[Event]:
+        """The newest ``count`` events (oldest first), of one limit and/or of the last
+        ``since_s`` seconds (by the server's clock). Scans back in pages, bounded by the cap."""
+        if limit is not None:
+            check_name(limit)
+        oldest = "-"
+        if since_s is not None:
+            oldest = str(max(0, self.broker.server_time_ms() - int(since_s * 1000)))
+        out: list[Event] = []
+        newest = "+"
+        while len(out) < count:
+            page = self.broker.transport.run(
+                P.events_range(self.broker.keys, newest, oldest, EVENT_PAGE)
+            )
+            out += [e for e in page if limit is None or limit in e.names]
+            if len(page) < EVENT_PAGE:
+                break
+            newest = "(" + page[-1].id  # exclusive: continue below the last one seen
+        return list(reversed(out[:count]))
+
+    def events_after(self, after_id: str, block_ms: int = 0) -> list[Event]:
+        deadline = time.monotonic() + block_ms / 1000 + self.broker.transport.op_timeout
+        return self.broker.transport.run(
+            P.events_after(self.broker.keys, after_id, block_ms), deadline
+        )
+
+    def last_event_id(self) -> str:
+        last = self.broker.transport.run(P.events_range(self.broker.keys, count=1))
+        return last[0].id if last else "0-0"
+
+    def event_settings(self) -> tuple[bool, int]:
+        return self.broker.transport.run(P.event_settings(self.broker.keys))
+
+    def set_event_settings(self, enabled: bool | None, cap: int | None) -> tuple[bool, int]:
+        self.broker.transport.run(P.set_event_settings(self.broker.keys, enabled, cap))
+        return self.event_settings()
 
 
 def ensure_readable(st: LimitStats, namespace: str) -> LimitStats:

@@ -8,7 +8,10 @@ from typing import Any
 import msgpack
 
 from slotkeeper.broker.codes import Status
-from slotkeeper.broker.keys import WAIT_BUCKETS_MS
+from slotkeeper.broker.keys import WAIT_BUCKETS_MS, is_template
+from slotkeeper.broker.rates import Rate
+
+DEFAULT_IDLE_TTL = 3600.0  # s: keys made from a template go after this long idle
 
 # Script status codes, re-exported from their one table (slotkeeper.broker.codes).
 OK, GRANTED, QUEUED, BUSY, NOT_FOUND = Status.OK, Status.GRANTED, Status.QUEUED, Status.BUSY, \
@@ -16,6 +19,7 @@ OK, GRANTED, QUEUED, BUSY, NOT_FOUND = Status.OK, Status.GRANTED, Status.QUEUED,
 OCCUPY_EXCEEDS, LOST, CANCELLED, EXISTS = Status.OCCUPY_EXCEEDS, Status.LOST, Status.CANCELLED, \
     Status.EXISTS
 HELD, REJECTED, NEED_KEYS, MORE = Status.HELD, Status.REJECTED, Status.NEED_KEYS, Status.MORE
+QUEUE_FULL = Status.QUEUE_FULL
 
 
 def pack_meta(host: str, pid: int, worker: str, label: str) -> bytes:
@@ -79,7 +83,7 @@ def decode_record(raw: bytes | str | None) -> dict[str, Any] | None:
 def bad_fields(rec: dict[str, Any]) -> list[str]:
     """Fields of a readable record that are present but not usable numbers (the scripts default
     them; readers report them)."""
-    return sorted(k for k in ("a", "r", "t", "p") if k in rec and number(rec[k]) is None)
+    return sorted(k for k in ("a", "r", "t", "p", "d", "k") if k in rec and number(rec[k]) is None)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class AcquireResult:
     name: str = ""
     slots: int = 0
     reason: str = ""
+    due_ms: int = 0  # queued: ms until its rate units are due (0: not waiting for a rate)
 
 
 @dataclass(frozen=True)
@@ -143,17 +148,30 @@ class Waiter:
     arrived_ms: int
     expires_ms: int
     garbage: bool = False
+    blocked_by: tuple[str, ...] = ()  # the limits that blocked it when the broker last looked
+    due_ms: int = 0  # when its rate units are due (0: not waiting for a rate)
+    units_only: bool = False  # a rate_limit() request (takes units, holds no slot)
 
 
 @dataclass(frozen=True)
 class LimitConfig:
     name: str
-    slots: int
+    slots: int | None  # None: no slot cap (a rate-only limit)
     ttl_s: float
     enabled: bool
     description: str
     created_ms: int
     updated_ms: int
+    rate: Rate | None = None
+    spread: bool = False
+    max_waiters: int | None = None
+    total: int | None = None  # templates: cap on the sum over their keys
+    idle_ttl_s: float = DEFAULT_IDLE_TTL  # templates: keys go after this long idle
+    template: str = ""  # a key made from a template: the template's name
+
+    @property
+    def is_template(self) -> bool:
+        return is_template(self.name)
 
 
 @dataclass(frozen=True)
@@ -163,6 +181,8 @@ class Counters:
     expired: int = 0
     revoked: int = 0
     timed_out: int = 0
+    units: int = 0  # rate units granted (all time)
+    rejected: int = 0  # requests refused by --max-waiters
     wait_sum_s: float = 0.0
     wait_buckets: tuple[int, ...] = ()  # non-cumulative counts per WAIT_BUCKETS_MS bound, then +Inf
 
@@ -179,6 +199,9 @@ class Snapshot:
     n_waiters: int = 0
     problems: list[str] = field(default_factory=list)
     config_problems: list[str] = field(default_factory=list)  # the subset about config fields
+    rate_in_window: int = 0  # units granted within the current window
+    rate_room_ms: int = 0  # ms until the window has room for one unit (0: now)
+    n_keys: int = 0  # templates: keys made from it
 
 
 def _int(v: Any, default: int = 0) -> int:
@@ -187,10 +210,14 @@ def _int(v: Any, default: int = 0) -> int:
 
 
 def parse_config(
-    name: str, flat: dict[str, str], problems: list[str]
+    name: str, flat: dict[str, str], problems: list[str], template: str = "",
+    template_flat: dict[str, str] | None = None,
 ) -> tuple[LimitConfig, Counters]:
-    def num(key: str, default: int = 0) -> int:
-        raw = flat.get(key)
+    """Config and counters from a limit's hash. A key made from a template takes its config from
+    the template's hash (``template_flat``) and its counters from its own."""
+
+    def num(key: str, default: int = 0, src: dict[str, str] = flat) -> int:
+        raw = src.get(key)
         if raw is None:
             return default
         n = number(raw)
@@ -199,14 +226,33 @@ def parse_config(
             return default
         return n
 
+    cf = template_flat if template_flat is not None else flat
+
+    def opt(key: str) -> int | None:
+        return num(key, src=cf) if cf.get(key, "") != "" else None
+
+    rate = None
+    rn, rp = opt("rate_n"), opt("rate_p")
+    if rn and rp:
+        try:
+            rate = Rate(rn, rp)
+        except ValueError:
+            problems.append(f"limit {name!r}: rate {rn}/{rp} ms is out of range")
+    slots = None if cf.get("slots") == "none" else num("slots", src=cf)
     conf = LimitConfig(
         name=name,
-        slots=num("slots"),
-        ttl_s=num("ttl") / 1000.0,
-        enabled=flat.get("enabled", "1") != "0",
-        description=flat.get("desc", ""),
+        slots=slots,
+        ttl_s=num("ttl", src=cf) / 1000.0,
+        enabled=cf.get("enabled", "1") != "0",
+        description=cf.get("desc", "") if template_flat is None else "",
         created_ms=num("created"),
-        updated_ms=num("updated"),
+        updated_ms=num("updated", src=cf),
+        rate=rate,
+        spread=cf.get("spread") == "1",
+        max_waiters=opt("maxw"),
+        total=opt("total") if template_flat is None else None,
+        idle_ttl_s=(opt("idle") or int(DEFAULT_IDLE_TTL * 1000)) / 1000.0,
+        template=template,
     )
     buckets = tuple(num(f"w{i}") for i in range(1, len(WAIT_BUCKETS_MS) + 2))
     counters = Counters(
@@ -215,6 +261,8 @@ def parse_config(
         expired=num("c_expired"),
         revoked=num("c_revoked"),
         timed_out=num("c_timed_out"),
+        units=num("c_units"),
+        rejected=num("c_rejected"),
         # w_sum_us: microseconds; w_sum: whole ms, as earlier versions wrote it (still counted)
         wait_sum_s=num("w_sum_us") / 1e6 + num("w_sum") / 1000.0,
         wait_buckets=buckets,
@@ -252,9 +300,13 @@ def holder_from(lease_id: str, rec: dict[str, Any] | None) -> Holder:
 def waiter_from(ticket_id: str, rec: dict[str, Any] | None) -> Waiter:
     if rec is None:
         return Waiter(ticket_id, 0, [], 0, "?", 0, "?", "", 0, 0, garbage=True)
+    blocked = rec.get("w")
     return Waiter(
         ticket_id=ticket_id,
         priority=_int(rec.get("p")),
         arrived_ms=_int(rec.get("a")),
+        blocked_by=tuple(_s(x) for x in blocked) if isinstance(blocked, list) else (),
+        due_ms=_int(rec.get("d")),
+        units_only=_int(rec.get("k")) == 1,
         **_common(rec),
     )

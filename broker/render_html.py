@@ -35,6 +35,7 @@ section.limit{background:#fff;border:1px solid #dde1e7;border-radius:6px;margin:
 padding:10px 14px}
 .limit h2{font-size:16px;margin:0 0 6px;display:flex;gap:12px;align-items:center}
 .usage{font-variant-numeric:tabular-nums;font-weight:600}
+.rate{font-size:13px;margin:2px 0;display:flex;gap:8px;align-items:center}
 .bar{flex:0 0 220px;height:12px;background:#e4e7ec;border-radius:6px;overflow:hidden}
 .bar span{display:block;height:100%;background:#2e90fa}
 .bar.full span{background:#f79009}.bar.over span{background:#d92d20}
@@ -171,6 +172,25 @@ def _limit(st: LimitStats) -> str:
         )
     cfg, c = s.config, s.counters
     flags = "" if cfg.enabled else '<span class="flag">disabled: admits everyone</span>'
+    cap = cfg.total if cfg.is_template else cfg.slots
+    if cfg.is_template:
+        flags += f'<span class="flag">template: {s.n_keys} key(s)</span>'
+    if cfg.template:
+        flags += f'<span class="flag">made from {_e(cfg.template)}</span>'
+    usage = (
+        f'<span class="usage">{s.used} / {cap}</span>{_bar(s.used, cap)}'
+        if cap is not None
+        else f'<span class="usage">{s.used} held</span>'
+    )
+    rate = ""
+    if cfg.rate is not None:
+        room = "now" if not s.rate_room_ms else f"in {duration(s.rate_room_ms / 1000)}"
+        rate = (
+            f'<div class="rate" data-rate-used="{s.rate_in_window}" data-rate="{_e(cfg.rate)}">'
+            f"rate {_e(cfg.rate)}{' (spread)' if cfg.spread else ''}: {s.rate_in_window} "
+            f"used in the window{_bar(s.rate_in_window, cfg.rate.units)} next unit free {room}"
+            "</div>"
+        )
     desc = f'<p class="desc">{_e(cfg.description)}</p>' if cfg.description else ""
     more = st.leases - len(s.holders)
     more_h = f'<p class="none">{more} more holder(s) not shown</p>' if more > 0 else ""
@@ -181,9 +201,10 @@ def _limit(st: LimitStats) -> str:
     )
     return (
         f'<section class="limit" data-limit="{name}" data-used="{s.used}" '
-        f'data-slots="{cfg.slots}" data-leases="{st.leases}" data-waiters="{st.waiters}">'
-        f'<h2><span class="name">{name}</span>'
-        f'<span class="usage">{s.used} / {cfg.slots}</span>{_bar(s.used, cfg.slots)}{flags}</h2>'
+        f'data-slots="{"" if cap is None else cap}" data-leases="{st.leases}" '
+        f'data-waiters="{st.waiters}">'
+        f'<h2><span class="name">{name}</span>{usage}{flags}</h2>'
+        f"{rate}"
         f"{desc}"
         f'<p class="counters">{_e(counters)}</p>{problems}'
         f"<h3>holders ({st.leases})</h3>{_holders(s)}{more_h}"
@@ -199,15 +220,16 @@ def _events(events: Sequence[dict[str, Any]] | None) -> str:
         body = '<p class="none">no events recorded</p>'
     else:
         body = _table(
-            ["time", "event", "limits", "occupy", "lease", "holder"],
+            ["time", "event", "limits", "occupy", "lease", "holder", "detail"],
             [
                 [
                     time.strftime("%H:%M:%S", time.localtime(ev.get("time", 0))),
                     ev.get("kind", ""),
                     ", ".join(ev.get("names", [])),
-                    ev.get("occupy", ""),
+                    ev.get("occupy") or "",
                     ev.get("lease_id", ""),
                     " ".join(str(x) for x in (ev.get("host"), ev.get("pid"), ev.get("label")) if x),
+                    ev.get("detail", ""),
                 ]
                 for ev in events
             ],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from slotkeeper.broker.rates import duration_text
 from slotkeeper.broker.readmodel import LimitStats, wait_quantile
 from slotkeeper.broker.records import Holder, LimitConfig, Waiter
 from slotkeeper.broker.waitreasons import WaitReason, waiter_reasons
@@ -19,13 +20,21 @@ def timestamp(ms: int) -> str:
 
 
 def config_dict(c: LimitConfig) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "name": c.name,
         "slots": c.slots,
         "ttl": c.ttl_s,
         "enabled": c.enabled,
         "description": c.description,
+        "rate": str(c.rate) if c.rate else None,
+        "spread": c.spread,
+        "max_waiters": c.max_waiters,
     }
+    if c.is_template:
+        out.update(template=True, total=c.total, idle_ttl=duration_text(c.idle_ttl_s))
+    if c.template:
+        out["made_from"] = c.template
+    return out
 
 
 def limit_summary(st: LimitStats) -> dict[str, Any]:
@@ -45,8 +54,15 @@ def limit_summary(st: LimitStats) -> dict[str, Any]:
                 "acquired": snap.counters.acquired,
                 "expired": snap.counters.expired,
                 "wait_p95_seconds": wait_quantile(snap.counters, 0.95),
+                "rate": str(snap.config.rate) if snap.config.rate else None,
+                "rate_in_window": snap.rate_in_window if snap.config.rate else None,
+                "spread": snap.config.spread,
+                "max_waiters": snap.config.max_waiters,
+                "rejected": snap.counters.rejected,
             }
         )
+        if snap.config.is_template:
+            out.update(template=True, total=snap.config.total, keys=snap.n_keys)
     out["problems"] = st.messages()
     return out
 
@@ -103,12 +119,16 @@ def limit_detail(st: LimitStats) -> dict[str, Any]:
         "used": s.used,
         "leases": st.leases,
         "waiters": st.waiters,
+        "rate_in_window": s.rate_in_window,
+        "keys": s.n_keys,
         "counters": {
             "acquired": c.acquired,
             "released": c.released,
             "expired": c.expired,
             "revoked": c.revoked,
             "timed_out": c.timed_out,
+            "rate_units": c.units,
+            "rejected": c.rejected,
             "wait_p50_seconds": wait_quantile(c, 0.5),
             "wait_p95_seconds": wait_quantile(c, 0.95),
             "wait_sum_seconds": c.wait_sum_s,

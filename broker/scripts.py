@@ -19,6 +19,9 @@ SCRIPT_NAMES = (
     "snapshot",
     "limit_config",
     "limit_delete",
+    "doctor_probe",
+    "settle",
+    "reap_idle",
 )
 
 

@@ -5,8 +5,10 @@ by ``asyncio.wait_for``; it never blocks or sleeps on the event loop). Both shar
 and the error mapping below, so every rule is the same on both paths.
 
 Every mutating script is idempotent on its client-made id, so re-sending after a lost reply is
-safe. A call retries connection errors with backoff until its deadline, then raises
-:class:`BrokerUnavailable`.
+safe. On Redis >= 7 scripts run as the Functions library (FCALL: broker/functions.py). On the
+EVALSHA path, after NOSCRIPT (a restarted or flushed Redis) a script is loaded with SCRIPT LOAD
+and run again by EVALSHA: the Redis 6.2 ACL grants those two, never EVAL. A call retries
+connection errors with backoff until its deadline, then raises :class:`BrokerUnavailable`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ import redis.asyncio
 from slotkeeper.broker import functions as F
 from slotkeeper.broker.connection import redact
 from slotkeeper.broker.deadline import DEADLINE
-from slotkeeper.broker.errors import BrokerError, BrokerUnavailable, SlotkeeperError
+from slotkeeper.broker.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    PermissionDenied,
+    SlotkeeperError,
+)
 from slotkeeper.broker.protocol import Op
 from slotkeeper.broker.scripts import sha, source
 
@@ -43,6 +50,8 @@ def unavailable(where: str, tries: int, exc: BaseException | None) -> BrokerUnav
 
 def wrap(exc: Exception) -> SlotkeeperError:
     """A non-retryable redis-py error as the slotkeeper error it means."""
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return PermissionDenied(f"Redis ACL: {redact(str(exc))}")
     if isinstance(exc, redis.ResponseError):
         return BrokerError(f"Redis error: {redact(str(exc))}")
     return BrokerError(f"Redis client error: {redact(str(exc))}")
@@ -54,6 +63,14 @@ def _is_noscript(exc: BaseException) -> bool:
 
 def _script_args(op: Op[Any]) -> tuple[Any, ...]:
     return (len(op.keys), *op.keys, *op.args)
+
+
+def _where(client: Any, op: Op[Any]) -> dict[str, Any]:
+    """Where SCRIPT LOAD must go: on Redis Cluster the node owning the op's keys (redis-py would
+    send a keyless command to a random node); a plain client has only one place."""
+    if hasattr(client, "get_node_from_key") and op.keys:
+        return {"target_nodes": client.get_node_from_key(op.keys[0])}
+    return {}
 
 
 class SyncTransport:
@@ -80,9 +97,11 @@ class SyncTransport:
                 if self._path() == F.FUNCTIONS:
                     return c.execute_command(*F.fcall_args(op.script, op.keys, op.args))
         try:
-            return c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
-        except redis.exceptions.NoScriptError:
-            return c.execute_command("EVAL", source(op.script), *_script_args(op))
+            try:
+                return c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
+            except redis.exceptions.NoScriptError:  # (SCRIPT LOAD, not EVAL: see the module doc)
+                c.execute_command("SCRIPT", "LOAD", source(op.script), **_where(c, op))
+                return c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
         except redis.exceptions.NoPermissionError as exc:
             if self.path == F.EVALSHA_UNLOADED:
                 raise F.missing() from exc
@@ -97,6 +116,11 @@ class SyncTransport:
             else:
                 self.path = F.decide(c.execute_command)
         return self.path
+
+    def script_path(self) -> str:
+        """How scripts run on this connection (functions.FUNCTIONS / EVALSHA / EVALSHA_UNLOADED),
+        deciding it now if no call has yet."""
+        return str(self.call(self._path))
 
     def run(self, op: Op[T], deadline: float | None = None, retry: bool = True) -> T:
         """Run ``op``, retrying connection errors until ``deadline`` (monotonic; default: now +
@@ -186,9 +210,11 @@ class AsyncTransport:
                 if await self._path() == F.FUNCTIONS:
                     return await c.execute_command(*F.fcall_args(op.script, op.keys, op.args))
         try:
-            return await c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
-        except redis.exceptions.NoScriptError:
-            return await c.execute_command("EVAL", source(op.script), *_script_args(op))
+            try:
+                return await c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
+            except redis.exceptions.NoScriptError:  # (SCRIPT LOAD, not EVAL: see the module doc)
+                await c.execute_command("SCRIPT", "LOAD", source(op.script), **_where(c, op))
+                return await c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
         except redis.exceptions.NoPermissionError as exc:
             if self.path == F.EVALSHA_UNLOADED:
                 raise F.missing() from exc

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from slotkeeper.broker.formatting import duration
 from slotkeeper.broker.records import Holder, Snapshot, Waiter
 
 MAX_HOLDERS_NAMED = 3
@@ -25,6 +26,8 @@ class Cause(str, Enum):
     AHEAD = "ahead"  # requests of equal priority arrived first
     PRIORITY_AHEAD = "priority_ahead"  # requests of higher priority are ahead
     BIGGER_AHEAD = "bigger_ahead"  # it would fit, but a bigger request at the head does not yet
+    RATE = "rate"  # its rate units are due later
+    TOTAL = "total"  # a template's --total is reached over all its keys
     OTHER_LIMIT = "other_limit"  # fits here; another of its limits blocks it
     GRANTING = "granting"  # fits everywhere this snapshot shows: a grant is under way
     EXPIRED = "expired"  # its ticket expired (its process stopped renewing): collected soon
@@ -53,11 +56,14 @@ def holder_brief(h: Holder) -> str:
     """'host pid 123 worker w "label" (2 slots)' -- who a holder is, in one phrase."""
     if h.garbage:
         return f"lease {h.lease_id} (unreadable record)"
-    who = f"{h.host} pid {h.pid}"
+    parts = [h.host] if h.host else []
+    if h.pid:
+        parts.append(f"pid {h.pid}")
     if h.worker and h.worker != h.host:
-        who += f" worker {h.worker}"
+        parts.append(f"worker {h.worker}")
     if h.label:
-        who += f" {h.label!r}"
+        parts.append(repr(h.label))
+    who = " ".join(parts) or f"lease {h.lease_id}"
     if h.occupy > 1:
         who += f" ({h.occupy} slots)"
     return who
@@ -74,19 +80,53 @@ def _live(w: Waiter, now_ms: int) -> bool:
     return not w.garbage and w.expires_ms > now_ms
 
 
+def stands_aside(w: Waiter, name: str, template: bool, now_ms: int) -> bool:
+    """Does this waiter hold no place in ``name``'s queue? (lua/_lib.lua ``deferred``: a request
+    blocked only by rate units stands aside in its other limits' queues until they are due; in a
+    template's queue, unless the template's total is what blocks it.)"""
+    if w.due_ms > now_ms and name not in w.blocked_by:
+        return True
+    return template and bool(w.blocked_by) and name not in w.blocked_by
+
+
+def _in(seconds_ms: int) -> str:
+    return duration(seconds_ms / 1000)
+
+
 def reason_for(snap: Snapshot, index: int) -> WaitReason:
     """The reason of ``snap.waiters[index]`` on this limit."""
     w = snap.waiters[index]
-    name, now = snap.config.name, snap.now_ms
+    cfg = snap.config
+    name, now = cfg.name, snap.now_ms
+    template = cfg.is_template
     if w.garbage:
         return WaitReason(Cause.UNREADABLE, name, "its ticket record is unreadable")
     if w.expires_ms <= now:
         return WaitReason(
             Cause.EXPIRED, name, "its ticket expired (its process stopped renewing it)"
         )
-    cfg = snap.config
-    free = max(0, cfg.slots - snap.used) if cfg.enabled else w.occupy
-    ahead = [x for x in snap.waiters[:index] if _live(x, now)]
+    if stands_aside(w, name, template, now):
+        on = ", ".join(w.blocked_by) or "another limit"
+        due = f" (due in {_in(w.due_ms - now)})" if w.due_ms > now else ""
+        return WaitReason(
+            Cause.OTHER_LIMIT,
+            name,
+            f"holds no place here while it waits for {on}{due}",
+        )
+    if w.due_ms > now and name in w.blocked_by and cfg.rate is not None:
+        return WaitReason(
+            Cause.RATE,
+            name,
+            f"waits for {w.occupy} unit(s) of rate {cfg.rate}: due in {_in(w.due_ms - now)} "
+            f"({snap.rate_in_window} used in the window)",
+        )
+    cap = cfg.total if template else cfg.slots
+    free = w.occupy if (not cfg.enabled or cap is None) else max(0, cap - snap.used)
+    ahead = [
+        x
+        for x in snap.waiters[:index]
+        if _live(x, now) and not stands_aside(x, name, template, now)
+    ]
     if ahead:
         higher = [x for x in ahead if x.priority > w.priority]
         if higher:
@@ -108,22 +148,38 @@ def reason_for(snap: Snapshot, index: int) -> WaitReason:
                 ahead=len(ahead),
             )
         held, who = _held_by(snap)
+        in_use = f"{snap.used}/{cap} slot(s) in use" if cap is not None else ""
         return WaitReason(
             Cause.AHEAD,
             name,
-            f"{len(ahead)} request(s) ahead; {snap.used}/{cfg.slots} slot(s) in use"
-            + (f" by {who}" if who else ""),
+            f"{len(ahead)} request(s) ahead"
+            + (f"; {in_use}" if in_use else "")
+            + (f" by {who}" if who and in_use else ""),
             holders=held,
             ahead=len(ahead),
         )
-    if w.occupy > free:
+    if w.occupy > free and not w.units_only:
         held, who = _held_by(snap)
+        if template:
+            return WaitReason(
+                Cause.TOTAL,
+                name,
+                f"the template's total is reached: {snap.used}/{cap} slot(s) held over its "
+                f"keys, needs {w.occupy}" + (f"; held by {who}" if who else ""),
+                holders=held,
+            )
         return WaitReason(
             Cause.SLOTS,
             name,
-            f"needs {w.occupy} slot(s), {free} of {cfg.slots} free"
-            + (f"; held by {who}" if who else ""),
+            f"needs {w.occupy} slot(s), {free} of {cap} free" + (f"; held by {who}" if who else ""),
             holders=held,
+        )
+    if cfg.rate is not None and snap.rate_room_ms > 0:
+        return WaitReason(
+            Cause.RATE,
+            name,
+            f"waits for rate {cfg.rate}: next unit free in {_in(snap.rate_room_ms)} "
+            f"({snap.rate_in_window} used in the window)",
         )
     others = [n for n in w.names if n != name]
     if others:
@@ -147,12 +203,17 @@ def blocking_reason(snaps: list[Snapshot], ticket_id: str) -> tuple[int, WaitRea
     for snap in snaps:
         for i, w in enumerate(snap.waiters):
             if w.ticket_id == ticket_id:
-                live_ahead = sum(1 for x in snap.waiters[:i] if _live(x, snap.now_ms))
+                live_ahead = sum(
+                    1
+                    for x in snap.waiters[:i]
+                    if _live(x, snap.now_ms)
+                    and not stands_aside(x, snap.config.name, snap.config.is_template, snap.now_ms)
+                )
                 found.append((live_ahead + 1, reason_for(snap, i)))
                 break
     if not found:
         return None
     for pos, r in found:
-        if r.cause not in (Cause.OTHER_LIMIT, Cause.GRANTING):
+        if r.cause not in (Cause.OTHER_LIMIT, Cause.GRANTING):  # the one that really blocks
             return pos, r
     return found[0]

@@ -1,17 +1,16 @@
 """What the daemon's HTTP paths answer (read-only; GET and HEAD only).
 
-=======================================  =====================================================
-path                                     answer
-=======================================  =====================================================
-``/``                                      the status page (HTML, refreshes itself; ``?refresh=S``)
-``/metrics``                             Prometheus text or OpenMetrics (by Accept header)
-``/healthz``                             readiness: 200 when Redis answers and the loop runs,
-                                         else 503; JSON body either way
-``/livez``                               liveness: 200 while the daemon's loop turns (even with
-                                         Redis down), else 503
-``/api/v1/limits``                       every limit in brief (the shape of ``ls --json``)
-``/api/v1/limits/<name>``                one limit in full (the shape of ``show --json``)
-=======================================  =====================================================
+====================  ===========================================================================
+path                  answer
+====================  ===========================================================================
+``/``                 the status page (HTML, refreshes itself; ``?refresh=S``)
+``/metrics``          Prometheus text or OpenMetrics (by Accept header)
+``/healthz``          readiness: 200 when Redis answers and the loop runs, else 503; JSON body
+``/livez``            liveness: 200 while the daemon's loop turns (even with Redis down), else 503
+``/api/v1/limits``    every limit in brief (the shape of ``ls --json``)
+``/api/v1/limits/N``  one limit in full (the shape of ``show --json``)
+``/api/v1/events``    audit events, oldest first (``?limit=NAME&since=10min&count=100``)
+====================  ===========================================================================
 
 Errors are routed by exception type (:data:`ERROR_STATUS`), never by message text, and answered
 as ``{"error": ..., "type": ...}`` with no secrets in them.
@@ -38,6 +37,7 @@ from slotkeeper.broker.errors import (
     SlotkeeperError,
 )
 from slotkeeper.broker.httpserver import Request, Response
+from slotkeeper.broker.rates import parse_duration
 from slotkeeper.broker.readmodel import ReadModel
 from slotkeeper.broker.render_html import CONTENT_SECURITY_POLICY, DEFAULT_REFRESH, status_page
 from slotkeeper.broker.render_json import limit_detail, limit_summary
@@ -54,6 +54,9 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+
+PAGE_EVENTS = 20  # newest events on the status page
+MAX_API_EVENTS = 10_000
 
 HealthCheck = Callable[[], tuple[bool, dict[str, object]]]
 
@@ -115,6 +118,8 @@ class WebApp:
                 return self.api_limits()
             if req.path.startswith(f"{API}/limits/"):
                 return self.api_limit(req.path[len(f"{API}/limits/") :])
+            if path == f"{API}/events":
+                return self.api_events(req)
         except SlotkeeperError as exc:
             return error_response(exc)
         return Response(404, b"not found\n", TEXT)
@@ -147,14 +152,15 @@ class WebApp:
             refresh = min(3600.0, max(1.0, float(req.query.get("refresh", DEFAULT_REFRESH))))
         except ValueError:
             refresh = DEFAULT_REFRESH
-        status, error, stats = 200, None, []
+        status, error, stats, events = 200, None, [], []
         try:
             stats = self.model.limits()
+            events = [e.as_dict() for e in reversed(self.model.events(count=PAGE_EVENTS))]
         except BrokerUnavailable as exc:
             status, error = 503, f"Redis unreachable: {redact(str(exc))}"
         except SlotkeeperError as exc:
             status, error = error_status(exc), redact(str(exc))
-        body = status_page(self.model.namespace, stats, error=error, refresh=refresh)
+        body = status_page(self.model.namespace, stats, events=events, error=error, refresh=refresh)
         return Response(status, body.encode(), HTML, PAGE_HEADERS)
 
     def api_limits(self) -> Response:
@@ -164,6 +170,26 @@ class WebApp:
                 "namespace": self.model.namespace,
                 "time": time.time(),
                 "limits": [limit_summary(st) for st in stats],
+            }
+        )
+
+    def api_events(self, req: Request) -> Response:
+        q = req.query
+        try:
+            count = int(q.get("count", "100"))
+        except ValueError:
+            raise InvalidArgument(f"count must be an integer, got {q['count']!r}") from None
+        if not 1 <= count <= MAX_API_EVENTS:
+            raise InvalidArgument(f"count must be between 1 and {MAX_API_EVENTS}")
+        since = parse_duration(q["since"]) if q.get("since") else None
+        evs = self.model.events(limit=q.get("limit") or None, since_s=since, count=count)
+        on, cap = self.model.event_settings()
+        return json_response(
+            {
+                "namespace": self.model.namespace,
+                "recording": on,
+                "cap": cap,
+                "events": [e.as_dict() for e in evs],
             }
         )
 

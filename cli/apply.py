@@ -9,7 +9,9 @@ import click
 
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.errors import LimitHeld, SlotkeeperError
+from slotkeeper.broker.keys import is_template
 from slotkeeper.broker.readmodel import read_limits
+from slotkeeper.broker.records import DEFAULT_IDLE_TTL
 from slotkeeper.cli.context import App, json_option, pass_app
 from slotkeeper.cli.output import emit, warn
 from slotkeeper.cli.spec import LimitSpec, dump, parse
@@ -89,6 +91,17 @@ def execute(broker: Broker, wanted: list[LimitSpec], changes: list[Change]) -> N
                 broker.delete_limit(ch.name)
             else:
                 s = by_name[ch.name]
+                unset = [
+                    f
+                    for f, v in (
+                        ("slots", s.slots),
+                        ("rate", s.rate),
+                        ("max_waiters", s.max_waiters),
+                    )
+                    if v is None
+                ]
+                if s.total is None and is_template(s.name):
+                    unset.append("total")
                 broker.update_limit(
                     s.name,
                     slots=s.slots,
@@ -96,6 +109,12 @@ def execute(broker: Broker, wanted: list[LimitSpec], changes: list[Change]) -> N
                     enabled=s.enabled,
                     description=s.description,
                     create=True,
+                    rate=s.rate,
+                    spread=s.spread if s.rate is not None else None,
+                    max_waiters=s.max_waiters,
+                    total=s.total,
+                    idle_ttl=(s.idle_ttl or DEFAULT_IDLE_TTL) if is_template(s.name) else None,
+                    unset=unset,
                 )
         except LimitHeld as exc:
             ch.error = (

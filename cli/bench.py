@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from slotkeeper.bench import ALL_WORKLOADS, BenchConfig, run_bench
+from slotkeeper.bench.rates import RATE_WORKLOADS, render_rates, run_rates
 from slotkeeper.bench.report import render, targets, write_json
 from slotkeeper.bench.server import PrivateRedis
 from slotkeeper.broker.connection import redact
@@ -43,7 +44,8 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
     "--workloads",
     default=",".join(ALL_WORKLOADS),
     show_default=True,
-    help="Comma-separated subset of W1..W5.",
+    help="Comma-separated subset of W1..W5, and of R1,R2,R3,T1 (rates and templates; not run "
+    "by default).",
 )
 @click.option(
     "--levels",
@@ -79,13 +81,16 @@ def bench(
     W1 uncontended cycles; W2 4 processes on 2 slots; W3 release->grant handoff; W4 a SIGKILLed
     holder; W5 10..100,000 live leases over 100 limits, memory, reclaim of expired leases.
     """
-    chosen = tuple(w.strip().upper() for w in workloads.split(",") if w.strip())
-    unknown = [w for w in chosen if w not in ALL_WORKLOADS]
-    if unknown or not chosen:
+    everything = tuple(w.strip().upper() for w in workloads.split(",") if w.strip())
+    unknown = [w for w in everything if w not in ALL_WORKLOADS + RATE_WORKLOADS]
+    if unknown or not everything:
         raise click.BadParameter(
-            f"unknown workloads {unknown}; choose from {','.join(ALL_WORKLOADS)}",
+            f"unknown workloads {unknown}; choose from "
+            f"{','.join(ALL_WORKLOADS + RATE_WORKLOADS)}",
             param_hint="--workloads",
         )
+    chosen = tuple(w for w in everything if w in ALL_WORKLOADS)
+    rate_chosen = tuple(w for w in everything if w in RATE_WORKLOADS)
     config = BenchConfig.quick_config(chosen) if quick else BenchConfig(workloads=chosen)
     lv, rc = _ints(levels), _ints(reclaim)
     if lv:
@@ -112,14 +117,24 @@ def bench(
         ) as bar:
             return run_bench(target, config, tick=lambda what: bar.update(1, what), private=private)
 
+    def both(target: str, private: bool) -> dict[str, Any]:
+        res: dict[str, Any] = go(target, private) if chosen else {}
+        if rate_chosen:
+            click.echo(f"rate workloads {','.join(rate_chosen)} ...", err=True)
+            res["rates"] = run_rates(target, rate_chosen, quick)
+        return res
+
     if url:
-        result = go(url, private=False)
+        result = both(url, private=False)
     else:
         with PrivateRedis() as private_url:
-            result = go(private_url, private=True)
-    click.echo(render(result), file=out)
+            result = both(private_url, private=True)
+    if chosen:
+        click.echo(render(result), file=out)
+    if rate_chosen:
+        click.echo(render_rates(result["rates"]), file=out)
     if to_stdout:
-        result = dict(result, targets=targets(result))
+        result = dict(result, targets=targets(result)) if chosen else result
         click.echo(json.dumps(result, indent=2, default=str))
     elif json_path:
         write_json(result, json_path)

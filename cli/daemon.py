@@ -76,6 +76,14 @@ LEVELS = ("debug", "info", "warning", "error")
     show_default=True,
 )
 @click.option("--once", is_flag=True, help="Run one reclaim pass and exit (cron, tests).")
+@click.option(
+    "--per-key-metrics",
+    type=click.IntRange(0, 100_000),
+    default=0,
+    metavar="N",
+    help="Also export series for up to N keys of each template (most recently active first). "
+    "Default 0: a template's keys are aggregated under the template's name.",
+)
 @pass_app
 def daemon(
     app: App,
@@ -89,6 +97,7 @@ def daemon(
     scrape_cache: float,
     log_level: str,
     once: bool,
+    per_key_metrics: int,
 ) -> None:
     """Reclaim expired leases and tickets promptly, wake waiters, export metrics.
 
@@ -108,7 +117,12 @@ def daemon(
     broker = Broker.from_url(url, app.namespace)
     health = Broker.from_url(url, app.namespace, socket_timeout=2.0, socket_connect_timeout=1.0)
     d = Daemon(
-        broker, interval=interval, batch=batch, health_broker=health, scrape_cache=scrape_cache
+        broker,
+        interval=interval,
+        batch=batch,
+        health_broker=health,
+        scrape_cache=scrape_cache,
+        per_key_metrics=per_key_metrics,
     )
     signal.signal(signal.SIGTERM, d.stop)
     signal.signal(signal.SIGINT, d.stop)

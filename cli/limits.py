@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import shlex
 import sys
+from typing import Any
 
 import click
 
-from slotkeeper.broker.errors import InvalidArgument, LimitHeld, LimitNotFound
-from slotkeeper.broker.keys import check_name
+from slotkeeper.broker.errors import InvalidArgument, LimitHeld, LimitNotFound, SlotkeeperError
+from slotkeeper.broker.keys import check_limit_name, is_template
+from slotkeeper.broker.protocol import check_max_waiters, check_total
+from slotkeeper.broker.rates import parse_duration, parse_rate
 from slotkeeper.broker.readmodel import LimitStats, ReadModel, ensure_readable
 from slotkeeper.broker.render_json import config_dict, limit_detail, limit_summary
 from slotkeeper.cli.context import App, json_option, pass_app
-from slotkeeper.cli.output import emit, warn
-from slotkeeper.cli.render_text import limit_text, limits_table, problem_lines
+from slotkeeper.cli.output import BadInput, emit, warn
+from slotkeeper.cli.render_text import capacity, limit_text, limits_table, problem_lines
 
 SHOW_MAX = 1000
 
@@ -42,15 +45,111 @@ def _check_ttl_opt(_ctx: click.Context, _p: click.Parameter, v: float | None) ->
 # -- create / set ---------------------------------------------------------------------------------
 
 
+def settings(
+    name: str,
+    *,
+    slots: int | None,
+    rate: str | None,
+    spread: bool | None,
+    max_waiters: int | None,
+    total: int | None,
+    idle_ttl: str | None,
+    creating: bool,
+) -> dict[str, Any]:
+    """Validate the rate/template/backpressure options before anything is written: bad input is
+    one line on stderr and exit status 2."""
+    out: dict[str, Any] = {}
+    unset: list[str] = []
+    try:
+        name = check_limit_name(name)
+        template = is_template(name)
+        if rate is not None and rate.strip().lower() in ("none", "off"):
+            if creating:
+                raise InvalidArgument("--rate none only makes sense for `set`")
+            unset.append("rate")
+        elif rate is not None:
+            out["rate"] = parse_rate(rate)
+        if creating and slots is None and "rate" not in out:
+            raise InvalidArgument(f"limit {name!r} needs --slots N, --rate N/P, or both")
+        if spread and "rate" not in out and creating:
+            raise InvalidArgument("--spread needs --rate")
+        if max_waiters is not None:
+            if max_waiters == -1 and not creating:
+                unset.append("max_waiters")
+            else:
+                out["max_waiters"] = check_max_waiters(max_waiters)
+        if total is not None:
+            if not template:
+                raise InvalidArgument(
+                    f"--total applies to templates only (names ending in '*'), not {name!r}"
+                )
+            if total == 0:
+                unset.append("total")
+            else:
+                out["total"] = check_total(total)
+        if idle_ttl is not None:
+            if not template:
+                raise InvalidArgument(
+                    f"--idle-ttl applies to templates only (names ending in '*'), not {name!r}"
+                )
+            out["idle_ttl"] = parse_duration(idle_ttl, "--idle-ttl")
+    except SlotkeeperError as exc:
+        raise BadInput(str(exc)) from None
+    if spread is not None:
+        out["spread"] = spread
+    if unset:
+        out["unset"] = unset
+    return out
+
+
+def _rate_opts(fn: Any) -> Any:
+    for opt in reversed(
+        [
+            click.option(
+                "--rate",
+                "-r",
+                metavar="N/P",
+                help="At most N units granted in any sliding window P: N/s, N/min, N/h "
+                "(e.g. 600/min). `set --rate none` removes it.",
+            ),
+            click.option(
+                "--spread/--no-spread",
+                default=None,
+                help="Space grants evenly (one unit every P/N) instead of allowing bursts of N.",
+            ),
+            click.option(
+                "--max-waiters",
+                type=int,
+                metavar="N",
+                help="At most N waiters: the next request fails at once with QueueFull "
+                "(`set --max-waiters -1` removes the cap).",
+            ),
+            click.option(
+                "--total",
+                type=int,
+                metavar="N",
+                help="Templates: cap on the slots held over all keys made from it (0 removes).",
+            ),
+            click.option(
+                "--idle-ttl",
+                metavar="DURATION",
+                help="Templates: keys with no holders and no waiters go after this long "
+                "(e.g. 1h, 30min, 90s; default 1h).",
+            ),
+        ]
+    ):
+        fn = opt(fn)
+    return fn
+
+
 @click.command()
 @click.argument("name")
 @click.option(
     "--slots",
     "-s",
     type=int,
-    required=True,
     callback=_check_slots_opt,
-    help="How many slots the limit has.",
+    help="How many slots the limit has (optional with --rate).",
 )
 @click.option(
     "--ttl",
@@ -61,12 +160,47 @@ def _check_ttl_opt(_ctx: click.Context, _p: click.Parameter, v: float | None) ->
 )
 @click.option("--disabled", is_flag=True, help="Create it disabled (admits everyone).")
 @click.option("--description", "-d", default="", help="Free text shown by ls/show.")
+@_rate_opts
 @pass_app
 def create(
-    app: App, name: str, slots: int, ttl: float | None, disabled: bool, description: str
+    app: App,
+    name: str,
+    slots: int | None,
+    ttl: float | None,
+    disabled: bool,
+    description: str,
+    rate: str | None,
+    spread: bool | None,
+    max_waiters: int | None,
+    total: int | None,
+    idle_ttl: str | None,
 ) -> None:
-    """Create limit NAME with N slots."""
-    app.broker().create_limit(name, slots, ttl, not disabled, description)
+    """Create limit NAME with N slots and/or a rate. A NAME ending in '*' is a template: every
+    name with that prefix gets a limit of its own made from it on first use."""
+    extra = settings(
+        name,
+        slots=slots,
+        rate=rate,
+        spread=spread,
+        max_waiters=max_waiters,
+        total=total,
+        idle_ttl=idle_ttl,
+        creating=True,
+    )
+    extra.pop("unset", None)
+    app.broker().create_limit(name, slots, ttl, not disabled, description, **extra)
+    r = extra.get("rate")
+    what = ", ".join(
+        x
+        for x in (
+            f"{slots} slot(s)" if slots is not None else "",
+            f"rate {r}" + (" spread" if extra.get("spread") else "") if r else "",
+            f"total {total}" if total else "",
+            f"max {max_waiters} waiter(s)" if max_waiters is not None else "",
+        )
+        if x
+    )
+    kind = "template" if is_template(name) else "limit"
     emit(
         app,
         {
@@ -75,8 +209,13 @@ def create(
             "ttl": ttl or 0,
             "enabled": not disabled,
             "description": description,
+            "rate": str(r) if r else None,
+            "spread": bool(extra.get("spread")),
+            "max_waiters": max_waiters,
+            "total": total,
+            "template": is_template(name),
         },
-        f"created limit {name!r}: {slots} slot(s)" + (" (disabled)" if disabled else ""),
+        f"created {kind} {name!r}: {what}" + (" (disabled)" if disabled else ""),
     )
 
 
@@ -96,9 +235,10 @@ def create(
     "--create",
     "create_",
     is_flag=True,
-    help="Create the limit if it does not exist (needs --slots); also repairs a limit "
+    help="Create the limit if it does not exist (needs --slots or --rate); also repairs a limit "
     "whose config is unreadable.",
 )
+@_rate_opts
 @pass_app
 def set_(
     app: App,
@@ -109,27 +249,55 @@ def set_(
     disable: bool,
     description: str | None,
     create_: bool,
+    rate: str | None,
+    spread: bool | None,
+    max_waiters: int | None,
+    total: int | None,
+    idle_ttl: str | None,
 ) -> None:
-    """Change a limit. Lowering slots never evicts holders; raising them grants waiters now."""
+    """Change a limit or template. Lowering slots never evicts holders; raising them grants
+    waiters now. Changing a template changes every key made from it."""
     if enable and disable:
         raise click.UsageError("--enable and --disable contradict each other: give one")
     enabled = True if enable else False if disable else None
-    if slots is None and ttl is None and enabled is None and description is None:
-        raise click.UsageError(
-            "nothing to change: give --slots, --ttl, --enable/--disable or --description"
+    extra = settings(
+        name,
+        slots=slots,
+        rate=rate,
+        spread=spread,
+        max_waiters=max_waiters,
+        total=total,
+        idle_ttl=idle_ttl,
+        creating=False,
+    )
+    if slots is None and ttl is None and enabled is None and description is None and not extra:
+        raise BadInput(
+            "nothing to change: give --slots, --ttl, --enable/--disable, --description, --rate, "
+            "--spread, --max-waiters, --total or --idle-ttl"
         )
+    if create_ and slots is None and "rate" not in extra:
+        raise BadInput("--create needs --slots or --rate")
     try:
         created, changed = app.broker().update_limit(
-            name, slots=slots, ttl=ttl, enabled=enabled, description=description, create=create_
+            name,
+            slots=slots,
+            ttl=ttl,
+            enabled=enabled,
+            description=description,
+            create=create_,
+            **extra,
         )
     except LimitNotFound:
         raise LimitNotFoundCli(name, app.namespace) from None
+    except InvalidArgument as exc:  # e.g. removing the rate of a limit without slots
+        raise BadInput(str(exc)) from None
     snap = app.broker().snapshot(name, 1)
     cfg = config_dict(snap.config)
     if created:
-        msg = f"created limit {name!r}: {snap.config.slots} slot(s)"
+        msg = f"created limit {name!r}: {capacity(snap)}"
     elif changed:
-        fields = ", ".join(f"{_FIELD.get(f, f)}={cfg.get(_FIELD.get(f, f))}" for f in changed)
+        shown = dict.fromkeys(_FIELD.get(f, f) for f in changed)
+        fields = ", ".join(f"{f}={cfg.get(f)}" for f in shown)
         msg = f"updated limit {name!r}: {fields}"
     else:
         msg = f"limit {name!r} unchanged"
@@ -138,7 +306,7 @@ def set_(
         {
             "name": name,
             "created": created,
-            "changed": [_FIELD.get(f, f) for f in changed],
+            "changed": list(dict.fromkeys(_FIELD.get(f, f) for f in changed)),
             "config": cfg,
         },
         msg,
@@ -154,7 +322,18 @@ class LimitNotFoundCli(LimitNotFound):
         return f"slotkeeper{ns} set {shlex.quote(self.name)} --slots N --create"
 
 
-_FIELD = {"desc": "description", "slots": "slots", "ttl": "ttl", "enabled": "enabled"}
+_FIELD = {
+    "desc": "description",
+    "slots": "slots",
+    "ttl": "ttl",
+    "enabled": "enabled",
+    "rate_n": "rate",
+    "rate_p": "rate",
+    "spread": "spread",
+    "maxw": "max_waiters",
+    "total": "total",
+    "idle": "idle_ttl",
+}
 
 
 # -- ls -------------------------------------------------------------------------------------------
@@ -169,10 +348,18 @@ def report_problems(stats: list[LimitStats]) -> None:
 @json_option
 @pass_app
 def ls(app: App) -> None:
-    """List every limit: slots, use, leases, waiters."""
-    stats = ReadModel(app.broker()).limits()
+    """List every limit: slots, rate, use, leases, waiters."""
+    model = ReadModel(app.broker())
+    stats = model.limits()
     report_problems(stats)
-    emit(app, [limit_summary(st) for st in stats], limits_table(app.namespace, stats))
+    busiest = model.busiest_template_keys(stats)
+    data = []
+    for st in stats:
+        d = limit_summary(st)
+        if st.name in busiest:
+            d["busiest_keys"] = [{"name": k, "used": u} for k, u in busiest[st.name]]
+        data.append(d)
+    emit(app, data, limits_table(app.namespace, stats, busiest))
 
 
 # -- show -----------------------------------------------------------------------------------------
@@ -191,8 +378,9 @@ def ls(app: App) -> None:
 @json_option
 @pass_app
 def show(app: App, name: str, max_items: int) -> None:
-    """Show a limit: config, counters, holders and waiters in queue order."""
-    check_name(name)  # a bad name is one error, not also a warning about an unreadable limit
+    """Show a limit: config, counters, holders and waiters in queue order, each with the reason
+    it waits."""
+    check_limit_name(name)  # a bad name is one error, not also a warning about an unreadable limit
     st = ReadModel(app.broker()).limit(name, max_items)
     if st.ok:  # an unreadable limit is the one error below, not also a warning
         report_problems([st])

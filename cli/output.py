@@ -13,7 +13,6 @@ import click
 from slotkeeper.broker.formatting import duration
 from slotkeeper.cli.context import App
 
-__all__ = ["duration", "emit", "is_tty", "one_line", "table", "ttl_text", "warn", "width"]
 JSON_DECIMALS = 6  # seconds to the microsecond; binary float noise (0.34999999999999964) goes
 
 
@@ -33,6 +32,21 @@ def to_json(data: Any, indent: int | None = None) -> str:
     return json.dumps(tidy(data), indent=indent, sort_keys=False, default=str)
 
 
+
+__all__ = [
+    "duration",
+    "emit",
+    "tidy",
+    "to_json",
+    "is_tty",
+    "one_line",
+    "table",
+    "ttl_text",
+    "warn",
+    "width",
+]
+
+
 def emit(app: App, data: Any, text: Callable[[], None] | str | None = None) -> None:
     """Print ``data`` as JSON with ``--json``, else call ``text()`` (or print the string)."""
     if app.json:
@@ -49,6 +63,13 @@ def warn(msg: str) -> None:
 
 def one_line(msg: str) -> str:
     return " ".join(str(msg).split())
+
+
+class BadInput(click.UsageError):
+    """Bad input to a command: one line on stderr, exit status 2, nothing written."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {one_line(self.format_message())}", err=True)
 
 
 def width(s: str) -> int:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from slotkeeper.broker.rates import duration_text
 from slotkeeper.broker.readmodel import LimitStats, wait_quantile
+from slotkeeper.broker.records import Snapshot
 from slotkeeper.broker.render_json import timestamp
 from slotkeeper.broker.waitreasons import waiter_reasons
 from slotkeeper.cli.output import duration, table, ttl_text
@@ -33,7 +35,22 @@ def problem_lines(stats: list[LimitStats]) -> list[str]:
     return out
 
 
-def limits_table(namespace: str, stats: list[LimitStats]) -> str:
+def capacity(snap: Snapshot) -> str:
+    c = snap.config
+    parts = []
+    if c.slots is not None:
+        parts.append(f"{c.slots} slot(s)")
+    if c.rate is not None:
+        parts.append(f"rate {c.rate}" + (" spread" if c.spread else ""))
+    return ", ".join(parts) or "-"
+
+
+def limits_table(
+    namespace: str,
+    stats: list[LimitStats],
+    busiest: dict[str, list[tuple[str, int]]] | None = None,
+) -> str:
+    """``ls``: one row per limit; ``busiest`` names each template's busiest keys (slots used)."""
     if not stats:
         return (
             f"no limits in namespace {namespace!r} (create one: slotkeeper create NAME --slots N)"
@@ -42,27 +59,41 @@ def limits_table(namespace: str, stats: list[LimitStats]) -> str:
     for st in stats:
         s = st.snapshot
         if s is None:
-            rows.append([st.name, "?", "?", "?", "?", "UNREADABLE", "", ""])
+            rows.append([st.name, "?", "?", "?", "?", "?", "UNREADABLE", "", ""])
             continue
         state = "yes" if s.config.enabled else "no"
         if st.problems:
             state += " (!)"
+        c = s.config
+        rate = "-"
+        if c.rate is not None:
+            rate = f"{s.rate_in_window}/{c.rate}" + (" spread" if c.spread else "")
+        desc = c.description
+        if c.is_template:
+            keys = ", ".join(f"{k} ({u})" for k, u in (busiest or {}).get(st.name, []))
+            desc = (
+                f"template: {s.n_keys} key(s)"
+                + (f", total {c.total}" if c.total else "")
+                + (f"; busiest: {keys}" if keys else "")
+                + (f"; {desc}" if desc else "")
+            )
         rows.append(
             [
                 st.name,
                 s.used,
-                s.config.slots,
+                "-" if c.slots is None else c.slots,
+                rate,
                 st.leases,
                 st.waiters,
                 state,
-                ttl_text(s.config.ttl_s),
-                s.config.description,
+                ttl_text(c.ttl_s),
+                desc,
             ]
         )
     return table(
-        ["NAME", "USED", "SLOTS", "LEASES", "WAITERS", "ENABLED", "TTL", "DESCRIPTION"],
+        ["NAME", "USED", "SLOTS", "RATE", "LEASES", "WAITERS", "ENABLED", "TTL", "DESCRIPTION"],
         rows,
-        right=(1, 2, 3, 4),
+        right=(1, 2, 4, 5),
     )
 
 
@@ -71,12 +102,30 @@ def limit_text(st: LimitStats) -> str:
     s = st.snapshot
     assert s is not None
     cfg, c, now = s.config, s.counters, s.now_ms
+    slots = "no slot cap" if cfg.slots is None else f"{s.used}/{cfg.slots} in use"
     lines = [
         f"limit:       {cfg.name}",
-        f"slots:       {s.used}/{cfg.slots} in use by {st.leases} lease(s)"
+        f"slots:       {slots} by {st.leases} lease(s)"
         + ("" if cfg.enabled else "  [DISABLED: admits everyone]"),
         f"ttl:         {ttl_text(cfg.ttl_s)}",
     ]
+    if cfg.rate is not None:
+        room = "now" if not s.rate_room_ms else f"in {duration(s.rate_room_ms / 1000)}"
+        lines.append(
+            f"rate:        {s.rate_in_window}/{cfg.rate} used in the window"
+            + (" (spread)" if cfg.spread else "")
+            + f"; next unit free {room}"
+        )
+    if cfg.max_waiters is not None:
+        lines.append(f"max waiters: {cfg.max_waiters} ({c.rejected} request(s) rejected so far)")
+    if cfg.is_template:
+        lines.append(
+            f"template:    {s.n_keys} key(s) made from it"
+            + (f", total {cfg.total} slot(s)" if cfg.total else "")
+            + f", idle keys go after {duration_text(cfg.idle_ttl_s)}"
+        )
+    if cfg.template:
+        lines.append(f"made from:   template {cfg.template!r}")
     if cfg.description:
         lines.append(f"description: {cfg.description}")
     lines += [
@@ -168,14 +217,18 @@ def top_table(
         flags = []
         if not s.config.enabled:
             flags.append("disabled")
+        if s.config.rate is not None:
+            flags.append(f"rate {s.rate_in_window}/{s.config.rate}")
+        if s.config.is_template:
+            flags.append(f"template: {s.n_keys} key(s)")
         if st.problems:
             flags.append(f"{len(st.problems)} problem(s)")
             notes += st.messages()
         rows.append(
             [
                 st.name,
-                f"{s.used}/{s.config.slots}",
-                bar(s.used, s.config.slots),
+                f"{s.used}/{'-' if s.config.slots is None else s.config.slots}",
+                bar(s.used, s.config.slots or 0),
                 st.leases,
                 st.waiters,
                 duration(wait_quantile(s.counters, 0.95)),

@@ -1,8 +1,8 @@
 -- release.lua — give a lease's slots back (or revoke it), then grant waiters that now fit.
--- KEYS: the fixed five + three per limit the lease holds (see _lib.lua).
+-- KEYS: the fixed eight + five per limit the lease holds (see _lib.lua).
 -- ARGV: n, names..., id, kind ('release' | 'revoke')
--- Returns: {0 OK} | {6 LOST} (expired, revoked or unknown: frees nothing)
---        | {11 NEED_KEYS, name} (the caller did not pass every limit the lease holds; nothing done)
+-- Returns: {OK} | {LOST} (expired, revoked or unknown: frees nothing)
+--        | {NEED_KEYS, name} (the caller did not pass every limit the lease holds; nothing done)
 -- Complexity: O(n * (occupy * log N + grant pass)).
 local id = ARGV[A0 + 1]
 local kind = ARGV[A0 + 2]
@@ -14,6 +14,8 @@ local miss = missing_key(rec.n)
 if miss then return {NEED_KEYS, miss} end
 
 redis.call('HDEL', K_LEASES, id)
+emit(kind == 'revoke' and 'revoke' or 'release', id, rec.n, rec.o, rec.m,
+  'held ' .. fmt(NOW - (tonumber(rec.a) or NOW)) .. ' ms')
 local mem = members(id, tonumber(rec.o))
 local field = kind == 'revoke' and 'c_revoked' or 'c_released'
 for _, name in ipairs(rec.n) do
@@ -24,4 +26,6 @@ for _, name in ipairs(rec.n) do
   purge_holders(name, PURGE_BATCH)
   grant_pass(name)
 end
+for _, name in ipairs(rec.n) do cfg(name) end
+touch(rec.n)
 return {OK}

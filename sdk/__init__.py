@@ -16,7 +16,9 @@ from slotkeeper.broker.errors import (
     LimitExists,
     LimitHeld,
     LimitNotFound,
+    NoRate,
     OccupyExceedsLimit,
+    QueueFull,
     SlotkeeperError,
     UnsafeDirectory,
 )
@@ -24,6 +26,8 @@ from slotkeeper.executor import ThrottledExecutor
 from slotkeeper.lease import Lease
 from slotkeeper.limit import limit, limited
 from slotkeeper.limiter import Limiter, configure, get_limiter
+from slotkeeper.rate_limit import rate_limit, rate_limit_async
+from slotkeeper.reservation import Reservation
 from slotkeeper.tags import tagged, tags
 
 __version__ = "0.1.0"
@@ -42,13 +46,18 @@ __all__ = [
     "LimitHeld",
     "LimitNotFound",
     "Limiter",
+    "NoRate",
     "OccupyExceedsLimit",
+    "QueueFull",
+    "Reservation",
     "SlotkeeperError",
     "ThrottledExecutor",
     "configure",
     "get_limiter",
     "limit",
     "limited",
+    "rate_limit",
+    "rate_limit_async",
     "tagged",
     "tags",
 ]

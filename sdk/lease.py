@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from slotkeeper.runtime import Runtime
@@ -40,6 +40,7 @@ class Lease:
         self._on_lost = on_lost
         self._lost = threading.Event()
         self._released = False
+        self._span: Any = None  # the hold span (slotkeeper.tracing), when tracing is on
         basis = time.monotonic() if granted_after is None else granted_after
         self._valid_until = basis + self.ttl if runtime is not None else float("inf")
 
@@ -81,6 +82,7 @@ class Lease:
         if self._lost.is_set() or self._released:
             return
         self._lost.set()
+        self._end_span("lost")
         log.warning("slotkeeper: lease %s on %s lost (expired or revoked)", self.id,
                     ", ".join(self.names))
         if self._on_lost is not None:
@@ -107,7 +109,15 @@ class Lease:
         self._released = True
         if not held:
             self._lost.set()
+        self._end_span("released" if held else "lost")
         return held
+
+    def _end_span(self, outcome: str) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            from slotkeeper.tracing import end_hold
+
+            end_hold(span, outcome)
 
     def _known_outcome(self) -> bool:
         return self._released and not self._lost.is_set()
@@ -136,6 +146,18 @@ class Lease:
             self._released_as(False)
             raise
         return self._released_as(ok)
+
+    def settle(self, units: int) -> bool:
+        """Correct the rate units this lease took on entry (``occupy`` of each named limit with a
+        rate) to ``units``, e.g. the true cost known only afterwards. False if its grant has left
+        every window already (or no limit has a rate)."""
+        if self._runtime is None:
+            return False
+        taken = getattr(self, "_units", self.occupy)
+        ok: bool = self._runtime.broker.settle(self.names, self.id, taken, units)
+        if ok:
+            self._units = units
+        return ok
 
     def renew(self) -> bool:
         """Renew now (the heartbeat does this by itself). False if the lease is lost."""

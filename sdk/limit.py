@@ -15,6 +15,7 @@ from slotkeeper.broker.protocol import check_occupy, check_priority, check_ttl
 from slotkeeper.lease import Lease
 from slotkeeper.limiter import Limiter, check_timeout, get_limiter
 from slotkeeper.naming import check_template
+from slotkeeper.pending import PendingRequest, check_slow_wait
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -35,7 +36,9 @@ class limit:  # noqa: N801 - reads like a function at the call site
                  priority: int = 0, ttl: float | None = None, default_slots: int | None = None,
                  strict: bool = True, on_lost: Callable[[Lease], None] | None = None,
                  raise_on_lost: bool = True, label: str | None = None,
-                 durable: bool = False, limiter: Limiter | None = None) -> None:
+                 durable: bool = False, limiter: Limiter | None = None,
+                 slow_wait: float | None = None,
+                 on_waiting: Callable[[PendingRequest], None] | None = None) -> None:
         if not names:
             raise InvalidArgument("limit() needs at least one limit name")
         for n in names:
@@ -49,11 +52,15 @@ class limit:  # noqa: N801 - reads like a function at the call site
             raise InvalidType("strict must be a bool")
         if on_lost is not None and not callable(on_lost):
             raise InvalidType("on_lost must be callable")
+        if on_waiting is not None and not callable(on_waiting):
+            raise InvalidType("on_waiting must be callable")
+        if slow_wait is not None:
+            check_slow_wait(slow_wait)
         self.names = names
         self.kwargs: dict[str, Any] = dict(
             occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
             default_slots=default_slots, strict=strict, on_lost=on_lost, label=label,
-            durable=durable)
+            durable=durable, slow_wait=slow_wait, on_waiting=on_waiting)
         self.raise_on_lost = raise_on_lost
         self.limiter = limiter
         self._local = threading.local()

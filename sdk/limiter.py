@@ -6,6 +6,7 @@ and driven by a blocking loop for threads and an awaiting loop for asyncio.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -16,9 +17,11 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from slotkeeper import tracing
 from slotkeeper.broker import embedded
 from slotkeeper.broker import protocol as P
 from slotkeeper.broker import records as R
+from slotkeeper.broker.client import AsyncBroker
 from slotkeeper.broker.connection import (
     configured_namespace,
     configured_url,
@@ -34,6 +37,7 @@ from slotkeeper.broker.errors import (
     LeaseLost,
     LimitNotFound,
     OccupyExceedsLimit,
+    SlotkeeperError,
 )
 from slotkeeper.broker.keys import check_namespace
 from slotkeeper.broker.protocol import (
@@ -43,9 +47,18 @@ from slotkeeper.broker.protocol import (
     check_seconds,
     check_ttl,
 )
+from slotkeeper.broker.readmodel import SAMPLE
 from slotkeeper.broker.transport import DEFAULT_OP_TIMEOUT
 from slotkeeper.lease import Lease
 from slotkeeper.naming import check_template, host_name, resolve, worker_name
+from slotkeeper.pending import (
+    DEFAULT_SLOW_WAIT,
+    PendingRequest,
+    SlowWaitLog,
+    WaitingCallback,
+    check_slow_wait,
+)
+from slotkeeper.reservation import Reservation
 from slotkeeper.runtime import Runtime, Waiting, live_runtimes, new_id, runtime_for
 
 log = logging.getLogger("slotkeeper")
@@ -59,7 +72,6 @@ ENV_OP_TIMEOUT = "SLOTKEEPER_OP_TIMEOUT"
 ASK_GRACE = 0.3
 CANCEL_GRACE = 0.6
 CLEANUP_MAX = 1.0    # s: withdrawing after a failure never takes longer (then: in the background)
-LISTENER_WAIT = 2.0  # s: at most this (and a quarter of the call's budget) for the first subscribe
 DURABLE_WAIT_MS = 2000
 
 
@@ -114,7 +126,8 @@ class Limiter:
 
     def __init__(self, url: str | None = None, namespace: str | None = None,
                  ttl: float = DEFAULT_TTL, worker: str | None = None,
-                 op_timeout: float | None = None) -> None:
+                 op_timeout: float | None = None,
+                 slow_wait: float = DEFAULT_SLOW_WAIT) -> None:
         self._url = configured_url(url)
         self.namespace = check_namespace(configured_namespace(namespace))
         self.ttl = check_ttl(ttl)
@@ -122,10 +135,12 @@ class Limiter:
             raise InvalidType("worker must be a str")
         self.worker = worker
         self.op_timeout = configured_op_timeout(op_timeout)
+        self.slow_wait = check_slow_wait(slow_wait)  # s before a wait logs one INFO line; 0: never
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self._url, "namespace": self.namespace, "ttl": self.ttl,
-                "worker": self.worker, "op_timeout": self.op_timeout}
+                "worker": self.worker, "op_timeout": self.op_timeout,
+                "slow_wait": self.slow_wait}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._url = state["url"]
@@ -133,6 +148,7 @@ class Limiter:
         self.ttl = state["ttl"]
         self.worker = state["worker"]
         self.op_timeout = state.get("op_timeout", DEFAULT_OP_TIMEOUT)
+        self.slow_wait = state.get("slow_wait", DEFAULT_SLOW_WAIT)
 
     def __repr__(self) -> str:
         return f"Limiter(url={redact(self._url)!r}, namespace={self.namespace!r})"
@@ -178,7 +194,10 @@ class Limiter:
         )
 
     def _flow(self, rt: Runtime, req: Request, on_lost: Callable[[Lease], None] | None,
-              bind_loop: bool = False) -> Generator[Step, Any, Lease]:
+              bind_loop: bool = False, units_only: bool = False,
+              handle: PendingRequest | None = None, slow_wait: float = 0.0,
+              on_waiting: WaitingCallback | None = None,
+              ) -> Generator[Step, Any, Lease | Reservation]:
         """The acquire flow, free of I/O: it yields :class:`Call` (run this op by this deadline)
         and :class:`Wait` (wait for a notification) steps, and is sent their results (or has their
         exceptions thrown in). :meth:`acquire` drives it with blocking I/O, :meth:`acquire_async`
@@ -190,6 +209,9 @@ class Limiter:
         wait = req.timeout != 0
         started = time.monotonic()
         t_end = None if req.timeout is None else started + req.timeout
+        if handle is None:
+            handle = PendingRequest(rt.broker, req.names, req.occupy, req.priority, req.label)
+        slow = SlowWaitLog(handle, slow_wait)
 
         def deadline(grace: float = ASK_GRACE) -> float:
             """A call's deadline: the op timeout, and never past timeout + grace."""
@@ -211,17 +233,35 @@ class Limiter:
                 keys, req.names, lid, occupy=req.occupy, ttl_ms=req.ttl_ms,
                 default_ttl_ms=default_ttl_ms, priority=req.priority, wait=wait,
                 channel=rt.channel, meta=meta, default_slots=req.default_slots,
-                recheck=recheck), deadline())
+                recheck=recheck, units_only=units_only), deadline())
+
+        def withdraw(timed_out: bool, grace: float) -> Call:
+            return Call(P.cancel(keys, req.names, lid, timed_out=timed_out,
+                                 units_only_occupy=req.occupy if units_only else 0),
+                        deadline(grace))
+
+        what = "rate units" if units_only else "slot"
 
         w: Waiting | None = None
         pending = False  # a ticket (or an unseen grant) of ours may exist in Redis
         try:
+            if P.templates_stale(self.namespace):  # which templates may make these names
+                yield Call(P.list_templates(keys), deadline())
             pending, sent = True, time.monotonic()
-            res: R.AcquireResult = yield ask()
+            try:
+                res: R.AcquireResult = yield ask()
+            except LimitNotFound:
+                # a template made since our list was read? read it again and ask once more
+                if P.templates_stale(self.namespace, 0.1):
+                    yield Call(P.list_templates(keys), deadline())
+                    lid = new_id()
+                    res = yield ask()
+                else:
+                    raise
             granted_after = sent  # the grant was made after this send: its lease runs from here
             if res.status == R.BUSY:
                 pending = False
-                raise AcquireTimeout(f"no free slot on {', '.join(req.names)} (timeout=0)")
+                raise AcquireTimeout(f"no free {what} on {', '.join(req.names)} (timeout=0)")
             while res.status != R.GRANTED:
                 if res.status == R.LOST:  # our ticket expired (e.g. we were paused): ask anew
                     lid = new_id()
@@ -231,6 +271,13 @@ class Limiter:
                     continue
                 if res.status != R.QUEUED:
                     raise BrokerError(f"unexpected acquire status {res.status}")
+                first = handle.position is None
+                handle._queued(lid, res.position)
+                if first and on_waiting is not None:
+                    try:
+                        on_waiting(handle)
+                    except Exception:
+                        log.exception("slotkeeper: on_waiting callback failed")
                 if w is None or w.id != lid:
                     if w is not None:
                         rt.drop_waiting(w)
@@ -243,14 +290,20 @@ class Limiter:
                 pause = FALLBACK_CHECK
                 if res.next_check_ms > 0:
                     pause = min(pause, res.next_check_ms / 1000.0 + 0.005)
+                if res.due_ms > 0:  # rate units due then: ask exactly then (pushed, not polled)
+                    pause = min(pause, res.due_ms / 1000.0)
                 if t_end is not None:
                     pause = min(pause, max(0.0, t_end - time.monotonic()))
-                msg = yield Wait(w, pause)
+                msg = yield Wait(w, slow.pause(pause))
                 granted_after = w.renewed_at  # a grant found from here on came after that
                 grant = P.parse_grant_message(msg) if msg else None
                 if grant is not None:
                     res = grant
                     break
+                due = P.parse_due_message(msg) if msg else None
+                if due is not None and (t_end is None or time.monotonic() < t_end):
+                    res = R.AcquireResult(R.QUEUED, due_ms=due)  # the broker moved our due time
+                    continue
                 rejected = P.parse_reject_message(msg) if msg else None
                 if rejected is not None:
                     pending = False  # the script dropped our ticket
@@ -258,22 +311,29 @@ class Limiter:
                     raise P.rejection(reason, name, slots, self.namespace, req.occupy)
                 if t_end is not None and time.monotonic() >= t_end:
                     try:
-                        res = yield Call(P.cancel(keys, req.names, lid, timed_out=True),
-                                         deadline(CANCEL_GRACE))
+                        res = yield withdraw(True, CANCEL_GRACE)
                     except BrokerUnavailable as exc:
                         # no slot in time is what the caller learns; the withdrawal (and the
                         # release of a grant that raced it) goes on in the background
                         pending = False
                         rt.defer_withdrawal(req.names, lid, ticket_ttl_ms)
                         raise AcquireTimeout(
-                            f"no slot on {', '.join(req.names)} within {req.timeout:g} s "
+                            f"no {what} on {', '.join(req.names)} within {req.timeout:g} s "
                             "(Redis did not answer the withdrawal in time; it is retried in the "
                             "background)") from exc
                     if res.status != R.GRANTED:
                         pending = False
                         raise AcquireTimeout(
-                            f"no slot on {', '.join(req.names)} within {req.timeout:g} s")
+                            f"no {what} on {', '.join(req.names)} within {req.timeout:g} s")
                     break
+                if slow.due:  # one INFO line saying why (read through this flow's transport)
+                    try:
+                        snaps = []
+                        for n in req.names:
+                            snaps.append((yield Call(P.snapshot(keys, n, SAMPLE), deadline())))
+                        slow.log(snaps)
+                    except SlotkeeperError as exc:
+                        slow.log(None, exc)
                 sent = time.monotonic()
                 res = yield ask()
         except GeneratorExit:
@@ -291,8 +351,10 @@ class Limiter:
                     end = min(deadline(CANCEL_GRACE), time.monotonic() + CLEANUP_MAX)
                     if end - time.monotonic() < 0.02:
                         raise BrokerUnavailable("no time left to withdraw")
-                    c = yield Call(P.cancel(keys, req.names, lid, timed_out=False), end)
-                    if c.status == R.GRANTED:
+                    c = yield Call(P.cancel(keys, req.names, lid, timed_out=False,
+                                            units_only_occupy=req.occupy if units_only else 0),
+                                   end)
+                    if c.status == R.GRANTED and not units_only:
                         yield Call(P.release(keys, req.names, lid), end)
                 except BaseException:  # unreachable, or interrupted again (e.g. a second
                     # cancellation while the event loop shuts down): finish it in the background
@@ -303,28 +365,28 @@ class Limiter:
         finally:
             if w is not None:
                 rt.drop_waiting(w)
+        handle._granted()
+        if units_only:
+            return Reservation(rt.broker, lid, req.names, req.occupy)
         ttl_ms = res.ttl_ms or req.ttl_ms or default_ttl_ms  # the script may pick the limit's ttl
         lease = Lease(rt, lid, req.names, req.occupy, res.token, res.expires_ms, ttl_ms, on_lost,
                       granted_after=granted_after)
         rt.add_lease(lease)
         return lease
 
-    def acquire(self, *names: str, occupy: int = 1, timeout: float | None = None,
-                priority: int = 0, ttl: float | None = None, default_slots: int | None = None,
-                strict: bool = True, on_lost: Callable[[Lease], None] | None = None,
-                label: str | None = None, durable: bool = False) -> Lease:
-        """Take ``occupy`` slots of every named limit at once (blocking).
-
-        ``durable=True`` returns only once a replica acknowledged the grant (Redis WAIT), so a
-        failover right after cannot forget it; without a replica it raises BrokerUnavailable."""
-        req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
-                           default_slots=default_slots, label=label)
+    def _drive(self, req: Request, on_lost: Callable[[Lease], None] | None, strict: bool,
+               units_only: bool = False, slow_wait: float | None = None,
+               on_waiting: WaitingCallback | None = None,
+               ) -> tuple[Runtime, Lease | Reservation]:
+        """Run the acquire flow with blocking I/O."""
         rt = self.runtime
-        if req.timeout != 0:  # part of the call's budget: never past timeout / op timeout
-            rt.ensure_listener(min(LISTENER_WAIT, (req.timeout or self.op_timeout) / 4))
+        if req.timeout != 0:
+            rt.ensure_listener(0)  # no wait: its first subscription nudges every waiter to re-check
         transport = rt.broker.transport
-        flow = self._flow(rt, req, on_lost)
-        with _Outcome(req, flow, strict) as out:
+        handle, span = self._observe(rt, req, units_only)
+        flow = self._flow(rt, req, on_lost, units_only=units_only, handle=handle,
+                          slow_wait=self._slow(slow_wait), on_waiting=on_waiting)
+        with _Outcome(req, flow, strict, handle, span) as out:
             step = next(flow)
             while True:
                 try:
@@ -336,28 +398,22 @@ class Limiter:
                     step = flow.throw(exc)
                     continue
                 step = flow.send(value)
-        lease = out.result()
-        if durable and lease.throttled:
-            held, acked = rt.broker.renew_and_wait(lease.id, lease.names, lease.ttl_ms, 1,
-                                                   DURABLE_WAIT_MS)
-            self._check_durable(lease, held, acked, lease.release)
-        return lease
+        return rt, out.result()
 
-    async def acquire_async(self, *names: str, occupy: int = 1, timeout: float | None = None,
-                            priority: int = 0, ttl: float | None = None,
-                            default_slots: int | None = None, strict: bool = True,
-                            on_lost: Callable[[Lease], None] | None = None,
-                            label: str | None = None, durable: bool = False) -> Lease:
-        """Like :meth:`acquire`, on the asyncio transport: nothing here blocks or sleeps on the
-        event loop, whatever Redis does."""
-        req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
-                           default_slots=default_slots, label=label)
+    async def _drive_async(self, req: Request, on_lost: Callable[[Lease], None] | None,
+                           strict: bool, units_only: bool = False,
+                           slow_wait: float | None = None,
+                           on_waiting: WaitingCallback | None = None,
+                           ) -> tuple[AsyncBroker, Lease | Reservation]:
+        """Run the acquire flow on the asyncio transport (never blocks the event loop)."""
         rt = self.runtime
         if req.timeout != 0:
-            await rt.ensure_listener_async()
+            await rt.ensure_listener_async(0)  # (as in _drive: subscribing nudges the waiters)
         broker = rt.async_broker()
-        flow = self._flow(rt, req, on_lost, bind_loop=True)
-        with _Outcome(req, flow, strict) as out:
+        handle, span = self._observe(rt, req, units_only)
+        flow = self._flow(rt, req, on_lost, bind_loop=True, units_only=units_only, handle=handle,
+                          slow_wait=self._slow(slow_wait), on_waiting=on_waiting)
+        with _Outcome(req, flow, strict, handle, span) as out:
             step = next(flow)
             while True:
                 try:
@@ -369,7 +425,45 @@ class Limiter:
                     step = flow.throw(exc)
                     continue
                 step = flow.send(value)
-        lease = out.result()
+        return broker, out.result()
+
+    def acquire(self, *names: str, occupy: int = 1, timeout: float | None = None,
+                priority: int = 0, ttl: float | None = None, default_slots: int | None = None,
+                strict: bool = True, on_lost: Callable[[Lease], None] | None = None,
+                label: str | None = None, durable: bool = False,
+                slow_wait: float | None = None,
+                on_waiting: WaitingCallback | None = None) -> Lease:
+        """Take ``occupy`` slots of every named limit at once (blocking).
+
+        ``durable=True`` returns only once a replica acknowledged the grant (Redis WAIT), so a
+        failover right after cannot forget it; without a replica it raises BrokerUnavailable.
+        ``on_waiting(pending)`` is called once if the request has to queue (see
+        :class:`~slotkeeper.pending.PendingRequest`); a wait longer than ``slow_wait`` seconds
+        (default: the Limiter's) logs one INFO line saying why."""
+        req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
+                           default_slots=default_slots, label=label)
+        rt, lease = self._drive(req, on_lost, strict, slow_wait=slow_wait, on_waiting=on_waiting)
+        assert isinstance(lease, Lease)
+        if durable and lease.throttled:
+            held, acked = rt.broker.renew_and_wait(lease.id, lease.names, lease.ttl_ms, 1,
+                                                   DURABLE_WAIT_MS)
+            self._check_durable(lease, held, acked, lease.release)
+        return lease
+
+    async def acquire_async(self, *names: str, occupy: int = 1, timeout: float | None = None,
+                            priority: int = 0, ttl: float | None = None,
+                            default_slots: int | None = None, strict: bool = True,
+                            on_lost: Callable[[Lease], None] | None = None,
+                            label: str | None = None, durable: bool = False,
+                            slow_wait: float | None = None,
+                            on_waiting: WaitingCallback | None = None) -> Lease:
+        """Like :meth:`acquire`, on the asyncio transport: nothing here blocks or sleeps on the
+        event loop, whatever Redis does."""
+        req = self.request(names, occupy=occupy, timeout=timeout, priority=priority, ttl=ttl,
+                           default_slots=default_slots, label=label)
+        broker, lease = await self._drive_async(req, on_lost, strict, slow_wait=slow_wait,
+                                                on_waiting=on_waiting)
+        assert isinstance(lease, Lease)
         if durable and lease.throttled:
             held, acked = await broker.renew_and_wait(lease.id, lease.names, lease.ttl_ms, 1,
                                                       DURABLE_WAIT_MS)
@@ -377,6 +471,37 @@ class Limiter:
                 await lease.release_async()
             self._check_durable(lease, held, acked, None)
         return lease
+
+    def _slow(self, slow_wait: float | None) -> float:
+        return self.slow_wait if slow_wait is None else check_slow_wait(slow_wait)
+
+    def _observe(self, rt: Runtime, req: Request,
+                 units_only: bool = False) -> tuple[PendingRequest, Any]:
+        """The request's waiting handle and (with the otel extra) its acquire span."""
+        handle = PendingRequest(rt.broker, req.names, req.occupy, req.priority, req.label)
+        span = (tracing.start_acquire(req.names, req.occupy, self.namespace, req.label)
+                if tracing.ENABLED and not units_only else None)
+        return handle, span
+
+    def rate_limit(self, *names: str, occupy: int = 1, timeout: float | None = None,
+                   priority: int = 0, label: str | None = None) -> Reservation:
+        """Take ``occupy`` units of every named limit's rate at once (blocking); nothing to
+        release. The returned reservation can be settled to the true cost afterwards:
+        ``rate_limit("llm", occupy=1000).settle(730)``. Every named limit needs a rate."""
+        req = self.request(names, occupy=occupy, timeout=timeout, priority=priority,
+                           label=label)
+        _, res = self._drive(req, None, True, units_only=True)
+        assert isinstance(res, Reservation)
+        return res
+
+    async def rate_limit_async(self, *names: str, occupy: int = 1, timeout: float | None = None,
+                               priority: int = 0, label: str | None = None) -> Reservation:
+        """Like :meth:`rate_limit`, on the asyncio transport (never blocks the event loop)."""
+        req = self.request(names, occupy=occupy, timeout=timeout, priority=priority,
+                           label=label)
+        _, res = await self._drive_async(req, None, True, units_only=True)
+        assert isinstance(res, Reservation)
+        return res
 
     @staticmethod
     def _check_durable(lease: Lease, held: bool, acked: int,
@@ -405,9 +530,11 @@ class Limiter:
 
     # -- admin shortcuts ----------------------------------------------------------------------
 
-    def create(self, name: str, slots: int, ttl: float | None = None, enabled: bool = True,
-               description: str = "") -> None:
-        self.broker.create_limit(name, slots, ttl, enabled, description)
+    def create(self, name: str, slots: int | None = None, ttl: float | None = None,
+               enabled: bool = True, description: str = "", **settings: Any) -> None:
+        """Create a limit or template (``settings``: rate, spread, max_waiters, total,
+        idle_ttl; see :meth:`Broker.create_limit`)."""
+        self.broker.create_limit(name, slots, ttl, enabled, description, **settings)
 
     def set(self, name: str, *, slots: int | None = None, ttl: float | None = None,
             enabled: bool | None = None, description: str | None = None,
@@ -447,11 +574,13 @@ class _Outcome:
     caller was interrupted outside it, closing hands the withdrawal of its ticket to the heartbeat
     thread instead of leaving it to whenever the flow is collected."""
 
-    def __init__(self, req: Request, flow: Generator[Step, Any, Lease], strict: bool) -> None:
+    def __init__(self, req: Request, flow: Generator[Step, Any, Lease | Reservation],
+                 strict: bool, handle: PendingRequest | None = None, span: Any = None) -> None:
         self.req, self.flow, self.strict = req, flow, strict
-        self._lease: Lease | None = None
+        self.handle, self.span = handle, span
+        self._lease: Lease | Reservation | None = None
 
-    def result(self) -> Lease:
+    def result(self) -> Lease | Reservation:
         assert self._lease is not None
         return self._lease
 
@@ -460,19 +589,46 @@ class _Outcome:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: object) -> bool:
+        error = None if isinstance(ev, StopIteration) else ev
         try:
             if isinstance(ev, StopIteration):
                 self._lease = ev.value
+                self._traced("granted")
                 return True
             if isinstance(ev, LimitNotFound) and not self.strict:
                 warnings.warn(f"{ev} -- running unthrottled (strict=False)", RuntimeWarning,
                               stacklevel=4)
                 self._lease = Lease(None, "unthrottled-" + new_id(), self.req.names,
                                     self.req.occupy, 0, 0, 0)
+                self._traced("unthrottled")
                 return True
             return False
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             self.flow.close()
+            if self.span is not None and error is not None and self.handle is not None:
+                tracing.end_acquire(self.span, self.handle, _outcome(error), error)
+
+    def _traced(self, outcome: str) -> None:
+        span, self.span = self.span, None
+        if span is None or self.handle is None:
+            return
+        tracing.end_acquire(span, self.handle, outcome)
+        lease = self._lease
+        if isinstance(lease, Lease) and lease.throttled:
+            lease._span = tracing.start_hold(lease.id, lease.names, lease.occupy, lease.token)
+
+
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, AcquireTimeout):
+        return "timeout"
+    if isinstance(exc, LimitNotFound | OccupyExceedsLimit):
+        return "rejected"
+    if isinstance(exc, GeneratorExit | KeyboardInterrupt | asyncio.CancelledError):
+        return "cancelled"
+    return "error"
 
 
 _default: Limiter | None = None

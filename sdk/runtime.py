@@ -1,7 +1,8 @@
 """Per-process machinery of one (URL, namespace): the broker connections (blocking, and one
 ``redis.asyncio`` client per event loop for the async path), ONE heartbeat thread that renews every
 lease and waiting ticket of the process there in one round trip per interval, ONE listener thread
-that receives grant notifications (pub/sub) and wakes the waiting threads or tasks at once, and ONE
+(and one listener task per event loop, for asyncio callers) that receives grant notifications
+(pub/sub) and wakes the waiting threads or tasks at once, and ONE
 watchdog thread that declares a lease lost as soon as this process can no longer be sure it holds
 it (Chubby's rule: last successful renewal's send time + TTL, on the local monotonic clock).
 
@@ -133,6 +134,9 @@ class Runtime:
         self._withdraw_next = 0.0
         self._withdraw_pause = WITHDRAW_RETRY
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncBroker] = (
+            weakref.WeakKeyDictionary())
+        self._alisteners: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[asyncio.Task[None], asyncio.Event]] = (
             weakref.WeakKeyDictionary())
         self._heartbeat = Heartbeat(self)
         self._watchdog = Watchdog(self)
@@ -346,11 +350,53 @@ class Runtime:
                     self._listener.start()
         self._subscribed.wait(wait)
 
-    async def ensure_listener_async(self) -> None:
-        """Start the listener without blocking the event loop: waiters do not need it to be
-        subscribed already (a grant sent before then is found by the first re-check)."""
-        if self._listener is None or not self._listener.is_alive():
-            self.ensure_listener(wait=0)
+    async def ensure_listener_async(self, wait: float) -> None:
+        """The running loop's own listener: a task on the loop's ``redis.asyncio`` client that
+        receives this process's notifications and wakes its waiting tasks directly (no thread
+        between the message and the task). Waits up to ``wait`` s for it to subscribe, without
+        blocking the loop (a grant sent before then is found by the first re-check anyway)."""
+        loop = asyncio.get_running_loop()
+        entry = self._alisteners.get(loop)
+        if entry is None or entry[0].done():
+            subscribed = asyncio.Event()
+            task = loop.create_task(self._alisten(subscribed),
+                                    name=f"slotkeeper-listener-{self.namespace}")
+            entry = (task, subscribed)
+            self._alisteners[loop] = entry
+        if not entry[1].is_set() and wait > 0:
+            try:
+                await asyncio.wait_for(entry[1].wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _alisten(self, subscribed: asyncio.Event) -> None:
+        delay = 0.05
+        while not self._closed:
+            ps = None
+            try:
+                ps = self.async_broker().transport.client.pubsub()
+                await ps.subscribe(self.channel)
+                while not self._closed:
+                    msg = await ps.get_message(timeout=LISTEN_POLL)
+                    if msg is None:
+                        continue
+                    if msg["type"] == "subscribe":
+                        delay = 0.05
+                        subscribed.set()
+                        self._nudge_all()  # anything sent while we were away is re-checked
+                    elif msg["type"] == "message":
+                        self._dispatch(msg["data"])
+            except (redis.RedisError, OSError, ValueError, AttributeError) as exc:
+                subscribed.clear()
+                log.debug("slotkeeper: async listener reconnecting after %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                if ps is not None:
+                    try:
+                        await asyncio.shield(ps.aclose())  # type: ignore[no-untyped-call]
+                    except BaseException:
+                        pass
 
     def _listen_loop(self) -> None:
         delay = 0.05
@@ -423,6 +469,12 @@ class Runtime:
         listener = self._listener
         if listener is not None and listener is not threading.current_thread():
             listener.join(LISTEN_POLL + 1)
+        for task, _ in list(self._alisteners.values()):
+            try:
+                task.get_loop().call_soon_threadsafe(task.cancel)
+            except RuntimeError:
+                pass  # its loop is closed already
+        self._alisteners.clear()
         self._async.clear()  # their loops close their own sockets
         try:
             self.broker.close()

@@ -63,13 +63,13 @@ def test_quick_run_reports_every_workload_for_both(
 
 def test_w1_counts_every_cycle(quick_result: tuple[dict[str, Any], str]) -> None:
     res, _ = quick_result
-    for spec in SPECS:
+    for spec in (*SPECS, "slotkeeper-noevents"):  # events on vs off, side by side
         r = res["workloads"]["W1"][spec]
         assert r["cycles"] == res["config"]["w1_cycles"] and r["cycles_per_s"] > 0
         for part in ("acquire", "release", "cycle"):
             s = r[part]
             assert s["n"] == r["cycles"] and 0 < s["p50_ms"] <= s["p99_ms"] <= s["max_ms"]
-    assert res["ratios"]["W1_cycles_per_s"] > 0
+    assert res["ratios"]["W1_cycles_per_s"] > 0 and res["ratios"]["W1_events_on_vs_off"] > 0
 
 
 def test_w2_never_over_admits_and_accounts_for_every_process(

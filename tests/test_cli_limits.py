@@ -128,7 +128,7 @@ def test_errors_are_one_line_with_exit_codes(sk: Run) -> None:
     assert "does not exist" in one_line_error(sk("show", "missing"))
     assert one_line_error(sk("create", "neg", "--slots", "-1"), 2)
     assert one_line_error(sk("create", "nos"), 2)  # --slots is required
-    assert one_line_error(sk("create", " padded", "--slots", "1"))  # bad name: ValueError -> 1
+    assert one_line_error(sk("create", " padded", "--slots", "1"), 2)  # bad input: exit 2
     assert one_line_error(sk("bogus-command"), 2)
 
 

@@ -1,7 +1,8 @@
 """Deadlines hold whatever Redis does, and the asyncio path never blocks its event loop.
 
 Each fault is real: a redis-server frozen with SIGSTOP, a redis-server killed (connections
-refused), and a TCP proxy that swallows everything (a black hole) or delays every chunk.
+refused), and a TCP proxy that swallows everything (a black hole), delays every chunk, or cuts
+every connection it accepts.
 A caller that asked for ``timeout=1`` gets an answer (BrokerUnavailable or AcquireTimeout) within
 2 s; a call without a timeout fails within the documented bound (op timeout + 1 s of clean-up).
 An asyncio ticker (5 ms sleeps) records the largest gap of its loop meanwhile: it must stay small.
@@ -24,7 +25,7 @@ from tests.support.redisproc import RedisProc
 
 TICK = 0.005
 MAX_GAP = 0.050  # plus the machine's own scheduling noise, measured by control_gap()
-FAULTS = ("frozen", "stopped", "blackhole", "slow")
+FAULTS = ("frozen", "stopped", "blackhole", "slow", "cutting")
 
 
 @contextlib.contextmanager
@@ -44,6 +45,8 @@ def fault(kind: str, namespace: str) -> Iterator[tuple[Limiter, Callable[[], Non
                 r.stop(signal.SIGKILL)
             elif kind == "blackhole":
                 proxy.blackhole = True
+            elif kind == "cutting":
+                proxy.refuse = True  # every connection is accepted, then reset at once
             else:
                 proxy.delay = 0.4  # every chunk waits: each round trip takes 0.8 s or more
 

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from slotkeeper import AcquireTimeout, Limiter
+from slotkeeper import AcquireTimeout, Limiter, QueueFull
 from slotkeeper.broker.client import Broker
 from tests.support.redisproc import RedisProc, free_port
 from tests.test_deploy import (
@@ -128,6 +128,14 @@ def make_activity(url: str, ns: str) -> None:
         revoked = lim.acquire("gpu")
         assert broker.revoke(revoked.id)
         revoked.release()
+        # a rate, and a request refused by --max-waiters
+        broker.create_limit("api", rate="100/s", max_waiters=0)
+        lim.rate_limit("api")
+        blocker = lim.acquire("db")
+        broker.update_limit("db", max_waiters=0)
+        with pytest.raises(QueueFull):
+            lim.acquire("db", timeout=5)
+        blocker.release()
         # a holder that never renews: its lease expires and the daemon reclaims it
         assert broker.acquire(["gpu"], "crashed-" + uuid.uuid4().hex, ttl_ms=100).token > 0
     finally:

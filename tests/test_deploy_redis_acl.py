@@ -38,6 +38,9 @@ COMMON_COMMANDS = {
     "time": "server clock",
     "wait": "durable=True acquires",
     "subscribe": "grant wake-ups",
+    "info": "slotkeeper doctor and the daemon's checks (read instead of CONFIG)",
+    "xrevrange": "slotkeeper events, the status page and /api/v1/events (newest first)",
+    "xread": "slotkeeper events --follow",
 }
 CLIENT_COMMANDS = {
     ACL_FILE: {
@@ -48,8 +51,7 @@ CLIENT_COMMANDS = {
     ACL_FILE_6: {
         **COMMON_COMMANDS,
         "evalsha": "every script call",
-        "eval": "NOSCRIPT after a restart or SCRIPT FLUSH (the script is sent again)",
-        "script|load": "NOSCRIPT in a durable acquire's pipeline",
+        "script|load": "NOSCRIPT after a restart or SCRIPT FLUSH (loaded again, then EVALSHA)",
         "select": "a database other than 0 in the URL",
     },
 }

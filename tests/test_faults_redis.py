@@ -203,10 +203,10 @@ def test_unreachable_redis_raises_then_recovers_without_tight_loops(
         assert attempts < 120, f"{attempts} connection attempts in 6 s"
         r.start()  # AOF: the limit and the waiter's ticket (if still alive) come back
         got = result(waiter, waiter_out, timeout=60)
-        # waiting (its fallback check runs every second) it found Redis gone for longer than the
-        # bounded retries, and was told so clearly
+        # waiting with timeout=None, each of its round trips may wait for Redis up to the op
+        # timeout (10 s): the ~6.5 s outage is ridden out and the slot granted after it
         print("waiter across the outage:", got)
-        assert got["error"] == "BrokerUnavailable" and "unreachable after" in got["message"]
+        assert got["granted"] is True and got["released"] is True, got
         with limit("un", limiter=lim, timeout=10):
             pass
         assert lease.release() is False

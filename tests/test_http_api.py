@@ -101,3 +101,23 @@ def test_redis_down_is_503(fresh_redis: RedisProc, namespace: str) -> None:
         assert code == get(f"{srv.url}/api/v1/limits/x")[0]
     finally:
         srv.close()
+
+
+def test_page_escapes_what_users_wrote_and_shows_no_url(
+    served: tuple[Broker, HttpServer], redis_server: RedisProc, namespace: str
+) -> None:
+    b, srv = served
+    b.create_limit("<b>bold</b>", 1, description="<img src=x onerror=alert(1)>")
+    lim = Limiter(redis_server.url, namespace, ttl=30)
+    lease = lim.acquire("<b>bold</b>", label="<script>alert(1)</script>")
+    try:
+        with urllib.request.urlopen(f"{srv.url}/", timeout=10) as r:
+            html = r.read().decode()
+            csp = r.headers["Content-Security-Policy"]
+        assert "<script>alert" not in html and "<img src=x" not in html and "<b>bold" not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;b&gt;bold" in html
+        assert html.count("<script>") == 1  # the page's own, allowed by its hash only
+        assert "default-src 'none'" in csp and "unsafe-inline" not in csp
+        assert redis_server.url not in html and str(redis_server.port) not in html
+    finally:
+        lease.release()

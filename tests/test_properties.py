@@ -67,7 +67,8 @@ anything = st.one_of(
 
 def spec_valid_name(s: object) -> bool:
     """The name rules, written independently of the implementation: 1-200 printable characters,
-    no surrounding whitespace, no braces (only the {worker}/{host} templates, resolved before use)."""
+    no surrounding whitespace, no braces (only the {worker}/{host} templates, resolved before use);
+    '*' only ends the name of a limit template, see spec_template_name)."""
     return (
         isinstance(s, str)
         and 1 <= len(s) <= 200
@@ -75,7 +76,13 @@ def spec_valid_name(s: object) -> bool:
         and s == s.strip()
         and "{" not in s
         and "}" not in s
+        and "*" not in s
     )
+
+
+def spec_template_name(s: object) -> bool:
+    """A limit template: a valid name plus a trailing '*' (created, never acquired itself)."""
+    return isinstance(s, str) and len(s) >= 2 and s.endswith("*") and spec_valid_name(s[:-1])
 
 
 def is_clear(exc: BaseException, *kinds: type[BaseException]) -> bool:
@@ -147,6 +154,13 @@ def test_names(private: RedisProc, lim: Limiter, name: str) -> None:
             with limit(name, limiter=lim, timeout=0) as lease:
                 assert lease.names == (name,) and lease.renew()
             assert b.snapshot(name).counters.released == 1
+        finally:
+            b.delete_limit(name)
+    elif spec_template_name(name):
+        b.create_limit(name, 1)
+        try:
+            assert name in b.list_limits() and name in b.templates()
+            rejected_without_writes(private, lambda: lim.acquire(name, timeout=0), ValueError)
         finally:
             b.delete_limit(name)
     else:
@@ -300,11 +314,11 @@ def test_cli_create_arguments(private: RedisProc, name: str, slots: str) -> None
     )
     assert res.exception is None or isinstance(res.exception, SystemExit), res.output
     assert "Traceback" not in res.output
-    good_slots = slots.strip().lstrip("+").isdigit() or (
-        slots.strip().startswith("-") and slots.strip()[1:].isdigit() and int(slots) == 0
+    good_slots = slots.strip().lstrip("+").isdecimal() or (
+        slots.strip().startswith("-") and slots.strip()[1:].isdecimal() and int(slots) == 0
     )
     if res.exit_code == 0:
-        assert spec_valid_name(name) and good_slots
+        assert (spec_valid_name(name) or spec_template_name(name)) and good_slots
         assert Broker.from_url(private.url, ns).snapshot(name).config.slots == int(slots)
         Broker.from_url(private.url, ns).delete_limit(name)
     else:

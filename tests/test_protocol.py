@@ -17,6 +17,7 @@ from slotkeeper.broker.errors import (
     LimitHeld,
     LimitNotFound,
     OccupyExceedsLimit,
+    QueueFull,
 )
 from slotkeeper.broker.keys import Keys
 from slotkeeper.broker.scripts import SCRIPT_NAMES, sha, source
@@ -57,8 +58,9 @@ def test_acquire_op_has_one_argument_layout() -> None:
                    recheck=True)
     assert op.script == "acquire"
     assert op.keys == tuple(KEYS.for_limits(["a", "b"]))
-    assert op.args == (2, "a", "b", "id1", 2, 100, 5000, 3, 2, "c", b"\x80", 4)
+    assert op.args == (2, "a", "b", "id1", 2, 100, 5000, 3, 2, "c", b"\x80", 4, 0)
     assert P.acquire(KEYS, ["a"], "x", wait=False).args[7] == 0  # mode: try once
+    assert P.acquire(KEYS, ["a"], "x", units_only=True).args[-1] == 1  # rate_limit: units only
 
 
 def test_acquire_replies_parse_to_results_or_errors() -> None:
@@ -67,6 +69,10 @@ def test_acquire_replies_parse_to_results_or_errors() -> None:
     assert (got.status, got.token, got.expires_ms, got.ttl_ms) == (Status.GRANTED, 7, 1000, 30000)
     q = parse([Status.QUEUED, 2, 150])
     assert (q.status, q.position, q.next_check_ms) == (Status.QUEUED, 2, 150)
+    r = parse([Status.QUEUED, 1, 0, 40])  # waiting for rate units due in 40 ms
+    assert (r.status, r.due_ms) == (Status.QUEUED, 40)
+    with pytest.raises(QueueFull):
+        parse([Status.QUEUE_FULL, "a", 5])
     assert parse([Status.BUSY]).status == Status.BUSY
     with pytest.raises(LimitNotFound):
         parse([Status.NOT_FOUND, b"a"])

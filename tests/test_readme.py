@@ -62,6 +62,7 @@ class Setup:
 
 
 SETUP: dict[str, Setup] = {
+    "README.md > Why am I waiting? > 1": Setup(limits={"gpu": 1}),
     "README.md > slotkeeper > 1": Setup(
         limits={"gpu:gpu-1": 2}, env={"SLOTKEEPER_WORKER": "gpu-1"}, prelude="def train(): pass\n"
     ),
@@ -84,8 +85,8 @@ SETUP: dict[str, Setup] = {
 }
 
 CANNOT_RUN_HERE: dict[str, str] = {
-    "README.md > The status page > 1": "needs a daemon serving on localhost:9808 (the API itself "
-    "is tested in tests/test_http_api.py)",
+    "README.md > The status page > 1": "a daemon on port 9808 (tests/test_http_api.py, "
+    "tests/test_status_page.py and tests/test_events.py serve the same paths on free ports)",
     "README.md > Deploying > 2": "systemd and root (useradd, /etc, systemctl)",
     "deploy/README.md > Deploying: from zero to a scraped daemon > 1": "root and a system Redis "
     "under systemd (/etc/redis, systemctl restart)",

@@ -33,8 +33,14 @@ document.querySelectorAll('section.limit[data-limit]').forEach(function(sec){
     return [row.dataset.ticket, row.dataset.cause];
   });
   var usage = sec.querySelector('.usage');
+  var rate = sec.querySelector('.rate');
   out[sec.dataset.limit] = {used: Number(sec.dataset.used), slots: Number(sec.dataset.slots),
-    usage_text: usage ? usage.textContent : null, holders: holders, waiters: waiters};
+    usage_text: usage ? usage.textContent : null, holders: holders, waiters: waiters,
+    rate: rate ? rate.dataset.rate : null,
+    rate_used: rate ? Number(rate.dataset.rateUsed) : null};
+});
+out.__events__ = Array.from(document.querySelectorAll('tr.event')).map(function(row){
+  return [row.dataset.kind, row.cells[4].textContent, row.cells[5].textContent];
 });
 return out;
 """
@@ -42,9 +48,11 @@ return out;
 
 def page_limits(driver: Any) -> dict[str, dict[str, Any]]:
     """What the page shows per limit (read in one script call: the page may refresh meanwhile)."""
-    shown: dict[str, dict[str, Any]] = driver.execute_script(READ_PAGE)
-    for v in shown.values():
-        v["waiters"] = [tuple(w) for w in v["waiters"]]
+    shown: dict[str, Any] = driver.execute_script(READ_PAGE)
+    shown["__events__"] = [tuple(e) for e in shown["__events__"]]
+    for k, v in shown.items():
+        if k != "__events__":
+            v["waiters"] = [tuple(w) for w in v["waiters"]]
     return shown
 
 
@@ -67,6 +75,8 @@ def test_status_page_matches_redis_and_refreshes(
     b.create_limit("gpu:0", 2, description="the first card")
     b.create_limit("db", 3)
     b.create_limit("print", 1, enabled=False)
+    b.create_limit("api", 4, rate="10/min", description="slots and a rate")
+    lim.rate_limit("api", occupy=3)
     held = [lim.acquire("gpu:0", label="train-a"), lim.acquire("db", occupy=2, label="etl")]
     # a waiter on gpu:0 (needs 2, 1 free) and one of higher priority on db
     b.acquire(["gpu:0"], "wait-big", occupy=2, ttl_ms=60_000, wait=True)
@@ -81,8 +91,9 @@ def test_status_page_matches_redis_and_refreshes(
         driver.get(d.base + "/?refresh=1")
         assert "slotkeeper" in driver.title and namespace in driver.title
         shown = page_limits(driver)
-        assert set(shown) == {"gpu:0", "db", "print"}
-        for name in shown:
+        assert set(shown) == {"gpu:0", "db", "print", "api", "__events__"}
+        assert shown["api"]["rate_used"] == 3 and shown["api"]["rate"] == "10/min"
+        for name in ("gpu:0", "db", "print", "api"):
             snap = b.snapshot(name)
             assert (shown[name]["used"], shown[name]["slots"]) == (snap.used, snap.config.slots)
             assert shown[name]["usage_text"] == f"{snap.used} / {snap.config.slots}"
@@ -102,6 +113,10 @@ def test_status_page_matches_redis_and_refreshes(
         shown = page_limits(driver)
         assert late.id in shown["print"]["holders"]
         assert shown["print"]["holders"][late.id][5] == "late-comer"
+        # recent events, newest first: the late grant is on top
+        assert shown["__events__"][0][:2] == ("grant", late.id)
+        assert "late-comer" in shown["__events__"][0][2]
+        driver.set_window_size(1280, 1900)  # the whole page, events included
         driver.save_screenshot(
             os.environ.get("SLOTKEEPER_SCREENSHOT") or str(tmp_path / "shot.png")
         )

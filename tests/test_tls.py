@@ -114,7 +114,7 @@ def test_sdk_refused_without_client_certificate(
     tls_redis: TlsRedisProc, certs: Certs, namespace: str
 ) -> None:
     lim = Limiter(tls_redis.url_with(certs.ca, None, None), namespace, ttl=2)
-    with pytest.raises(BrokerUnavailable, match="unreachable after 7 tries"):
+    with pytest.raises(BrokerUnavailable, match="unreachable after"):
         lim.acquire("anything", timeout=0)
 
 

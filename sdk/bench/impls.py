@@ -59,6 +59,18 @@ class SlotkeeperImpl:
         pass
 
 
+class SlotkeeperNoEventsImpl(SlotkeeperImpl):
+    """slotkeeper with audit events switched off in its namespace (what recording costs)."""
+
+    label = "slotkeeper-noevents"
+
+    def create(self, name: str, slots: int, ttl: float | None = None) -> None:
+        from slotkeeper.broker.readmodel import ReadModel
+
+        ReadModel(self.limiter.broker).set_event_settings(False, None)
+        super().create(name, slots, ttl)
+
+
 class ReferenceImpl:
     """The minimal Lua ZSET semaphore (:mod:`slotkeeper.bench.reference`)."""
 
@@ -99,6 +111,8 @@ class ReferenceImpl:
 def make_impl(spec: str, url: str, namespace: str) -> Impl:
     if spec == "slotkeeper":
         return SlotkeeperImpl(url, namespace)
+    if spec == "slotkeeper-noevents":
+        return SlotkeeperNoEventsImpl(url, namespace)
     if spec == "reference":
         return ReferenceImpl(url, namespace)
     module, _, cls = spec.partition(":")

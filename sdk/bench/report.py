@@ -102,6 +102,9 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     ratio = _get(result, "ratios", "W1_cycles_per_s")
     if ratio is not None:
         check("W1 cycles/s vs reference", ratio, ">= 0.85x", ratio >= 0.85)
+    events = _get(result, "ratios", "W1_events_on_vs_off")
+    if events is not None:
+        check("W1 cycles/s events on vs off", events, ">= 0.9x", events >= 0.9)
     p50, p99 = _get(wl, "W3", "slotkeeper", "p50_ms"), _get(wl, "W3", "slotkeeper", "p99_ms")
     if p50 is not None:
         check("W3 handoff p50 ms", p50, "<= 0.5", p50 <= 0.5)

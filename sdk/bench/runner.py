@@ -69,7 +69,8 @@ class BenchConfig:
         n = 1
         per = len(self.specs)
         w = set(self.workloads)
-        n += per * self.w1_repeats if "W1" in w else 0
+        w1_per = per + (1 if "slotkeeper" in self.specs else 0)  # + events off
+        n += w1_per * self.w1_repeats if "W1" in w else 0
         n += per * len(self.w2_holds_ms) if "W2" in w else 0
         n += per if "W3" in w else 0
         n += per * self.w4_runs if "W4" in w else 0
@@ -135,14 +136,16 @@ def run_bench(
     wl: dict[str, Any] = out["workloads"]
     specs = config.specs
     if "W1" in config.workloads:
-        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in specs}
+        # slotkeeper with its audit events off, side by side: what recording them costs
+        w1_specs = [*specs, "slotkeeper-noevents"] if "slotkeeper" in specs else list(specs)
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in w1_specs}
         for r in range(config.w1_repeats):
-            for spec in specs:
+            for spec in w1_specs:
                 runs[spec].append(
                     in_child(w1_uncontended, spec, url, ns(f"w1{r}"), config.w1_cycles)
                 )
                 tick(f"W1 {spec}")
-        wl["W1"] = {s: _median_run(runs[s]) for s in specs}
+        wl["W1"] = {s: _median_run(runs[s]) for s in w1_specs}
     if "W2" in config.workloads:
         wl["W2"] = {}
         for hold in config.w2_holds_ms:
@@ -191,6 +194,10 @@ def run_bench(
     if "W1" in wl and "slotkeeper" in wl["W1"] and "reference" in wl["W1"]:
         ratios["W1_cycles_per_s"] = _ratio(
             wl["W1"]["slotkeeper"]["cycles_per_s"], wl["W1"]["reference"]["cycles_per_s"]
+        )
+    if "W1" in wl and "slotkeeper-noevents" in wl["W1"]:
+        ratios["W1_events_on_vs_off"] = _ratio(
+            wl["W1"]["slotkeeper"]["cycles_per_s"], wl["W1"]["slotkeeper-noevents"]["cycles_per_s"]
         )
     out["ratios"] = ratios
     out["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
