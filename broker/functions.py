@@ -132,8 +132,8 @@ def _decide() -> Generator[tuple[Any, ...], Any, str]:
         try:
             yield ("FUNCTION", "LOAD", library_source())
             return FUNCTIONS
-        except redis.exceptions.NoPermissionError:
-            return EVALSHA_UNLOADED
+        except (redis.exceptions.NoPermissionError, redis.exceptions.OutOfMemoryError):
+            return EVALSHA_UNLOADED  # may not (or, Redis full, cannot now) load it: EVALSHA
         except redis.ResponseError as exc:
             if not is_already_loaded(exc):  # another client loaded it meanwhile: look again
                 raise

@@ -104,6 +104,7 @@ class SyncTransport:
                 return c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
         except redis.exceptions.NoPermissionError as exc:
             if self.path == F.EVALSHA_UNLOADED:
+                self.path = None  # decide again next call (the library may be loaded by then)
                 raise F.missing() from exc
             raise
 
@@ -217,6 +218,7 @@ class AsyncTransport:
                 return await c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
         except redis.exceptions.NoPermissionError as exc:
             if self.path == F.EVALSHA_UNLOADED:
+                self.path = None  # decide again next call (the library may be loaded by then)
                 raise F.missing() from exc
             raise
 

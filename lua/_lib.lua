@@ -551,7 +551,7 @@ local function grant_pass(name)
     local rec = load(K_TICKETS, id)
     if not rec or tonumber(rec.e) <= NOW then
       redis.call('ZREM', q, id)
-      if rec then drop_ticket(id, rec) else redis.call('ZREM', K_TICKET_EXP, id) end
+      drop_ticket(id, rec)   -- an unreadable record (garbage) goes too
     elseif deferred(rec, name) then
       idx = idx + 1
     else

@@ -82,12 +82,20 @@ SETUP: dict[str, Setup] = {
         timeout=600,
     ),
     "README.md > The `slotkeeper` command > 3": Setup(stdout_has=("gpu:gpu-1 holds lease",)),
+    "README.md > Rates, per-key limits, backpressure > 1": Setup(
+        limits={"db": 10},
+        prelude="from slotkeeper import Limiter as _L\n"
+        "_L().create('api', None, rate='600/min')\n"
+        "_L().create('llm', None, rate='100000/h')\n",
+    ),
 }
 
 CANNOT_RUN_HERE: dict[str, str] = {
     "README.md > The status page > 1": "a daemon on port 9808 (tests/test_http_api.py, "
     "tests/test_status_page.py and tests/test_events.py serve the same paths on free ports)",
     "README.md > Deploying > 2": "systemd and root (useradd, /etc, systemctl)",
+    "README.md > Rates, per-key limits, backpressure > 2": "an outline with elided output (the "
+    "commands run in tests/test_templates.py and tests/test_cli_rate.py)",
     "deploy/README.md > Deploying: from zero to a scraped daemon > 1": "root and a system Redis "
     "under systemd (/etc/redis, systemctl restart)",
     "deploy/README.md > Deploying: from zero to a scraped daemon > 2": "root (useradd, /opt) and a "
@@ -104,7 +112,7 @@ TOO_LONG: dict[str, str] = {
     "README.md > Quick start > 1": "installs the package into a new venv (minutes); the demo itself "
     "runs in tests/test_cli_demo.py",
     "README.md > Quick start > 2": "the whole test suite (this test is part of it)",
-    "README.md > Performance > 1": "benchmarks (minutes); `bench --quick` runs in "
+    "README.md > Rates and templates > 1": "benchmarks (minutes); `bench --quick` runs in "
     "tests/test_bench_smoke.py",
     "deploy/README.md > Checking this directory > 1": "installs the deploy checkers and runs the "
     "deploy tests (both run in scripts/test.sh anyway)",

@@ -30,7 +30,18 @@ PACKAGE_DIRS = {
     "cli": "slotkeeper/cli",
     "lua": "slotkeeper/lua",
 }
-COPIED = ("sdk", "broker", "cli", "lua", "tests", "deploy", "pyproject.toml", "constraints.txt")
+COPIED = (
+    "sdk",
+    "broker",
+    "cli",
+    "lua",
+    "tests",
+    "deploy",
+    "pyproject.toml",
+    "constraints.txt",
+    "README.md",
+    "ARCHITECTURE.md",
+)  # docs: tests/test_readme.py is imported by others
 TIMEOUT = 600
 
 
