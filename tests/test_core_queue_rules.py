@@ -23,8 +23,9 @@ PATIENCE = 15.0  # s a pushed promise may take here (a loaded machine); the poll
 
 
 @pytest.fixture
-def slow_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+def slow_poll(monkeypatch: pytest.MonkeyPatch, limiter: Limiter) -> None:
     monkeypatch.setattr(limiter_module, "FALLBACK_CHECK", 10 * PATIENCE)
+    limiter.slow_wait = 0.0  # no slow-wait wake-up either: it re-asks (10 s < PATIENCE)
 
 
 @pytest.fixture
