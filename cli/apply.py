@@ -14,7 +14,8 @@ from slotkeeper.broker.readmodel import read_limits
 from slotkeeper.broker.records import DEFAULT_IDLE_TTL
 from slotkeeper.cli.context import App, json_option, pass_app
 from slotkeeper.cli.output import emit, warn
-from slotkeeper.cli.spec import LimitSpec, dump, parse
+from slotkeeper.cli.prefect_gcl import read_limits_file
+from slotkeeper.cli.spec import LimitSpec, dump
 
 
 @dataclass
@@ -142,8 +143,11 @@ def apply(app: App, path: Any, dry_run: bool, prune: bool) -> None:
     \b
     limits:
       - {name: "gpu:gpu-1", slots: 2, ttl: 30, enabled: true, description: "..."}
+
+    Prefect's global concurrency limits are read too: `prefect gcl ls --output json`
+    or the REST API's objects (name, limit, active).
     """
-    wanted = parse(path.read(), getattr(path, "name", "<input>"))
+    wanted = read_limits_file(path.read(), getattr(path, "name", "<input>"))
     broker = app.broker()
     changes = plan(wanted, current_specs(broker), prune)
     if not dry_run:

@@ -23,6 +23,7 @@ for i = 2, #NAMES do
     if empty then
       redis.call('DEL', L.cfg, L.holders, L.queue, L.rate)
       redis.call('ZREM', LIM[tname].members, name)
+      emit('limit', '', {name}, 0, nil, 'idle key removed (template ' .. tname .. ')')
       removed = removed + 1
     else
       busy = busy + 1

@@ -20,6 +20,8 @@ worker's name* (``Worker(name=...)``, ``dask worker --name``, a SpecCluster key)
 *while the slots are already held* (they idle for that time, lowering the limit's throughput),
 the worker may have more tasks in flight than threads, and the scheduler counts seceded tasks as
 long-running. Worth it when tasks often wait long; leave it off for short waits.
+
+:class:`Semaphore` is a drop-in for ``distributed.Semaphore`` (see :mod:`slotkeeper.semaphore`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from slotkeeper.lease import Lease
 from slotkeeper.limit import limit
 from slotkeeper.limiter import DEFAULT_TTL, Limiter, get_limiter
 from slotkeeper.naming import ENV_WORKER
+from slotkeeper.semaphore import ReleasedTooOften, Semaphore
 from slotkeeper.throttle import ThrottledCall
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -249,6 +252,8 @@ def limited(
 
 __all__ = [
     "LimitedTask",
+    "ReleasedTooOften",
+    "Semaphore",
     "SlotkeeperPlugin",
     "WorkerLimiter",
     "acquire_seceded",

@@ -2,7 +2,7 @@
 
 Worker identity, in order: an explicit setting (``Limiter(worker=...)`` or
 ``configure(worker=...)``), env ``SLOTKEEPER_WORKER``, the Dask worker's name inside a Dask
-task, then the host name.
+task, the Ray node id inside a Ray task or actor, then the host name.
 """
 
 from __future__ import annotations
@@ -35,8 +35,27 @@ def dask_worker_name() -> str | None:
         return None
 
 
+def ray_node_id() -> str | None:
+    """Inside a Ray task or actor (not the driver): the hex id of the Ray node running it."""
+    if "ray" not in sys.modules:
+        return None
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        ctx = ray.get_runtime_context()
+        if ctx.worker.mode != ray.WORKER_MODE:
+            return None
+        return str(ctx.get_node_id())
+    except Exception:
+        return None
+
+
 def worker_name(explicit: str | None = None) -> str:
-    return explicit or os.environ.get(ENV_WORKER) or dask_worker_name() or host_name()
+    return (
+        explicit or os.environ.get(ENV_WORKER) or dask_worker_name() or ray_node_id() or host_name()
+    )
 
 
 def check_template(name: object) -> str:

@@ -116,9 +116,20 @@ def dbsize(r: RedisProc) -> int:
 
 
 def state(r: RedisProc) -> list[tuple[bytes, bytes]]:
-    """Every key and its serialized value (SCAN + DUMP): any write shows up here."""
+    """Every key and its serialized value (SCAN + DUMP): any write shows up here -- except the
+    audit event streams, where a rejection is recorded on purpose (see ``audit``)."""
     c = raw(r)
-    return [(k, c.dump(k)) for k in sorted(c.scan_iter(count=1000))]
+    return [
+        (k, c.dump(k)) for k in sorted(c.scan_iter(count=1000)) if not k.endswith(b":events")
+    ]
+
+
+def audit(r: RedisProc) -> list[bytes]:
+    """The kinds of every audit event of every namespace, in order."""
+    c = raw(r)
+    return [
+        e[1][b"k"] for k in sorted(c.scan_iter(match="*:events")) for e in c.xrange(k)
+    ]
 
 
 def rejected_without_writes(
@@ -127,12 +138,14 @@ def rejected_without_writes(
     *kinds: type[BaseException],
 ) -> None:
     """``fn`` must raise one of ``kinds`` (and SlotkeeperError) and leave Redis untouched."""
-    before = state(r)
+    before, events = state(r), audit(r)
     with pytest.raises(SlotkeeperError) as err:
         fn()
     assert is_clear(err.value, *kinds), repr(err.value)
     assert str(err.value)  # a message, not an empty error
     assert state(r) == before
+    added = audit(r)[len(events) :]
+    assert set(added) <= {b"reject"}, added  # at most the audit record of the rejection
 
 
 @SETTINGS

@@ -23,6 +23,7 @@ fails this test. To add a block: write it, run this test; if it needs limits, ad
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -63,6 +64,12 @@ class Setup:
 
 SETUP: dict[str, Setup] = {
     "README.md > Why am I waiting? > 1": Setup(limits={"gpu": 1}),
+    "README.md > Rates, per-key limits, backpressure > 1": Setup(  # limits with rates
+        prelude=("from slotkeeper import get_limiter\n"
+                 "_b = get_limiter().broker\n"
+                 "_b.create_limit('api', rate='600/min')\n"
+                 "_b.create_limit('db', 10)\n"
+                 "_b.create_limit('llm', rate='100000/h')\n")),
     "README.md > slotkeeper > 1": Setup(
         limits={"gpu:gpu-1": 2}, env={"SLOTKEEPER_WORKER": "gpu-1"}, prelude="def train(): pass\n"
     ),
@@ -82,20 +89,23 @@ SETUP: dict[str, Setup] = {
         timeout=600,
     ),
     "README.md > The `slotkeeper` command > 3": Setup(stdout_has=("gpu:gpu-1 holds lease",)),
-    "README.md > Rates, per-key limits, backpressure > 1": Setup(
-        limits={"db": 10},
-        prelude="from slotkeeper import Limiter as _L\n"
-        "_L().create('api', None, rate='600/min')\n"
-        "_L().create('llm', None, rate='100000/h')\n",
+    "README.md > prefect-gcl": Setup(  # a Prefect API with limits: tests/test_prefect_dropin.py
+        subst={
+            "prefect gcl ls --output json > gcl.json": "echo '"
+            + json.dumps([{"name": "gpu:gpu-1", "limit": 2, "active": True}])
+            .replace("{", "{{")
+            .replace("}", "}}")  # subst values go through str.format
+            + "' > gcl.json"
+        },
+        stdout_has=("+ create gpu:gpu-1 (slots=2",),
     ),
+    "README.md > ray": Setup(stdout_has=("[0, 1, 2, 3]",), timeout=300),  # a local Ray instance
 }
 
 CANNOT_RUN_HERE: dict[str, str] = {
     "README.md > The status page > 1": "a daemon on port 9808 (tests/test_http_api.py, "
     "tests/test_status_page.py and tests/test_events.py serve the same paths on free ports)",
     "README.md > Deploying > 2": "systemd and root (useradd, /etc, systemctl)",
-    "README.md > Rates, per-key limits, backpressure > 2": "an outline with elided output (the "
-    "commands run in tests/test_templates.py and tests/test_cli_rate.py)",
     "deploy/README.md > Deploying: from zero to a scraped daemon > 1": "root and a system Redis "
     "under systemd (/etc/redis, systemctl restart)",
     "deploy/README.md > Deploying: from zero to a scraped daemon > 2": "root (useradd, /opt) and a "

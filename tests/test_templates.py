@@ -25,6 +25,7 @@ from slotkeeper import (
 )
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.codes import Status
+from slotkeeper.broker.readmodel import ReadModel
 from tests.support.redisproc import RedisProc
 from tests.support.stamps import max_concurrency, per_name
 
@@ -200,6 +201,8 @@ def test_idle_keys_go_away(limiter: Limiter) -> None:
     assert all(b"idle:*" in k or b":leases" in k or b":fence" in k for k in extra), extra
     with pytest.raises(LimitNotFound):
         b.snapshot("idle:3")
+    gone = [e for e in ReadModel(b).events(limit="idle:3") if e.kind == "limit"]
+    assert [e.detail for e in gone] == ["idle key removed (template idle:*)"]  # audit event
     limiter.acquire("idle:3").release()  # made again on next use
 
 

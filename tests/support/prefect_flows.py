@@ -165,9 +165,23 @@ def run(url: str, namespace: str, out: Path, scenario: str) -> None:
         )
         return ThrottledTaskRunner(inner, throttle, limiter=lim)
 
+    def ray(throttle: dict[str, int | None]) -> ThrottledTaskRunner:
+        """prefect-ray's RayTaskRunner on the Ray cluster the test started (RAY_ADDRESS)."""
+        import os
+
+        from prefect_ray import RayTaskRunner
+
+        root = str(Path(__file__).resolve().parents[2])
+        inner = RayTaskRunner(
+            address=os.environ["RAY_ADDRESS"],
+            init_kwargs={"runtime_env": {"env_vars": {"PYTHONPATH": root}}},
+        )
+        return ThrottledTaskRunner(inner, throttle, limiter=lim)
+
     runners: dict[str, Callable[[dict[str, int | None]], ThrottledTaskRunner]] = {
         "threads": threads,
         "dask": dask,
+        "ray": ray,
     }
     kind, _, what = scenario.partition("-")
     make = runners[kind]
