@@ -76,9 +76,8 @@ def _where(client: Any, op: Op[Any]) -> dict[str, Any]:
 class SyncTransport:
     """Runs ops on a redis-py client (thread-safe: the pool gives each thread a connection)."""
 
-    def __init__(
-        self, client: redis.Redis, where: str, op_timeout: float = DEFAULT_OP_TIMEOUT
-    ) -> None:
+    def __init__(self, client: redis.Redis, where: str,
+                 op_timeout: float = DEFAULT_OP_TIMEOUT) -> None:
         self.client = client
         self.where = where
         self.op_timeout = op_timeout
@@ -148,9 +147,8 @@ class SyncTransport:
                 DEADLINE.reset(token)
             time.sleep(pause)
 
-    def run_then_wait(
-        self, op: Op[T], replicas: int, timeout_ms: int, deadline: float | None = None
-    ) -> tuple[T, int]:
+    def run_then_wait(self, op: Op[T], replicas: int, timeout_ms: int,
+                      deadline: float | None = None) -> tuple[T, int]:
         """Run a script op and WAIT for ``replicas`` on ONE connection (WAIT covers only the writes
         of its own connection). Returns (parsed reply, replicas that acknowledged)."""
         c: Any = self.client
@@ -180,11 +178,8 @@ class SyncTransport:
                 return reply, int(acked)
             raise BrokerError(f"internal: script {op.script!r} could not be loaded")
 
-        end = (
-            deadline
-            if deadline is not None
-            else (time.monotonic() + self.op_timeout + timeout_ms / 1000)
-        )
+        end = deadline if deadline is not None else (
+            time.monotonic() + self.op_timeout + timeout_ms / 1000)
         reply, acked = self.call(go, end)
         return op.parse(reply), acked
 
@@ -195,9 +190,8 @@ class SyncTransport:
 class AsyncTransport:
     """Runs ops on a ``redis.asyncio`` client. A client belongs to the event loop it was made on."""
 
-    def __init__(
-        self, client: redis.asyncio.Redis, where: str, op_timeout: float = DEFAULT_OP_TIMEOUT
-    ) -> None:
+    def __init__(self, client: redis.asyncio.Redis, where: str,
+                 op_timeout: float = DEFAULT_OP_TIMEOUT) -> None:
         self.client = client
         self.where = where
         self.op_timeout = op_timeout
@@ -259,9 +253,8 @@ class AsyncTransport:
                 raise unavailable(self.where, attempt, exc) from exc
             await asyncio.sleep(pause)
 
-    async def run_then_wait(
-        self, op: Op[T], replicas: int, timeout_ms: int, deadline: float | None = None
-    ) -> tuple[T, int]:
+    async def run_then_wait(self, op: Op[T], replicas: int, timeout_ms: int,
+                            deadline: float | None = None) -> tuple[T, int]:
         c: Any = self.client
 
         async def go() -> tuple[Any, int]:
@@ -286,11 +279,8 @@ class AsyncTransport:
                 return reply, int(acked)
             raise BrokerError(f"internal: script {op.script!r} could not be loaded")
 
-        end = (
-            deadline
-            if deadline is not None
-            else (time.monotonic() + self.op_timeout + timeout_ms / 1000)
-        )
+        end = deadline if deadline is not None else (
+            time.monotonic() + self.op_timeout + timeout_ms / 1000)
         reply, acked = await self.call(go, end)
         return op.parse(reply), acked
 
