@@ -8,6 +8,8 @@ machine exports the same cluster-wide figures: aggregate with ``max by (namespac
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator, Sequence
 
 from prometheus_client.metrics_core import (
@@ -20,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.errors import BrokerUnavailable, SlotkeeperError
-from slotkeeper.broker.keys import WAIT_BUCKETS_MS
+from slotkeeper.broker.keys import WAIT_BUCKETS_MS, printable
 from slotkeeper.broker.readmodel import SAMPLE, LimitStats, ProblemLog, read_limit, read_limits
 from slotkeeper.broker.records import Counters
 
@@ -82,7 +84,7 @@ def _families(namespace: str, stats: Sequence[LimitStats], up: bool) -> list[Met
     )
     redis_up.add_metric([namespace], 1.0 if up else 0.0)
     for st in stats:
-        lv = [namespace, st.name]
+        lv = [namespace, printable(st.name)]
         problems.add_metric(lv, float(st.problem_count))
         snap = st.snapshot
         if snap is None:
@@ -130,25 +132,52 @@ def _families(namespace: str, stats: Sequence[LimitStats], up: bool) -> list[Met
     ]
 
 
+CACHE_SECONDS = 1.0  # a scrape within this long of the last read reuses it
+
+
 class SlotkeeperCollector(Collector):
-    """Reads every limit of the broker's namespace from Redis at scrape time."""
+    """Reads every limit of the broker's namespace from Redis at scrape time.
+
+    The figures read are reused for ``cache_seconds`` (and concurrent scrapes wait for one read
+    instead of each starting their own), so however many scrapers or page views there are,
+    Redis sees at most one read of the namespace per ``cache_seconds``. 0 turns caching off."""
 
     def __init__(
         self,
         broker: Broker,
         problems: ProblemLog | None = None,
         sample: int = SAMPLE,
+        cache_seconds: float = CACHE_SECONDS,
         per_key: int = 0,
     ) -> None:
         self.broker = broker
         self.problems = problems
         self.sample = sample
+        self.cache_seconds = cache_seconds
+        self.reads = 0  # reads of Redis made (for tests and the curious)
+        self._lock = threading.Lock()
+        self._cached: tuple[float, list[LimitStats], bool] | None = None
         self.per_key = per_key  # >0: also series for up to this many keys of each template
 
     def describe(self) -> Iterator[Metric]:
         yield from _families(self.broker.namespace, (), False)
 
     def collect(self) -> Iterator[Metric]:
+        stats, up = self.read()
+        yield from _families(self.broker.namespace, stats, up)
+
+    def read(self) -> tuple[list[LimitStats], bool]:
+        """(every limit, Redis answered): from Redis, or from a read younger than the cache."""
+        with self._lock:
+            c = self._cached
+            if c is not None and time.monotonic() - c[0] < self.cache_seconds:
+                return c[1], c[2]
+            stats, up = self._read()
+            self._cached = (time.monotonic(), stats, up)
+            return stats, up
+
+    def _read(self) -> tuple[list[LimitStats], bool]:
+        self.reads += 1
         stats: list[LimitStats] = []
         up = False
         try:
@@ -168,4 +197,4 @@ class SlotkeeperCollector(Collector):
         if self.problems is not None and up:
             for st in stats:
                 self.problems.report(st.name, st.messages())
-        yield from _families(self.broker.namespace, stats, up)
+        return stats, up

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -32,6 +33,7 @@ from slotkeeper.broker.deadline import (
 from slotkeeper.broker.errors import BrokerUnavailable, InvalidArgument
 
 ENV_URL = "SLOTKEEPER_URL"
+ENV_URL_FILE = "SLOTKEEPER_URL_FILE"
 ENV_NAMESPACE = "SLOTKEEPER_NAMESPACE"
 DEFAULT_NAMESPACE = "default"
 
@@ -44,27 +46,86 @@ _SCHEMES = (
     "redis+cluster",
     "rediss+cluster",
 )
-# user:password@ -- up to the LAST '@' before the query (a raw '@' may sit inside a password)
-_PW_RE = re.compile(r"(?P<pre>://[^:/@]*:)(?P<pw>[^?#]*)(?P<post>@)")
 # password=, sentinel_password=, ssl_password= ... in the query string
-_QS_PW_RE = re.compile(r"(?P<k>(?:^|[?&])[A-Za-z_]*password=)[^&#]*")
+_QS_PW_RE = re.compile(r"(?P<k>(?:^|[?&])[A-Za-z_]*password=)[^&\s]*")
+_QUERY_OPT_RE = re.compile(r"[?&][A-Za-z_]+=")
+# a URL inside a longer text (an error message): up to whitespace or a quote
+_URL_IN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]*")
 
 # Client-side socket settings: a bounded wait for Redis, never a hang (see Broker retries).
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
 
 
+def _split_userinfo(url: str) -> tuple[str, str, str] | None:
+    """``(scheme://, userinfo, @rest)`` of a URL whose password may hold raw ``@ / ? # %``, or None
+    when it has no userinfo. The userinfo ends at the last '@' with no query option (``?name=``)
+    before it (an '@' inside a query option is not taken for it), else at the last '@'."""
+    i = url.find("://")
+    if i < 0:
+        return None
+    head, rest = url[: i + 3], url[i + 3 :]
+    ats = [m.start() for m in re.finditer("@", rest)]
+    if not ats:
+        return None
+    plain = [a for a in ats if not _QUERY_OPT_RE.search(rest[:a])]
+    at = plain[-1] if plain else ats[-1]
+    return head, rest[:at], rest[at:]
+
+
+def _redact_url(url: str) -> str:
+    parts = _split_userinfo(url)
+    if parts is not None:
+        head, userinfo, rest = parts
+        if ":" in userinfo:
+            url = head + userinfo.split(":", 1)[0] + ":***" + rest
+    return url
+
+
 def redact(url: str | None) -> str:
-    """The URL with any password replaced by ``***``."""
+    """The URL (or a message quoting URLs) with any password replaced by ``***``: in the userinfo
+    and in ``*password=`` query options. Parses the URL rather than trusting URL syntax, so a
+    password pasted with raw ``# ? @ / %`` in it is hidden whole."""
     if not url:
         return "(embedded)"
-    out = _PW_RE.sub(lambda m: f"{m['pre']}***{m['post']}", url)
+    if any(c.isspace() for c in url.strip()):
+        out = _URL_IN_TEXT_RE.sub(lambda m: _redact_url(m.group(0)), url)
+    else:
+        out = _redact_url(url)
     return _QS_PW_RE.sub(lambda m: f"{m['k']}***", out)
 
 
+def has_password(url: str | None) -> bool:
+    """Whether the URL carries a secret (a userinfo password or a ``*password=`` option)."""
+    return bool(url) and redact(url) != url
+
+
+def read_url_file(path: str) -> str:
+    """The URL stored in a file (``SLOTKEEPER_URL_FILE``): its first non-empty line. A relative
+    path is looked up in ``$CREDENTIALS_DIRECTORY`` when systemd set it (``LoadCredential=``)."""
+    p = Path(path)
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not p.is_absolute() and creds:
+        p = Path(creds) / p
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise InvalidArgument(
+            f"cannot read the Redis URL from {str(p)!r} ({ENV_URL_FILE}): {exc.strerror or exc}"
+        ) from None
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    raise InvalidArgument(f"{str(p)!r} ({ENV_URL_FILE}) holds no Redis URL")
+
+
 def configured_url(url: str | None = None) -> str | None:
-    """The explicit URL, else SLOTKEEPER_URL, else None (meaning: the embedded broker)."""
-    return url or os.environ.get(ENV_URL) or None
+    """The explicit URL, else SLOTKEEPER_URL, else the file SLOTKEEPER_URL_FILE names, else None
+    (meaning: the embedded broker)."""
+    if url or os.environ.get(ENV_URL):
+        return url or os.environ.get(ENV_URL)
+    path = os.environ.get(ENV_URL_FILE)
+    return read_url_file(path) if path else None
 
 
 def configured_namespace(namespace: str | None = None) -> str:
@@ -209,6 +270,9 @@ def _sentinel(url: str, _async: bool = False, **kwargs: Any) -> Redis:
     opts.update({"db": db, "username": username, "password": password})
     tls = parts.scheme.startswith("rediss")
     sentinel_kwargs: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT}
+    if parts.scheme.startswith("rediss"):  # TLS to the sentinels too, with the same TLS options
+        sentinel_kwargs.update({k: v for k, v in query.items() if k.startswith("ssl_")})
+        sentinel_kwargs["ssl"] = True
     if sentinel_password:
         sentinel_kwargs["password"] = sentinel_password
     if _async:

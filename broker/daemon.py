@@ -30,10 +30,11 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from slotkeeper.broker import doctor
 from slotkeeper.broker.client import Broker
-from slotkeeper.broker.collector import SlotkeeperCollector
+from slotkeeper.broker.collector import CACHE_SECONDS, SlotkeeperCollector
+from slotkeeper.broker.connection import redact
 from slotkeeper.broker.doctor import Report
 from slotkeeper.broker.errors import BrokerUnavailable, SlotkeeperError
-from slotkeeper.broker.httpserver import HttpServer
+from slotkeeper.broker.httpserver import MAX_CONNECTIONS, REQUEST_TIMEOUT, HttpServer
 from slotkeeper.broker.keys import check_limit_name, is_template
 from slotkeeper.broker.readmodel import ProblemLog, ReadModel, read_limit
 from slotkeeper.broker.webapp import WebApp
@@ -194,6 +195,14 @@ class DaemonCollector(Collector):
         return fams
 
 
+def _why(exc: Exception) -> str:
+    """What went wrong, for the log (an unexpected exception type is named; nothing redacted
+    away: slotkeeper errors are already redacted at the broker boundary)."""
+    if isinstance(exc, SlotkeeperError):
+        return str(exc)
+    return f"{type(exc).__name__}: {redact(str(exc))[:300]}"
+
+
 RECENT_KEYS_MS = 60_000  # template keys active this recently get a reclaim call each pass
 RECENT_KEYS_PER_PASS = 100
 
@@ -210,6 +219,7 @@ class Daemon:
         max_calls: int = MAX_CALLS_PER_LIMIT,
         audit_every: float = AUDIT_EVERY,
         health_broker: Broker | None = None,
+        scrape_cache: float = CACHE_SECONDS,
         doctor_every: float = DOCTOR_EVERY,
         per_key_metrics: int = 0,
     ) -> None:
@@ -223,6 +233,8 @@ class Daemon:
         self.batch = batch
         self.max_calls = max_calls
         self.audit_every = audit_every
+        self.scrape_cache = scrape_cache
+        self.last_tick = time.monotonic()  # the loop's last turn (liveness)
         self.stats = DaemonStats()
         self.problems = ProblemLog(log)
         self._stop = False
@@ -274,6 +286,13 @@ class Daemon:
                     gcl += r.gc_leases
                     gct += r.gc_tickets
                     granted += r.granted
+                    if r.orphans:
+                        log.warning(
+                            "limit %r: removed %d holder entries that no lease record backs "
+                            "(written by another client)",
+                            name,
+                            r.orphans,
+                        )
                     if not r.more or self._stop:
                         break
                     if i == self.max_calls - 1:
@@ -292,8 +311,8 @@ class Daemon:
                 self._limit_ok(name)
             except BrokerUnavailable:
                 raise
-            except SlotkeeperError as exc:
-                self._limit_failed(name, f"limit {name!r}: reclaim failed: {exc}")
+            except Exception as exc:  # isolated: one bad limit never stops the others
+                self._limit_failed(name, f"limit {name!r}: reclaim failed: {_why(exc)}")
                 errors += 1
         for i in range(self.max_calls):
             if self._stop:
@@ -337,7 +356,10 @@ class Daemon:
         for name in names:
             if self._stop:
                 return
-            st = read_limit(self.broker, name, AUDIT_SAMPLE)
+            try:
+                st = read_limit(self.broker, name, AUDIT_SAMPLE)
+            except BrokerUnavailable:
+                return
             self.problems.report(name, st.messages())
         self.problems.forget_missing(names)
 
@@ -395,6 +417,7 @@ class Daemon:
     def run(self, once: bool = False) -> int:
         """Run passes until stop() (or one pass if ``once``). Returns the exit status (0)."""
         while not self._stop:
+            self.last_tick = time.monotonic()
             backlog = False
             try:
                 if self._doctor_due() and not once:
@@ -414,9 +437,9 @@ class Daemon:
             except BrokerUnavailable as exc:
                 self.stats.failed()
                 self._set_up(False, str(exc))
-            except SlotkeeperError as exc:  # e.g. the limits set is of the wrong type
+            except Exception as exc:  # e.g. the limits set is of the wrong type: next pass
                 self.stats.failed()
-                self._limit_failed("", f"reclaim pass failed: {exc}")
+                self._limit_failed("", f"reclaim pass failed: {_why(exc)}")
             if once:
                 break
             if not backlog:
@@ -456,10 +479,18 @@ class Daemon:
             info["loop"] = "stalled"
         return bool(up and not stalled), info
 
+    def liveness(self) -> tuple[bool, dict[str, object]]:
+        """Alive while the loop keeps turning, whatever Redis does (``/livez``): a Redis outage
+        makes the daemon unready (``/healthz``), never a restart candidate."""
+        age = time.monotonic() - self.last_tick
+        limit = max(60.0, 20 * self.interval)
+        return age <= limit, {"loop_turn_age_seconds": round(age, 3)}
+
     def registry(self) -> CollectorRegistry:
         reg = CollectorRegistry(auto_describe=True)
         reg.register(
-            SlotkeeperCollector(self.health_broker, self.problems, per_key=self.per_key_metrics)
+            SlotkeeperCollector(self.health_broker, self.problems,
+                                cache_seconds=self.scrape_cache, per_key=self.per_key_metrics)
         )
         reg.register(DaemonCollector(self.broker.namespace, self.stats, lambda: self.doctor_report))
         # the daemon process itself: process_* (CPU, memory, fds), python_info, python_gc_*
@@ -469,8 +500,16 @@ class Daemon:
         return reg
 
     def web_app(self) -> WebApp:
-        return WebApp(ReadModel(self.health_broker), self.registry(), self.health)
+        return WebApp(ReadModel(self.health_broker), self.registry(), self.health, self.liveness)
 
-    def serve_http(self, host: str, port: int) -> HttpServer:
-        """Serve /metrics, /healthz, the status page and /api/v1/ (see broker/webapp.py)."""
-        return HttpServer(self.web_app(), host, port).start()
+    def serve_http(
+        self,
+        host: str,
+        port: int,
+        timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> HttpServer:
+        """Serve /metrics, /healthz, /livez, the status page and /api/v1/ (broker/webapp.py)."""
+        return HttpServer(
+            self.web_app(), host, port, timeout=timeout, max_connections=max_connections
+        ).start()

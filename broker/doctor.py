@@ -17,9 +17,16 @@ from typing import Any, TypeVar
 
 import redis
 
+from slotkeeper.broker import functions as F
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.connection import redact
-from slotkeeper.broker.errors import BrokerError, BrokerUnavailable, PermissionDenied
+from slotkeeper.broker.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    FunctionLibraryMismatch,
+    FunctionLibraryMissing,
+    PermissionDenied,
+)
 from slotkeeper.broker.scripts import source
 
 T = TypeVar("T")
@@ -276,16 +283,17 @@ def _probe_client(broker: Broker) -> list[str]:
             _call(broker, fn)
         except PermissionDenied:
             refused.append(name)
-    try:
-        _call(broker, lambda: r.evalsha("0" * 40, 0))
-    except PermissionDenied:
-        refused.append("evalsha")
-    except BrokerError:  # NOSCRIPT: allowed
-        pass
-    try:
-        _call(broker, lambda: r.script_load(source("doctor_probe")))  # EVALSHA finds it next
-    except PermissionDenied:
-        refused.append("script|load")
+    if _script_path(broker) != F.FUNCTIONS:  # the library (FCALL) needs no EVALSHA nor SCRIPT
+        try:
+            _call(broker, lambda: r.evalsha("0" * 40, 0))
+        except PermissionDenied:
+            refused.append("evalsha")
+        except BrokerError:  # NOSCRIPT: allowed
+            pass
+        try:
+            _call(broker, lambda: r.script_load(source("doctor_probe")))  # EVALSHA finds it next
+        except PermissionDenied:
+            refused.append("script|load")
     pubsub = r.pubsub()  # type: ignore[no-untyped-call]
     try:
         _call(broker, lambda: pubsub.subscribe(keys.wake_channel("doctor")))
@@ -297,17 +305,29 @@ def _probe_client(broker: Broker) -> list[str]:
     return refused
 
 
+def _script_path(broker: Broker) -> str:
+    """The transport's script path; a library it cannot use (missing, other version) counts as
+    the EVALSHA path here (check_permissions then names the fix)."""
+    try:
+        return broker.transport.script_path()
+    except (FunctionLibraryMissing, FunctionLibraryMismatch):
+        return F.EVALSHA_UNLOADED
+
+
 def check_permissions(broker: Broker) -> Check:
     refused = _probe_client(broker)
     if not {"evalsha", "script|load"} & set(refused):
         refused += broker.probe_permissions()
     if refused:
         grants = " ".join(f"+{c}" for c in refused)
+        fix = f"grant `{grants}` (deploy/redis/users.acl is the complete line)"
+        if {"evalsha", "script|load"} & set(refused) and _script_path(broker) == F.EVALSHA_UNLOADED:
+            fix += f", or (Redis >= 7) run `{F.LOAD_COMMAND}` as an admin once"
         return Check(
             "permissions",
             Level.DANGER,
             f"the ACL user may not run: {', '.join(refused)}; calls that need them fail",
-            f"grant `{grants}` (deploy/redis/users.acl is the complete line)",
+            fix,
             refused,
         )
     return Check("permissions", Level.OK, "every command slotkeeper uses is permitted", value=[])

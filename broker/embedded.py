@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -23,21 +24,43 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from slotkeeper.broker.errors import BrokerUnavailable
+from slotkeeper.broker.errors import BrokerUnavailable, UnsafeDirectory
 
 ENV_HOME = "SLOTKEEPER_HOME"
 START_TIMEOUT = 10.0
 
 
+def private_dir(d: Path) -> Path:
+    """Create ``d`` (mode 0700) or check the existing one: a real directory (not a symlink) owned
+    by this user with no group/other permissions. Anything else raises UnsafeDirectory: another
+    local user could have pre-created it to read the socket or plant a server."""
+    d.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileExistsError):
+        d.mkdir(mode=0o700)
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeDirectory(f"{d} is not a directory (a symlink?): refusing to use it")
+    if st.st_uid != os.getuid():
+        raise UnsafeDirectory(
+            f"{d} is owned by uid {st.st_uid}, not by you (uid {os.getuid()}): refusing to use it; "
+            f"remove it, or set {ENV_HOME} to a directory of yours"
+        )
+    if st.st_mode & 0o077:
+        raise UnsafeDirectory(
+            f"{d} has mode {stat.S_IMODE(st.st_mode):04o}; it must be private: chmod 700 {d}"
+        )
+    return d
+
+
 def state_dir() -> Path:
-    """$SLOTKEEPER_HOME, else $XDG_STATE_HOME/slotkeeper, else ~/.local/state/slotkeeper."""
+    """$SLOTKEEPER_HOME, else $XDG_STATE_HOME/slotkeeper, else ~/.local/state/slotkeeper (created
+    0700, or checked to be private to this user)."""
     if os.environ.get(ENV_HOME):
         d = Path(os.environ[ENV_HOME])
     else:
         base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         d = Path(base) / "slotkeeper"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return d
+    return private_dir(d)
 
 
 def socket_path(d: Path | None = None) -> Path:
@@ -47,8 +70,7 @@ def socket_path(d: Path | None = None) -> Path:
         return p
     # unix socket paths are limited to ~107 bytes: fall back to a short per-user path
     tag = hashlib.sha1(str(d).encode()).hexdigest()[:10]
-    short = Path(tempfile.gettempdir()) / f"slotkeeper-{os.getuid()}-{tag}"
-    short.mkdir(mode=0o700, exist_ok=True)
+    short = private_dir(Path(tempfile.gettempdir()) / f"slotkeeper-{os.getuid()}-{tag}")
     return short / "redis.sock"
 
 
@@ -86,8 +108,12 @@ class Status:
 def _ping(sock: Path) -> redis.Redis | None:
     if not sock.exists():
         return None
-    client = redis.Redis(unix_socket_path=str(sock), socket_timeout=2, socket_connect_timeout=1,
-                         retry=Retry(NoBackoff(), 0))
+    client = redis.Redis(
+        unix_socket_path=str(sock),
+        socket_timeout=2,
+        socket_connect_timeout=1,
+        retry=Retry(NoBackoff(), 0),
+    )
     try:
         client.ping()
         return client
@@ -111,8 +137,13 @@ def status() -> Status:
         return Status(False, url(d), None, "", str(d))
     try:
         info = client.info("server")
-        return Status(True, url(d), int(info.get("process_id", 0)) or _read_pid(d),
-                      str(info.get("redis_version", "")), str(d))
+        return Status(
+            True,
+            url(d),
+            int(info.get("process_id", 0)) or _read_pid(d),
+            str(info.get("redis_version", "")),
+            str(d),
+        )
     finally:
         client.close()
 
@@ -140,10 +171,29 @@ def _start(d: Path, sock: Path) -> None:
         sock.unlink()
     binary = find_binary()
     args = [
-        binary, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-        "--dir", str(d), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-        "--daemonize", "yes", "--pidfile", str(d / "redis.pid"), "--logfile", str(d / "redis.log"),
-        "--maxmemory-policy", "noeviction",
+        binary,
+        "--port",
+        "0",
+        "--unixsocket",
+        str(sock),
+        "--unixsocketperm",
+        "700",
+        "--dir",
+        str(d),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--daemonize",
+        "yes",
+        "--pidfile",
+        str(d / "redis.pid"),
+        "--logfile",
+        str(d / "redis.log"),
+        "--maxmemory-policy",
+        "noeviction",
     ]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=START_TIMEOUT)
     if proc.returncode != 0:

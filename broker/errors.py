@@ -137,3 +137,17 @@ class LimitUnreadable(SlotkeeperError):
 
 def _quote(name: str) -> str:
     return name if name.replace(":", "").replace("-", "").replace("_", "").isalnum() else repr(name)
+
+
+class UnsafeDirectory(SlotkeeperError, PermissionError):
+    """The embedded broker's state or socket directory is not private to this user (owned by
+    another user, or open to group/others, or a symlink): refusing to use it."""
+
+
+class FunctionLibraryMissing(BrokerError):
+    """The slotkeeper Redis Functions library is not loaded, and this Redis user may neither load
+    it nor run scripts (the least-privilege ACL): an operator must load it."""
+
+
+class FunctionLibraryMismatch(BrokerError):
+    """Redis holds the slotkeeper function library of another slotkeeper version."""

@@ -54,6 +54,12 @@ WAIT_BUCKETS_MS: tuple[int, ...] = (
 )
 
 
+def printable(text: str) -> str:
+    """Text read from Redis made safe to print or export: bytes that were not UTF-8 (kept as
+    surrogates when decoded) become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def check_namespace(ns: object) -> str:
     if not isinstance(ns, str):
         raise InvalidType(f"namespace must be a str, not {type(ns).__name__}")

@@ -35,7 +35,14 @@ from slotkeeper.broker.events import (
     parse_entries,
     parse_xread,
 )
-from slotkeeper.broker.keys import Keys, check_limit_name, check_name, is_template, template_prefix
+from slotkeeper.broker.keys import (
+    Keys,
+    check_limit_name,
+    check_name,
+    is_template,
+    printable,
+    template_prefix,
+)
 from slotkeeper.broker.rates import Rate, parse_duration, parse_rate
 
 T = TypeVar("T")
@@ -434,15 +441,23 @@ def snapshot(keys: Keys, name: str, max_items: int = 1000) -> Op[R.Snapshot]:
         config_problems = list(problems)
         hs = []
         for i in range(0, len(holders), 2):
-            h = R.holder_from(s(holders[i]), R.decode_record(holders[i + 1]))
+            rec = R.decode_record(holders[i + 1])
+            h = R.holder_from(s(holders[i]), rec)
             if h.garbage:
                 problems.append(f"limit {name!r}: lease {h.lease_id} has an unreadable record")
+            elif rec is not None and R.bad_fields(rec):
+                problems.append(f"limit {name!r}: lease {h.lease_id} has unreadable fields "
+                                f"{', '.join(R.bad_fields(rec))}")
             hs.append(h)
         ws = []
         for i in range(0, len(waiters), 3):
-            w = R.waiter_from(s(waiters[i]), R.decode_record(waiters[i + 1]))
+            rec = R.decode_record(waiters[i + 1])
+            w = R.waiter_from(s(waiters[i]), rec)
             if w.garbage:
                 problems.append(f"limit {name!r}: ticket {w.ticket_id} has an unreadable record")
+            elif rec is not None and R.bad_fields(rec):
+                problems.append(f"limit {name!r}: ticket {w.ticket_id} has unreadable fields "
+                                f"{', '.join(R.bad_fields(rec))}")
             ws.append(w)
         return R.Snapshot(conf, counters, int(used), int(now), hs, ws, int(n_h), int(n_w),
                           problems, config_problems=config_problems,
@@ -541,7 +556,8 @@ def probe_permissions(keys: Keys) -> Op[list[str]]:
 
 def reclaim(keys: Keys, name: str | None, batch: int = 500) -> Op[R.ReclaimResult]:
     def parse(r: list[Any]) -> R.ReclaimResult:
-        return R.ReclaimResult(int(r[0]), int(r[1]), int(r[2]), int(r[3]), bool(int(r[4])))
+        return R.ReclaimResult(int(r[0]), int(r[1]), int(r[2]), int(r[3]), bool(int(r[4])),
+                               int(r[5]) if len(r) > 5 else 0)
 
     return _script(keys, "reclaim", [name] if name is not None else [], [batch], parse)
 
@@ -561,7 +577,8 @@ def limit_slots(keys: Keys, name: str) -> Op[int]:
 
 
 def list_limits(keys: Keys) -> Op[list[str]]:
-    return Op(lambda raw: sorted(s(x) for x in raw), command=("SMEMBERS", keys.limits))
+    # bytes that are not UTF-8 (written by someone else) become U+FFFD: safe to print and export
+    return Op(lambda raw: sorted(printable(s(x)) for x in raw), command=("SMEMBERS", keys.limits))
 
 
 def lease_record(keys: Keys, lease_id: str) -> Op[R.Holder | None]:

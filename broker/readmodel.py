@@ -124,7 +124,12 @@ def read_limit(broker: Broker, name: str, sample: int = SAMPLE, count: bool = Tr
         )
     except BrokerUnavailable:
         raise
-    except SlotkeeperError as exc:
+    except Exception as raised:  # never lets one unreadable limit stop the others
+        exc = (
+            raised
+            if isinstance(raised, SlotkeeperError)
+            else BrokerError(f"{type(raised).__name__}: {redact(str(raised))[:200]}")
+        )
         msg = str(exc).split(" script: ", 1)[0]  # drop Redis's script sha / line noise
         if f"{name!r}" not in msg:
             msg = f"limit {name!r}: {msg}"

@@ -33,8 +33,31 @@ def _s(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+MAX_OCCUPY = 10_000  # mirrors check_occupy and lua/_lib.lua
+MAX_MS = 10**15  # any time or duration in ms beyond this is garbage (lua/_lib.lua MAX_MS)
+
+
+def number(v: Any, lo: float = -MAX_MS, hi: float = MAX_MS) -> int | None:
+    """A stored number as an int, or None unless it is a finite number within [lo, hi].
+
+    Accepts ints, floats and their text ("12", b"1.5e3"); never raises (not on "1e999", "inf",
+    "nan", huge ints or bytes that are not UTF-8)."""
+    if isinstance(v, bool) or v is None:
+        return None
+    try:
+        x = float(v) if isinstance(v, int | float) else float(_s(v).strip() or "nan")
+    except (ValueError, OverflowError):
+        return None
+    if x != x or x < lo or x > hi:  # nan, inf, out of range
+        return None
+    return int(x)
+
+
 def decode_record(raw: bytes | str | None) -> dict[str, Any] | None:
-    """A lease or ticket record as a dict, or None if it is missing or garbage. Never unpickles."""
+    """A lease or ticket record as a dict, or None if it is missing or garbage. Never unpickles.
+
+    The same rules as the scripts' ``load()`` (lua/_lib.lua): names a non-empty list of strings,
+    occupy in 1..MAX_OCCUPY, expiry and ttl finite numbers; other fields are defaulted."""
     if not raw:
         return None
     if isinstance(raw, str):
@@ -43,23 +66,24 @@ def decode_record(raw: bytes | str | None) -> dict[str, Any] | None:
         rec = msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except Exception:
         return None
-    if not isinstance(rec, dict) or not isinstance(rec.get("n"), list):
+    if not isinstance(rec, dict):
         return None
-    if not (_numeric(rec.get("e")) and _numeric(rec.get("o"))):
-        return None  # what the scripts treat as absent (lua/_lib.lua load())
+    names = rec.get("n")
+    if not isinstance(names, list) or not names or not all(isinstance(x, str) for x in names):
+        return None
+    if (
+        number(rec.get("o"), 1, MAX_OCCUPY) is None
+        or number(rec.get("e"), 0) is None
+        or number(rec.get("l"), 1) is None
+    ):
+        return None  # what the scripts treat as absent
     return rec
 
 
-def _numeric(v: Any) -> bool:
-    if isinstance(v, bool):
-        return False
-    if isinstance(v, int | float):
-        return True
-    try:
-        float(_s(v))
-        return bool(_s(v).strip())
-    except ValueError:
-        return False
+def bad_fields(rec: dict[str, Any]) -> list[str]:
+    """Fields of a readable record that are present but not usable numbers (the scripts default
+    them; readers report them)."""
+    return sorted(k for k in ("a", "r", "t", "p", "d", "k") if k in rec and number(rec[k]) is None)
 
 
 @dataclass(frozen=True)
@@ -92,6 +116,7 @@ class ReclaimResult:
     gc_tickets: int
     granted: int
     more: bool
+    orphans: int = 0  # live holder entries with no lease record (written by someone else) removed
 
 
 @dataclass(frozen=True)
@@ -180,10 +205,8 @@ class Snapshot:
 
 
 def _int(v: Any, default: int = 0) -> int:
-    try:
-        return int(float(_s(v)))
-    except (TypeError, ValueError):
-        return default
+    n = number(v)
+    return default if n is None else n
 
 
 def parse_config(
@@ -197,11 +220,11 @@ def parse_config(
         raw = src.get(key)
         if raw is None:
             return default
-        try:
-            return int(float(raw))
-        except (ValueError, OverflowError):
+        n = number(raw)
+        if n is None:
             problems.append(f"limit {name!r}: field {key!r} is not a number: {raw[:40]!r}")
             return default
+        return n
 
     cf = template_flat if template_flat is not None else flat
 

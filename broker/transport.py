@@ -5,9 +5,10 @@ by ``asyncio.wait_for``; it never blocks or sleeps on the event loop). Both shar
 and the error mapping below, so every rule is the same on both paths.
 
 Every mutating script is idempotent on its client-made id, so re-sending after a lost reply is
-safe. After NOSCRIPT (a restarted or flushed Redis) a script is loaded with SCRIPT LOAD and run
-again by EVALSHA: the namespace ACL grants those two, never EVAL. A call retries connection
-errors with backoff until its deadline, then raises :class:`BrokerUnavailable`.
+safe. On Redis >= 7 scripts run as the Functions library (FCALL: broker/functions.py). On the
+EVALSHA path, after NOSCRIPT (a restarted or flushed Redis) a script is loaded with SCRIPT LOAD
+and run again by EVALSHA: the Redis 6.2 ACL grants those two, never EVAL. A call retries
+connection errors with backoff until its deadline, then raises :class:`BrokerUnavailable`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio
 
+from slotkeeper.broker import functions as F
 from slotkeeper.broker.connection import redact
 from slotkeeper.broker.deadline import DEADLINE
 from slotkeeper.broker.errors import (
@@ -79,16 +81,47 @@ class SyncTransport:
         self.client = client
         self.where = where
         self.op_timeout = op_timeout
+        self.path: str | None = None  # F.FUNCTIONS or F.EVALSHA*, once decided
 
     def _execute(self, op: Op[Any]) -> Any:
         c: Any = self.client
         if not op.script:
             return c.execute_command(*op.command)
+        if self._path() == F.FUNCTIONS:
+            try:
+                return c.execute_command(*F.fcall_args(op.script, op.keys, op.args))
+            except redis.ResponseError as exc:
+                if not F.is_missing_function(exc):
+                    raise
+                self.path = None  # the library was flushed or replaced: decide again, once
+                if self._path() == F.FUNCTIONS:
+                    return c.execute_command(*F.fcall_args(op.script, op.keys, op.args))
         try:
-            return c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
-        except redis.exceptions.NoScriptError:  # (SCRIPT LOAD, not EVAL: see the module doc)
-            c.execute_command("SCRIPT", "LOAD", source(op.script), **_where(c, op))
-            return c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
+            try:
+                return c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
+            except redis.exceptions.NoScriptError:  # (SCRIPT LOAD, not EVAL: see the module doc)
+                c.execute_command("SCRIPT", "LOAD", source(op.script), **_where(c, op))
+                return c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
+        except redis.exceptions.NoPermissionError as exc:
+            if self.path == F.EVALSHA_UNLOADED:
+                self.path = None  # decide again next call (the library may be loaded by then)
+                raise F.missing() from exc
+            raise
+
+    def _path(self) -> str:
+        """The library (Redis >= 7) or EVALSHA: decided on first use (see broker/functions.py)."""
+        if self.path is None:
+            c: Any = self.client
+            if hasattr(c, "get_node_from_key"):  # Redis Cluster: scripts by EVALSHA
+                self.path = F.EVALSHA
+            else:
+                self.path = F.decide(c.execute_command)
+        return self.path
+
+    def script_path(self) -> str:
+        """How scripts run on this connection (functions.FUNCTIONS / EVALSHA / EVALSHA_UNLOADED),
+        deciding it now if no call has yet."""
+        return str(self.call(self._path))
 
     def run(self, op: Op[T], deadline: float | None = None, retry: bool = True) -> T:
         """Run ``op``, retrying connection errors until ``deadline`` (monotonic; default: now +
@@ -125,10 +158,17 @@ class SyncTransport:
 
         def go() -> tuple[Any, int]:
             for _ in range(2):
+                fcall = target is c and self._path() == F.FUNCTIONS
                 pipe = target.pipeline(transaction=False)
-                pipe.execute_command("EVALSHA", sha(op.script), *_script_args(op))
+                if fcall:
+                    pipe.execute_command(*F.fcall_args(op.script, op.keys, op.args))
+                else:
+                    pipe.execute_command("EVALSHA", sha(op.script), *_script_args(op))
                 pipe.execute_command("WAIT", replicas, timeout_ms)
                 reply, acked = pipe.execute(raise_on_error=False)
+                if fcall and F.is_missing_function(reply):
+                    self.path = None
+                    continue
                 if _is_noscript(reply):
                     target.execute_command("SCRIPT", "LOAD", source(op.script))
                     continue
@@ -155,16 +195,41 @@ class AsyncTransport:
         self.client = client
         self.where = where
         self.op_timeout = op_timeout
+        self.path: str | None = None  # F.FUNCTIONS or F.EVALSHA*, once decided
 
     async def _execute(self, op: Op[Any]) -> Any:
         c: Any = self.client
         if not op.script:
             return await c.execute_command(*op.command)
+        if await self._path() == F.FUNCTIONS:
+            try:
+                return await c.execute_command(*F.fcall_args(op.script, op.keys, op.args))
+            except redis.ResponseError as exc:
+                if not F.is_missing_function(exc):
+                    raise
+                self.path = None  # the library was flushed or replaced: decide again, once
+                if await self._path() == F.FUNCTIONS:
+                    return await c.execute_command(*F.fcall_args(op.script, op.keys, op.args))
         try:
-            return await c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
-        except redis.exceptions.NoScriptError:
-            await c.execute_command("SCRIPT", "LOAD", source(op.script), **_where(c, op))
-            return await c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
+            try:
+                return await c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
+            except redis.exceptions.NoScriptError:  # (SCRIPT LOAD, not EVAL: see the module doc)
+                await c.execute_command("SCRIPT", "LOAD", source(op.script), **_where(c, op))
+                return await c.execute_command("EVALSHA", sha(op.script), *_script_args(op))
+        except redis.exceptions.NoPermissionError as exc:
+            if self.path == F.EVALSHA_UNLOADED:
+                self.path = None  # decide again next call (the library may be loaded by then)
+                raise F.missing() from exc
+            raise
+
+    async def _path(self) -> str:
+        if self.path is None:
+            c: Any = self.client
+            if hasattr(c, "get_node_from_key"):
+                self.path = F.EVALSHA
+            else:
+                self.path = await F.decide_async(c.execute_command)
+        return self.path
 
     async def run(self, op: Op[T], deadline: float | None = None, retry: bool = True) -> T:
         return op.parse(await self.call(lambda: self._execute(op), deadline, retry))
@@ -194,10 +259,17 @@ class AsyncTransport:
 
         async def go() -> tuple[Any, int]:
             for _ in range(2):
+                fcall = await self._path() == F.FUNCTIONS
                 pipe = c.pipeline(transaction=False)
-                pipe.execute_command("EVALSHA", sha(op.script), *_script_args(op))
+                if fcall:
+                    pipe.execute_command(*F.fcall_args(op.script, op.keys, op.args))
+                else:
+                    pipe.execute_command("EVALSHA", sha(op.script), *_script_args(op))
                 pipe.execute_command("WAIT", replicas, timeout_ms)
                 reply, acked = await pipe.execute(raise_on_error=False)
+                if fcall and F.is_missing_function(reply):
+                    self.path = None
+                    continue
                 if _is_noscript(reply):
                     await c.execute_command("SCRIPT", "LOAD", source(op.script))
                     continue

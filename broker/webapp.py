@@ -5,7 +5,8 @@ path                  answer
 ====================  ===========================================================================
 ``/``                 the status page (HTML, refreshes itself; ``?refresh=S``)
 ``/metrics``          Prometheus text or OpenMetrics (by Accept header)
-``/healthz``          200 when healthy, else 503; JSON body either way
+``/healthz``          readiness: 200 when Redis answers and the loop runs, else 503; JSON body
+``/livez``            liveness: 200 while the daemon's loop turns (even with Redis down), else 503
 ``/api/v1/limits``    every limit in brief (the shape of ``ls --json``)
 ``/api/v1/limits/N``  one limit in full (the shape of ``show --json``)
 ``/api/v1/events``    audit events, oldest first (``?limit=NAME&since=10min&count=100``)
@@ -86,10 +87,17 @@ def error_response(exc: SlotkeeperError) -> Response:
 class WebApp:
     """The request handler of the daemon's HTTP server (see the module's table of paths)."""
 
-    def __init__(self, model: ReadModel, registry: CollectorRegistry, health: HealthCheck) -> None:
+    def __init__(
+        self,
+        model: ReadModel,
+        registry: CollectorRegistry,
+        health: HealthCheck,
+        liveness: HealthCheck | None = None,
+    ) -> None:
         self.model = model
         self.registry = registry
         self.health = health
+        self.liveness = liveness or (lambda: (True, {}))
 
     def __call__(self, req: Request) -> Response:
         if req.method not in ("GET", "HEAD"):
@@ -98,8 +106,10 @@ class WebApp:
         try:
             if path == "/metrics":
                 return self.metrics(req)
-            if path in ("/healthz", "/health"):
+            if path in ("/healthz", "/health", "/readyz"):
                 return self.healthz()
+            if path == "/livez":
+                return self.livez()
             if path == "/":
                 return self.page(req)
             if path == "/favicon.ico":  # browsers ask; the page has no assets to serve
@@ -123,9 +133,15 @@ class WebApp:
             return Response(500, f"scrape failed: {redact(str(exc))}\n".encode(), TEXT)
         return Response(200, body, ctype)
 
+    def livez(self) -> Response:
+        return self._probe(self.liveness)
+
     def healthz(self) -> Response:
+        return self._probe(self.health)
+
+    def _probe(self, check: HealthCheck) -> Response:
         try:
-            ok, info = self.health()
+            ok, info = check()
         except Exception as exc:
             ok, info = False, {"error": redact(str(exc))}
         body = json.dumps({"healthy": ok, **info}, sort_keys=True).encode() + b"\n"

@@ -9,8 +9,10 @@ import sys
 import click
 
 from slotkeeper.broker.client import Broker
+from slotkeeper.broker.collector import CACHE_SECONDS
 from slotkeeper.broker.daemon import DEFAULT_BATCH, DEFAULT_INTERVAL, Daemon
 from slotkeeper.broker.errors import BrokerUnavailable
+from slotkeeper.broker.httpserver import MAX_CONNECTIONS, REQUEST_TIMEOUT
 from slotkeeper.cli.context import App, pass_app
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -47,6 +49,27 @@ LEVELS = ("debug", "info", "warning", "error")
 )
 @click.option("--no-metrics", is_flag=True, help="Do not serve HTTP at all.")
 @click.option(
+    "--http-timeout",
+    type=click.FloatRange(min=0.1),
+    default=REQUEST_TIMEOUT,
+    show_default=True,
+    help="Seconds an HTTP client may take to send its request.",
+)
+@click.option(
+    "--http-max-connections",
+    type=click.IntRange(1, 10_000),
+    default=MAX_CONNECTIONS,
+    show_default=True,
+    help="HTTP connections served at once; more are answered 503 at once.",
+)
+@click.option(
+    "--scrape-cache",
+    type=click.FloatRange(min=0.0),
+    default=CACHE_SECONDS,
+    show_default=True,
+    help="Seconds a read of the namespace serves further scrapes (0: read on every scrape).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(LEVELS, case_sensitive=False),
     default="info",
@@ -69,6 +92,9 @@ def daemon(
     metrics_host: str,
     metrics_port: int,
     no_metrics: bool,
+    http_timeout: float,
+    http_max_connections: int,
+    scrape_cache: float,
     log_level: str,
     once: bool,
     per_key_metrics: int,
@@ -95,6 +121,7 @@ def daemon(
         interval=interval,
         batch=batch,
         health_broker=health,
+        scrape_cache=scrape_cache,
         per_key_metrics=per_key_metrics,
     )
     signal.signal(signal.SIGTERM, d.stop)
@@ -102,14 +129,14 @@ def daemon(
     srv = None
     if not no_metrics and not once:
         try:
-            srv = d.serve_http(metrics_host, metrics_port)
+            srv = d.serve_http(metrics_host, metrics_port, http_timeout, http_max_connections)
         except OSError as exc:
             raise click.ClickException(
                 f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}"
             ) from None
         log.info(
-            "serving %s/metrics and %s/healthz; status page %s/ and JSON %s/api/v1/",
-            *([srv.url] * 4),
+            "serving %s/metrics, %s/healthz and %s/livez; status page %s/ and JSON %s/api/v1/",
+            *([srv.url] * 5),
         )
     log.info(
         "reclaiming namespace %r on %s every %gs (batch %d)",

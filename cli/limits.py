@@ -381,8 +381,10 @@ def show(app: App, name: str, max_items: int) -> None:
     """Show a limit: config, counters, holders and waiters in queue order, each with the reason
     it waits."""
     check_limit_name(name)  # a bad name is one error, not also a warning about an unreadable limit
-    st = ensure_readable(ReadModel(app.broker()).limit(name, max_items), app.namespace)
-    report_problems([st])
+    st = ReadModel(app.broker()).limit(name, max_items)
+    if st.ok:  # an unreadable limit is the one error below, not also a warning
+        report_problems([st])
+    st = ensure_readable(st, app.namespace)
     emit(app, limit_detail(st), lambda: click.echo(limit_text(st)))
 
 

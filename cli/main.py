@@ -91,7 +91,18 @@ def cli(ctx: click.Context, url: str | None, namespace: str | None, json_out: bo
 
 
 def _register() -> None:
-    from slotkeeper.cli import apply, daemon, demo, doctor, events, limits, run, server, top
+    from slotkeeper.cli import (
+        apply,
+        daemon,
+        demo,
+        doctor,
+        events,
+        functions,
+        limits,
+        run,
+        server,
+        top,
+    )
 
     for cmd in (
         *limits.COMMANDS,
@@ -102,6 +113,7 @@ def _register() -> None:
         demo.demo,
         server.server,
         daemon.daemon,
+        functions.functions,
         doctor.doctor,
         events.events,
     ):

@@ -32,6 +32,7 @@ def to_json(data: Any, indent: int | None = None) -> str:
     return json.dumps(tidy(data), indent=indent, sort_keys=False, default=str)
 
 
+
 __all__ = [
     "duration",
     "emit",

@@ -27,6 +27,7 @@ from typing import Any
 import click
 
 from slotkeeper.broker.client import Broker
+from slotkeeper.broker.connection import ENV_URL, ENV_URL_FILE
 from slotkeeper.broker.errors import SlotkeeperError
 from slotkeeper.cli.context import App, pass_app
 from slotkeeper.cli.output import is_tty, warn
@@ -219,7 +220,19 @@ def supervise(
     default=None,
     help="Create a missing limit with this many slots.",
 )
-@click.option("--label", default=None, help="Shown by show/top (default: the command).")
+@click.option(
+    "--label", default=None, help="Shown by show/top (default: the program's name)."
+)
+@click.option(
+    "--record-args",
+    is_flag=True,
+    help="Record the whole command line as the label (every reader of the namespace sees it).",
+)
+@click.option(
+    "--pass-url",
+    is_flag=True,
+    help="Pass SLOTKEEPER_URL / SLOTKEEPER_URL_FILE on to the command (default: removed).",
+)
 @click.option(
     "--keep-on-lost",
     is_flag=True,
@@ -247,6 +260,8 @@ def run(
     priority: int,
     default_slots: int | None,
     label: str | None,
+    record_args: bool,
+    pass_url: bool,
     keep_on_lost: bool,
     kill_after: float,
     progress: bool | None,
@@ -262,7 +277,8 @@ def run(
     lost = threading.Event()
     tty = is_tty(sys.stderr)
     show = tty if progress is None else progress
-    label = label if label is not None else "run: " + shlex.join(cmd)[:150]
+    if label is None:  # argv may hold secrets: only the program's name unless asked
+        label = "run: " + (shlex.join(cmd) if record_args else os.path.basename(cmd[0]))[:150]
 
     def on_lost(_lease: Lease) -> None:
         lost.set()
@@ -287,8 +303,10 @@ def run(
                 )
     except Interrupted as exc:
         raise click.exceptions.Exit(128 + exc.signum) from None
-    env = dict(
-        os.environ,
+    env = {
+        k: v for k, v in os.environ.items() if pass_url or k not in (ENV_URL, ENV_URL_FILE)
+    }
+    env.update(
         SLOTKEEPER_LEASE_ID=lease.id,
         SLOTKEEPER_LEASE_TOKEN=str(lease.token),
         SLOTKEEPER_LEASE_NAMES=LEASE_NAMES_SEP.join(lease.names),

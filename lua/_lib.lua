@@ -80,15 +80,51 @@ local function in_list(list, x)
   return false
 end
 
+local MAX_OCCUPY = 10000        -- mirrors slotkeeper.broker.client.check_occupy
+local MAX_MS = 1e15             -- any time or duration in ms beyond this is garbage
+
+-- A number field of a stored record, or nil if it is not a finite number within [lo, hi].
+local function num(v, lo, hi)
+  local x = tonumber(v)
+  if x == nil or x ~= x or x < lo or x > hi then return nil end
+  return math.floor(x)
+end
+
+-- A lease or ticket record with every field checked and coerced to its type where it is read
+-- (a string "1" becomes 1), or nil: garbage written by someone else is treated as absent, so it can
+-- never make a comparison throw halfway through a script. Same rules: broker/records.py.
 local function load(hkey, id)
   local raw = redis.call('HGET', hkey, id)
   if not raw then return nil end
   local ok, rec = pcall(cmsgpack.unpack, raw)
-  if not ok or type(rec) ~= 'table' or type(rec.n) ~= 'table' or tonumber(rec.e) == nil
-      or tonumber(rec.o) == nil then
-    return nil   -- garbage written by someone else: treated as absent
+  if not ok or type(rec) ~= 'table' or type(rec.n) ~= 'table' or #rec.n == 0 then return nil end
+  for _, x in ipairs(rec.n) do if type(x) ~= 'string' then return nil end end
+  rec.o, rec.e = num(rec.o, 1, MAX_OCCUPY), num(rec.e, 0, MAX_MS)
+  rec.l = num(rec.l, 1, MAX_MS)
+  if not (rec.o and rec.e and rec.l) then return nil end
+  rec.a, rec.r = num(rec.a, 0, MAX_MS) or NOW, num(rec.r, 0, MAX_MS) or NOW
+  rec.t, rec.p = num(rec.t, 0, MAX_MS) or 0, num(rec.p, -MAX_MS, MAX_MS) or 0
+  if type(rec.m) ~= 'table' then rec.m = {} end
+  if type(rec.c) ~= 'string' then rec.c = nil end
+  rec.k, rec.d = num(rec.k, 0, 1), num(rec.d, 0, MAX_MS)   -- ticket fields; nil when absent
+  if type(rec.w) == 'table' then
+    local w = {}
+    for _, x in ipairs(rec.w) do if type(x) == 'string' then table.insert(w, x) end end
+    rec.w = w
+  else
+    rec.w = nil
   end
   return rec
+end
+
+-- Next value of the namespace's monotonic counter; a counter overwritten with garbage restarts.
+local function next_seq()
+  local r = redis.pcall('INCR', K_FENCE)
+  if type(r) == 'table' and r.err then
+    redis.call('DEL', K_FENCE)
+    return redis.call('INCR', K_FENCE)
+  end
+  return r
 end
 
 local function members(id, occ)
@@ -384,7 +420,7 @@ local function eff_head(name, self)
       idx = idx + 1
     else
       redis.call('ZREM', q, head)
-      if rec then drop_ticket(head, rec) else redis.call('ZREM', K_TICKET_EXP, head) end
+      drop_ticket(head, rec)   -- an unreadable record (garbage) goes too
     end
   end
   return '?', {p = 1e9}
@@ -431,7 +467,7 @@ end
 
 -- Create a lease record and its holder entries; returns token, expiry. waited_us: time queued.
 local function make_lease(id, names, occ, meta, ttl, waited_us)
-  local token = redis.call('INCR', K_FENCE)
+  local token = next_seq()
   local exp = NOW + ttl
   redis.call('HSET', K_LEASES, id, cmsgpack.pack(
     {n = names, o = occ, m = meta, a = NOW, r = NOW, e = exp, t = token, l = ttl}))
@@ -515,7 +551,7 @@ local function grant_pass(name)
     local rec = load(K_TICKETS, id)
     if not rec or tonumber(rec.e) <= NOW then
       redis.call('ZREM', q, id)
-      if rec then drop_ticket(id, rec) else redis.call('ZREM', K_TICKET_EXP, id) end
+      drop_ticket(id, rec)   -- an unreadable record (garbage) goes too
     elseif deferred(rec, name) then
       idx = idx + 1
     else

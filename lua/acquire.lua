@@ -142,7 +142,7 @@ for _, name in ipairs(REQ) do
   end
 end
 
-local seq = redis.call('INCR', K_FENCE)
+local seq = next_seq()
 local score = -prio * 1e12 + seq
 local exp = NOW + ttl
 local rec = {n = EFF, o = occ, m = meta, p = prio, c = channel, a = NOW, e = exp, l = ttl,

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev,dask,embedded,prefect,otel,ray,prefect-ray,plot]'
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,dask,embedded,prefect,otel,ray,prefect-ray,plot]'
 # the status page is tested in a real headless browser (Debian's chromium + chromedriver)
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -20,6 +20,7 @@ from slotkeeper.broker.errors import (
     OccupyExceedsLimit,
     QueueFull,
     SlotkeeperError,
+    UnsafeDirectory,
 )
 from slotkeeper.executor import ThrottledExecutor
 from slotkeeper.lease import Lease
@@ -35,6 +36,7 @@ __all__ = [
     "AcquireTimeout",
     "BrokerError",
     "BrokerUnavailable",
+    "UnsafeDirectory",
     "InvalidArgument",
     "InvalidName",
     "InvalidType",

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from slotkeeper.broker.connection import has_password
 from slotkeeper.broker.errors import AcquireTimeout, InvalidType
 from slotkeeper.lease import Lease
 from slotkeeper.limit import limit
@@ -97,8 +98,9 @@ def from_env(worker: Any) -> str:
 class SlotkeeperPlugin(WorkerPlugin):
     """Configures slotkeeper on every Dask worker: default limiter (URL, namespace, TTL) and the
     worker identity (``worker_name(worker)``, default: the Dask worker's name). In a worker
-    process with a single Dask worker, also exports SLOTKEEPER_URL / _NAMESPACE / _WORKER so
-    subprocesses of tasks (``slotkeeper run ...``) see the same configuration."""
+    process with a single Dask worker, also exports SLOTKEEPER_NAMESPACE / _WORKER (and the URL,
+    unless it carries a password and ``export_url`` is not True) so subprocesses of tasks see the
+    same configuration."""
 
     name = PLUGIN_NAME
     idempotent = False
@@ -109,10 +111,12 @@ class SlotkeeperPlugin(WorkerPlugin):
         namespace: str,
         ttl: float = DEFAULT_TTL,
         worker_name: Callable[[Any], str] | None = None,
+        export_url: bool | None = None,
     ) -> None:
         if not isinstance(url, str) or not url:
             raise InvalidType("url must be a non-empty str")
         self.url = url
+        self.export_url = export_url
         self.namespace = namespace
         self.ttl = ttl
         self.worker_name = worker_name
@@ -125,7 +129,8 @@ class SlotkeeperPlugin(WorkerPlugin):
             alone = len(_names) == 1
             lim = WorkerLimiter(self.url, self.namespace, self.ttl, worker=name if alone else None)
             _set_default(lim)
-            os.environ["SLOTKEEPER_URL"] = self.url
+            if self.export_url or (self.export_url is None and not has_password(self.url)):
+                os.environ["SLOTKEEPER_URL"] = self.url  # a password only when asked
             os.environ["SLOTKEEPER_NAMESPACE"] = self.namespace
             if alone:
                 os.environ[ENV_WORKER] = name

@@ -22,7 +22,12 @@ from slotkeeper.broker import embedded
 from slotkeeper.broker import protocol as P
 from slotkeeper.broker import records as R
 from slotkeeper.broker.client import AsyncBroker
-from slotkeeper.broker.connection import configured_namespace, configured_url, redact
+from slotkeeper.broker.connection import (
+    configured_namespace,
+    configured_url,
+    has_password,
+    redact,
+)
 from slotkeeper.broker.errors import (
     AcquireTimeout,
     BrokerError,
@@ -670,14 +675,18 @@ _default_lock = threading.Lock()
 
 
 def configure(url: str | None = None, namespace: str | None = None, ttl: float = DEFAULT_TTL,
-              worker: str | None = None) -> Limiter:
-    """Set the process-wide default limiter. Also exports SLOTKEEPER_URL / _NAMESPACE / _WORKER so
-    spawned child processes find the same configuration."""
+              worker: str | None = None, export_url: bool | None = None) -> Limiter:
+    """Set the process-wide default limiter, and export SLOTKEEPER_NAMESPACE / _WORKER (and the URL
+    as SLOTKEEPER_URL) so spawned child processes find the same configuration.
+
+    A URL that carries a password is exported only with ``export_url=True``: every child would
+    inherit it. Give children the password another way (``SLOTKEEPER_URL_FILE``, or a pool
+    initializer calling configure()). ``export_url=False`` never exports the URL."""
     global _default
     lim = Limiter(url, namespace, ttl, worker)
     with _default_lock:
         _default = lim
-    if url:
+    if url and (export_url or (export_url is None and not has_password(url))):
         os.environ["SLOTKEEPER_URL"] = url
     if namespace:
         os.environ["SLOTKEEPER_NAMESPACE"] = namespace

@@ -111,7 +111,7 @@ class Waiting:
         msgs = list(self._msgs)
         self._msgs.clear()
         for m in msgs:
-            if m[:1] in ("g", "x"):
+            if P.parse_grant_message(m) or P.parse_reject_message(m):  # malformed: a nudge
                 return m
         return msgs[-1]
 

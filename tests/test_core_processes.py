@@ -145,6 +145,15 @@ def _child_release(lease: Any, q: Any) -> None:
     q.put((lease.release(), lease.renew()))
 
 
+def _child_holds(lim: Limiter, q: Any) -> None:
+    """In a forked child: hold a lease of its own past its TTL (the child's heartbeat runs)."""
+    lease = lim.acquire("forky-child")
+    q.put("holding")
+    time.sleep(2.5)
+    q.put("kept" if not lease.lost else "lost")
+    lease.release()
+
+
 def test_forked_child_never_renews_or_releases_parent_leases(
         redis_server: RedisProc, namespace: str) -> None:
     lim = Limiter(redis_server.url, namespace, ttl=1)
@@ -160,13 +169,19 @@ def test_forked_child_never_renews_or_releases_parent_leases(
     # the parent keeps renewing past several TTLs
     time.sleep(2.5)
     assert not lease.lost and lease.renew()
-    # and if the parent stops renewing, the lease expires: no child renews it
+    # and if the parent stops renewing, the lease expires: a forked child that uses the SDK
+    # (its own heartbeat renewing its own lease meanwhile) never renews the parent's
+    lim.create("forky-child", 1)
     lim.runtime.drop_lease(lease)
-    child = ctx.Process(target=time.sleep, args=(3,))
+    q2 = ctx.Queue()
+    child = ctx.Process(target=_child_holds, args=(lim, q2))
     child.start()
+    assert q2.get(timeout=30) == "holding"
     time.sleep(1.5)
-    assert lim.broker.snapshot("forky").used == 0
-    child.join()
+    assert lim.broker.snapshot("forky").used == 0  # the parent's lease expired
+    assert lim.broker.snapshot("forky-child").used == 1  # positive control: the child renews
+    assert q2.get(timeout=30) == "kept"
+    child.join(30)
 
 
 def _spawned_task(q: Any) -> None:

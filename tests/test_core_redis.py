@@ -23,6 +23,24 @@ def test_script_flush_reloads_scripts(limiter: Limiter) -> None:
     assert limiter.broker.snapshot("fl").counters.acquired == 2
 
 
+def test_function_flush_reloads_the_library(limiter: Limiter) -> None:
+    """Redis >= 7: scripts run as the function library, loaded on first use where the user may;
+    FUNCTION FLUSH (or a restart without persistence) loads it again. Redis 6.2: EVALSHA."""
+    limiter.create("ff", 1)
+    major = int(str(limiter.broker.redis.info("server")["redis_version"]).split(".")[0])
+    if major < 7:
+        assert limiter.broker.transport.path == "evalsha"
+        return
+    assert limiter.broker.transport.path == "functions"
+    with limit("ff", limiter=limiter):
+        pass
+    limiter.broker.redis.execute_command("FUNCTION", "FLUSH")
+    with limit("ff", limiter=limiter) as lease:
+        assert lease.renew()
+    assert limiter.broker.snapshot("ff").counters.acquired == 2
+    assert limiter.broker.redis.execute_command("FCALL_RO", "sk_version", 0)
+
+
 def test_redis_restart_with_aof_client_carries_on(namespace: str) -> None:
     with RedisProc(tcp=True, aof=True) as r:
         lim = Limiter(r.url, namespace, ttl=5)

@@ -238,10 +238,19 @@ def test_deployment_arguments_are_accepted_by_the_real_daemon() -> None:
 
 def test_containers_listen_on_every_interface_and_ports_agree() -> None:
     argvs = daemon_argvs()
-    for where in ("compose:daemon-a", "compose:daemon-b", "kubernetes:daemon", "Dockerfile CMD"):
+    for where in ("compose:daemon-a", "compose:daemon-b", "kubernetes:daemon"):
         assert option_value(argvs[where], "--metrics-host") == "0.0.0.0", where
-    # systemd: loopback by default (Prometheus on the host, or change it deliberately)
-    assert option_value(argvs["systemd"], "--metrics-host") == "127.0.0.1"
+    # the image alone and systemd: loopback (whoever exposes the port says so deliberately)
+    for where in ("systemd", "Dockerfile CMD"):
+        assert option_value(argvs[where], "--metrics-host") == "127.0.0.1", where
+    # compose publishes on the host's loopback only; Kubernetes admits only Prometheus
+    ports = load_yaml(COMPOSE)["services"]["daemon-a"]["ports"]
+    assert all(str(p).startswith("127.0.0.1:") for p in ports)
+    pol = k8s("NetworkPolicy")["spec"]
+    assert sorted(pol["policyTypes"]) == ["Egress", "Ingress"]
+    assert [p["port"] for p in pol["ingress"][0]["ports"]] == ["metrics"]
+    egress = {p["port"] for rule in pol["egress"] for p in rule["ports"]}
+    assert egress == {6379, 6380, 26379, 53}
     port = {w: option_value(a, "--metrics-port") or "9808" for w, a in argvs.items()}
     assert set(port.values()) == {"9808"}, port
     dep = k8s("Deployment")["spec"]["template"]["spec"]["containers"][0]
@@ -261,14 +270,16 @@ def test_systemd_unit_settings() -> None:
     for key in ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp"):
         assert key in s, f"hardening option {key} missing"
     text = UNIT.read_text()
-    assert "SLOTKEEPER_URL" not in "".join(s.get("Environment", [])), "URL belongs in the env file"
+    assert "SLOTKEEPER_URL=" not in " ".join(s.get("Environment", [])), "no URL in the unit"
     assert not re.search(r"redis(s|\+sentinel)?://[^\s]*:[^\s@]*@", text), "password in the unit"
     env = dict(
         line.split("=", 1)
         for line in ENV_EXAMPLE.read_text().splitlines()
         if line and not line.startswith("#")
     )
-    assert set(env) == {"SLOTKEEPER_URL", "SLOTKEEPER_NAMESPACE"}
+    assert set(env) == {"SLOTKEEPER_NAMESPACE"}  # the URL is a credential, not in any environment
+    assert s["LoadCredential"] == ["slotkeeper-url:/etc/slotkeeper/url"]
+    assert "SLOTKEEPER_URL_FILE=%d/slotkeeper-url" in s["Environment"]
 
 
 @pytest.fixture
@@ -424,9 +435,9 @@ def test_kubernetes_deployment() -> None:
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
-    for probe in ("livenessProbe", "readinessProbe"):
+    for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/healthz")):
         get = c[probe]["httpGet"]
-        assert get["path"] == "/healthz" and get["port"] == c["ports"][0]["name"]
+        assert get["path"] == path and get["port"] == c["ports"][0]["name"]
     res = c["resources"]
     assert {"cpu", "memory"} <= res["requests"].keys() and "memory" in res["limits"]
     env = {e["name"]: e for e in c["env"]}
@@ -471,7 +482,7 @@ def test_manifests_validate_against_the_kubernetes_schemas() -> None:
         env={**os.environ, "PYTHONPATH": str(pip_dir)},
     )
     assert res.returncode == 0, res.stdout + res.stderr
-    for kind in ("deployment", "service", "poddisruptionbudget", "secret"):
+    for kind in ("deployment", "service", "poddisruptionbudget", "secret", "networkpolicy"):
         assert re.search(rf"passed for resource {kind}/", res.stdout + res.stderr), kind
 
 
@@ -484,6 +495,7 @@ def test_kustomize_renders_the_manifests() -> None:
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(res.stdout) if d)
     assert kinds == [
         "Deployment",
+        "NetworkPolicy",
         "PodDisruptionBudget",
         "PrometheusRule",
         "Service",
@@ -607,3 +619,18 @@ def test_readme_documents_the_acl_line_metrics_and_alerts() -> None:
     assert docs_metrics(), "no metrics table in deploy/README.md"
     for alert in rule_exprs():
         assert f"`{alert}`" in readme, f"alert {alert} not documented"
+
+
+def test_ci_and_image_install_the_constraints() -> None:
+    """One known-good version set (constraints.txt) for CI and the image, inside pyproject's
+    ranges; redis-py >= 6 (TLS hostname checks on by default)."""
+    pins = dict(
+        line.split("==", 1)
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert int(pins["redis"].split(".")[0]) >= 6
+    assert '"redis[hiredis]>=6.0"' in (ROOT / "pyproject.toml").read_text()
+    assert "-c constraints.txt" in (ROOT / "scripts" / "test.sh").read_text()
+    build = [r for w, r in dockerfile_instructions() if w == "RUN" and "pip " in r]
+    assert build and all("--constraint" in r for r in build), build

@@ -1,11 +1,16 @@
-"""deploy/redis/users.acl: the ACL line for one namespace is sufficient (the SDK's whole flow runs
-under it against a real redis-server, with nothing refused in ACL LOG), confining (other namespaces
-and admin commands are refused) and tied to the code (every Lua command is granted, nothing unused).
-"""
+"""deploy/redis/users.acl (Redis >= 7: FCALL only, the scripts loaded as a function library) and
+users-redis6.acl (Redis 6.2: EVALSHA): the ACL line for one namespace is sufficient (the SDK's whole
+flow, the CLI and the daemon run under it against a real redis-server, with nothing refused in ACL
+LOG), confining (other namespaces, admin commands and, on Redis 7, any Lua of the client's own:
+EVAL, EVALSHA, SCRIPT, FUNCTION LOAD are refused) and tied to the code (every Lua command is
+granted, nothing unused)."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -22,35 +27,50 @@ from tests.support.redisproc import RedisProc, redis_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 ACL_FILE = ROOT / "deploy" / "redis" / "users.acl"
+ACL_FILE_6 = ROOT / "deploy" / "redis" / "users-redis6.acl"
 CONF_FILE = ROOT / "deploy" / "redis" / "redis.conf"
 PASSWORD = "s3cret-" + uuid.uuid4().hex[:8]
 
 # Commands the client sends itself (not from Lua): why each one is in the line.
-CLIENT_COMMANDS = {
-    "evalsha": "every script call",
-    "script|load": "NOSCRIPT after a restart or SCRIPT FLUSH (redis-py reloads the script)",
+COMMON_COMMANDS = {
     "smembers": "list_limits",
     "ping": "health checks (daemon /healthz, pub/sub keep-alive)",
     "time": "server clock",
     "wait": "durable=True acquires",
     "subscribe": "grant wake-ups",
-    "select": "a database other than 0 in the URL",
     "info": "slotkeeper doctor and the daemon's checks (read instead of CONFIG)",
     "xrevrange": "slotkeeper events, the status page and /api/v1/events (newest first)",
     "xread": "slotkeeper events --follow",
 }
+CLIENT_COMMANDS = {
+    ACL_FILE: {
+        **COMMON_COMMANDS,
+        "fcall": "every script call (the function library)",
+        "fcall_ro": "read-only script calls (snapshot) and the library's version check",
+    },
+    ACL_FILE_6: {
+        **COMMON_COMMANDS,
+        "evalsha": "every script call",
+        "script|load": "NOSCRIPT after a restart or SCRIPT FLUSH (loaded again, then EVALSHA)",
+        "select": "a database other than 0 in the URL",
+    },
+}
 
 
-def acl_line() -> str:
-    lines = ACL_FILE.read_text().splitlines()
+def acl_line(path: Path = ACL_FILE) -> str:
+    lines = path.read_text().splitlines()
     # an ACL file takes no comments or other directives: Redis refuses to start otherwise
     assert len(lines) == 1 and lines[0].startswith("user slotkeeper "), "one user line only"
     return lines[0]
 
 
-def acl_for(namespace: str) -> str:
+def acl_file(binary: str) -> Path:
+    return ACL_FILE if server_version(binary) >= (7,) else ACL_FILE_6
+
+
+def acl_for(namespace: str, path: Path = ACL_FILE) -> str:
     """The shipped file with its documented substitutions (namespace, password)."""
-    text = ACL_FILE.read_text().replace("{default}", "{" + namespace + "}")
+    text = path.read_text().replace("{default}", "{" + namespace + "}")
     return text.replace(">CHANGE_ME", ">" + PASSWORD)
 
 
@@ -86,21 +106,47 @@ def binaries() -> list[str]:
     return out if emb == out[0] else out + [emb]
 
 
-@pytest.fixture(params=binaries(), ids=lambda b: "redis-" + ".".join(map(str, server_version(b))))
-def acl_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[RedisProc, str]]:
-    ns = "acl" + uuid.uuid4().hex[:8]
+def start_acl_redis(binary: str, tmp_path: Path, ns: str) -> RedisProc:
     aclfile = tmp_path / "users.acl"
     aclfile.write_text(
-        acl_for(ns)
+        acl_for(ns, acl_file(binary))
         # the admin the test itself uses (RedisProc pings unauthenticated)
         + "user default on nopass ~* &* +@all\n"
     )
-    with RedisProc(args=["--aclfile", str(aclfile)], binary=request.param) as r:
+    return RedisProc(args=["--aclfile", str(aclfile)], binary=binary).start()
+
+
+def load_functions(r: RedisProc) -> None:
+    """What the operator does once per deploy (Redis >= 7): `slotkeeper functions load`."""
+    res = subprocess.run(
+        [sys.executable, "-m", "slotkeeper.cli", "--url", r.url, "functions", "load"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.fixture(params=binaries(), ids=lambda b: "redis-" + ".".join(map(str, server_version(b))))
+def acl_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[RedisProc, str]]:
+    ns = "acl" + uuid.uuid4().hex[:8]
+    r = start_acl_redis(request.param, tmp_path, ns)
+    try:
+        if server_version(request.param) >= (7,):
+            load_functions(r)
         yield r, ns
+    finally:
+        r.stop()
+
+
+def is_redis7(r: RedisProc) -> bool:
+    return server_version(r.binary) >= (7,)
 
 
 def user_url(r: RedisProc) -> str:
-    return f"redis://slotkeeper:{PASSWORD}@127.0.0.1:{r.port}/1"  # db 1: SELECT is exercised
+    # Redis 6.2: db 1, so SELECT is exercised; Redis 7: the line grants no SELECT
+    db = 0 if is_redis7(r) else 1
+    return f"redis://slotkeeper:{PASSWORD}@127.0.0.1:{r.port}/{db}"
 
 
 def acl_log(r: RedisProc) -> list[str]:
@@ -116,15 +162,19 @@ def acl_log(r: RedisProc) -> list[str]:
     ]
 
 
-def test_acl_line_grants_exactly_what_the_code_uses() -> None:
-    line = acl_line()
+@pytest.mark.parametrize("path", [ACL_FILE, ACL_FILE_6], ids=lambda p: p.name)
+def test_acl_line_grants_exactly_what_the_code_uses(path: Path) -> None:
+    line = acl_line(path)
     granted = granted_commands(line)
     lua = lua_commands()
     assert lua, "found no redis.call in lua/*.lua"
     missing = lua - granted
-    assert not missing, f"Lua scripts call {sorted(missing)} but users.acl does not grant them"
-    unused = granted - lua - set(CLIENT_COMMANDS)
-    assert not unused, f"users.acl grants {sorted(unused)} that no code uses"
+    assert not missing, f"Lua scripts call {sorted(missing)} but {path.name} does not grant them"
+    unused = granted - lua - set(CLIENT_COMMANDS[path])
+    assert not unused, f"{path.name} grants {sorted(unused)} that no code uses"
+    if path == ACL_FILE:  # least privilege: no Lua of the client's own, no SELECT
+        assert not granted & {"eval", "evalsha", "eval_ro", "evalsha_ro", "script", "select"}
+        assert not any(g.startswith(("script|", "function")) for g in granted)
     assert "-@all" in line.split() and "reset" in line.split()
     assert "~sk:{default}:*" in line.split() and "&sk:{default}:*" in line.split()
     assert not re.search(r"(^|\s)(~\*|&\*|\+@all|allkeys|allchannels|nopass)(\s|$)", line)
@@ -195,7 +245,7 @@ def test_sdk_flow_runs_under_the_namespace_user(acl_redis: tuple[RedisProc, str]
         lim.acquire("gpu", timeout=5, ttl=1.0)
         assert broker.reset("gpu") == 1
         lim.set("gpu", slots=3)
-        r.client().script_flush()
+        r.client().script_flush()  # Redis 6.2: the NOSCRIPT path; 7: no effect (functions)
         assert broker.reclaim_all("gpu") >= 0 and broker.reclaim_all(None) >= 0
         lim.delete("gpu", force=True)
         assert broker.list_limits() == []
@@ -283,3 +333,99 @@ def test_redis_conf_fragment_loads_and_sets_what_it_promises(binary: str) -> Non
         "appendfsync": "everysec",
         "maxmemory-policy": "noeviction",
     }
+
+
+def test_redis7_user_may_run_no_lua_of_its_own(acl_redis: tuple[RedisProc, str]) -> None:
+    """Under the Redis >= 7 line, the client can call the loaded library and nothing else: any
+    Lua it brings (EVAL, EVALSHA, SCRIPT LOAD, FUNCTION LOAD) is refused, so it can never run a
+    script that loops forever and freezes a Redis shared by every tenant."""
+    r, ns = acl_redis
+    if not is_redis7(r):
+        assert "+evalsha" in acl_line(ACL_FILE_6)  # Redis 6.2 has no Functions: EVALSHA it is
+        return
+    user = redis.Redis.from_url(user_url(r))
+    key = f"sk:{{{ns}}}:x"
+    for cmd in (
+        ("EVAL", "while true do end", 1, key),
+        ("EVALSHA", "a" * 40, 1, key),
+        ("EVAL_RO", "return 1", 1, key),
+        ("SCRIPT", "LOAD", "return 1"),
+        ("SCRIPT", "KILL"),
+        ("FUNCTION", "LOAD", "#!lua name=evil\nredis.register_function('f', function() end)"),
+        ("FUNCTION", "FLUSH"),
+        ("SELECT", "1"),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            user.execute_command(*cmd)
+    # positive control: the library's own functions answer
+    assert user.execute_command("FCALL_RO", "sk_version", 0)
+    user.close()
+
+
+def test_cli_works_under_the_namespace_user(acl_redis: tuple[RedisProc, str]) -> None:
+    r, ns = acl_redis
+    cli = [sys.executable, "-m", "slotkeeper.cli", "--url", user_url(r), "--namespace", ns]
+    for args in (
+        ["create", "cli", "--slots", "2"],
+        ["ls"],
+        ["show", "cli"],
+        ["set", "cli", "--slots", "3"],
+        ["run", "cli", "--", "true"],
+        ["rm", "cli"],
+    ):
+        res = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, (args, res.stdout, res.stderr)
+    refused = acl_log(r)
+    assert not refused, f"the ACL line refused commands the CLI needs: {refused}"
+
+
+@pytest.mark.skipif(server_version(binaries()[0]) < (7,), reason="PATH redis-server is 6.2")
+def test_library_missing_or_of_another_version_is_one_clear_error(tmp_path: Path) -> None:
+    from slotkeeper.broker import functions as F
+    from slotkeeper.broker.errors import FunctionLibraryMismatch, FunctionLibraryMissing
+
+    ns = "acl" + uuid.uuid4().hex[:8]
+    r = start_acl_redis(binaries()[0], tmp_path, ns)
+    try:
+        url = user_url(r)
+        with pytest.raises(FunctionLibraryMissing, match="slotkeeper functions load"):
+            Broker.from_url(url, ns).create_limit("v", 1)  # not loaded, and it may not load it
+        other = F.library_source().replace(F.version(), "0ld0ld0ld0ld")
+        r.client().execute_command("FUNCTION", "LOAD", other)
+        with pytest.raises(FunctionLibraryMismatch, match="slotkeeper functions load --replace"):
+            Broker.from_url(url, ns).create_limit("v", 1)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "slotkeeper.cli",
+                "--url",
+                r.url,
+                "functions",
+                "load",
+                "--replace",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stderr
+        res = subprocess.run(
+            [sys.executable, "-m", "slotkeeper.cli", "--url", url, "functions", "status", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # readable by the namespace user too (FCALL_RO sk_version)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout) == {
+            "library": "slotkeeper",
+            "loaded": F.version(),
+            "needed": F.version(),
+            "current": True,
+        }
+        b = Broker.from_url(url, ns)
+        b.create_limit("v", 1)  # positive control: the command the error named fixed it
+        assert b.list_limits() == ["v"]
+        b.close()
+    finally:
+        r.stop()

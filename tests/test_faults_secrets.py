@@ -5,19 +5,21 @@ process's stderr -- on success, on a lost lease, with Redis down, with a wrong p
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from slotkeeper import BrokerUnavailable, Lease, LeaseLost, Limiter, limit
 from slotkeeper.broker.client import Broker
-from slotkeeper.broker.connection import redact
+from slotkeeper.broker.connection import has_password, redact
 from tests.support.redisproc import RedisProc, free_port
 
 SECRET = "Zq7-s3cr3t-pw"
@@ -42,6 +44,33 @@ def test_redact(url: str) -> None:
     out = redact(url)
     assert SECRET not in out and "***" in out
     assert redact(out) == out
+
+
+ODD = ["p#ss", "p?ss", "p@ss", "p/ss", "p%40ss", "a#b?c@d/e%f", "#", "?@/"]
+
+
+@pytest.mark.parametrize("pw", ODD)
+@pytest.mark.parametrize(
+    "form",
+    [
+        "redis://u:{pw}@h:1/0",
+        "redis://:{pw}@h",
+        "rediss://u:{pw}@h:1/0?ssl_ca_certs=/ca@x.pem",
+        "redis+sentinel://:{pw}@h1:1,h2:2/m?sentinel_password={pw}",
+        "unix:///tmp/r.sock?db=0&password={pw}",
+        "Error 111 connecting to redis://u:{pw}@h:1/0. Connection refused.",
+    ],
+)
+def test_redact_passwords_with_url_syntax_in_them(pw: str, form: str) -> None:
+    """Redaction parses the URL: a password pasted with raw ``# ? @ / %`` is hidden whole, and
+    the host stays visible."""
+    secret = pw + "Zq9"
+    out = redact(form.format(pw=secret))
+    assert "Zq9" not in out and "***" in out, out
+    if "@h" in form:
+        assert "@h" in out, out
+    assert has_password(form.format(pw=secret))
+    assert not has_password("redis://h:1/0") and not has_password("redis://user@h/0")
 
 
 class LockedRedis(RedisProc):
@@ -172,3 +201,118 @@ lim.acquire("child", timeout=0)
     assert p.returncode != 0 and "BrokerUnavailable" in err  # the uncaught error, printed
     assert "lost" in out and "heartbeat failed" in err
     assert SECRET not in out + err
+
+
+def test_url_from_a_file(
+    locked_redis: RedisProc, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SLOTKEEPER_URL_FILE (systemd: ``LoadCredential=`` + a name relative to
+    $CREDENTIALS_DIRECTORY): the password never sits in the environment."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "slotkeeper-url").write_text(
+        f"\n  redis://{USER}:{SECRET}@127.0.0.1:{locked_redis.port}/0  \n"
+    )
+    (creds / "slotkeeper-url").chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLOTKEEPER_URL")}
+    env.update(
+        CREDENTIALS_DIRECTORY=str(creds),
+        SLOTKEEPER_URL_FILE="slotkeeper-url",
+        SLOTKEEPER_NAMESPACE=namespace,
+    )
+    cli = [sys.executable, "-m", "slotkeeper.cli"]
+    p = subprocess.run(
+        [*cli, "create", "fromfile", "--slots", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([*cli, "ls"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "fromfile" in p.stdout and SECRET not in p.stdout + p.stderr
+    env["SLOTKEEPER_URL_FILE"] = str(tmp_path / "missing")
+    p = subprocess.run([*cli, "ls"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "missing" in p.stderr and "SLOTKEEPER_URL_FILE" in p.stderr
+    assert "Traceback" not in p.stderr
+    monkeypatch.setenv("SLOTKEEPER_URL_FILE", str(creds / "slotkeeper-url"))
+    assert Limiter(namespace=namespace).broker.list_limits() == ["fromfile"]
+
+
+def test_configure_exports_a_password_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import slotkeeper.limiter as limiter_module
+    from slotkeeper import configure
+
+    monkeypatch.setattr(limiter_module, "_default", None)
+    monkeypatch.setenv("SLOTKEEPER_URL", "placeholder")  # restored after the test
+    monkeypatch.delenv("SLOTKEEPER_URL")
+    secret_url = f"redis://{USER}:{SECRET}@127.0.0.1:1/0"
+    configure(secret_url, "ns-a")
+    assert "SLOTKEEPER_URL" not in os.environ and os.environ["SLOTKEEPER_NAMESPACE"] == "ns-a"
+    configure("redis://127.0.0.1:1/0", "ns-b")  # positive control: no secret, exported
+    assert os.environ["SLOTKEEPER_URL"] == "redis://127.0.0.1:1/0"
+    configure(secret_url, "ns-c", export_url=True)
+    assert os.environ["SLOTKEEPER_URL"] == secret_url
+    monkeypatch.delenv("SLOTKEEPER_URL")
+    configure("redis://127.0.0.1:1/0", export_url=False)
+    assert "SLOTKEEPER_URL" not in os.environ
+
+
+def test_dask_plugin_exports_a_password_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import slotkeeper.limiter as limiter_module
+    from slotkeeper.dask import SlotkeeperPlugin
+
+    monkeypatch.setattr(limiter_module, "_default", None)
+    monkeypatch.setenv("SLOTKEEPER_URL", "placeholder")
+    monkeypatch.delenv("SLOTKEEPER_URL")
+    monkeypatch.setenv("SLOTKEEPER_WORKER", "placeholder")
+    secret_url = f"redis://{USER}:{SECRET}@127.0.0.1:1/0"
+    worker = SimpleNamespace(name="w0", id="w0-id")
+    plugin = SlotkeeperPlugin(secret_url, "ns-d")
+    plugin.setup(worker)
+    try:
+        assert "SLOTKEEPER_URL" not in os.environ
+        assert os.environ["SLOTKEEPER_NAMESPACE"] == "ns-d"
+    finally:
+        plugin.teardown(worker)
+    plugin = SlotkeeperPlugin(secret_url, "ns-d", export_url=True)
+    plugin.setup(worker)
+    try:
+        assert os.environ["SLOTKEEPER_URL"] == secret_url
+    finally:
+        plugin.teardown(worker)
+
+
+def test_run_strips_the_url_and_records_only_the_program(
+    locked_redis: RedisProc, namespace: str
+) -> None:
+    url = f"redis://{USER}:{SECRET}@127.0.0.1:{locked_redis.port}/0"
+    b = Broker.from_url(url, namespace)
+    b.create_limit("cmd", 1)
+    env = dict(os.environ, SLOTKEEPER_URL=url, SLOTKEEPER_NAMESPACE=namespace)
+    probe = (
+        "import os, sys, time\n"
+        "from slotkeeper.broker.client import Broker\n"
+        "print(os.environ.get('SLOTKEEPER_URL', 'unset'), flush=True)\n"
+        "b = Broker.from_url(sys.argv[1], sys.argv[2])\n"
+        "print(repr(b.snapshot('cmd').holders[0].label), flush=True)\n"
+    )
+    base = [sys.executable, "-m", "slotkeeper.cli", "run", "cmd"]
+    cmd = ["--", sys.executable, "-c", probe, url, namespace]
+    p = subprocess.run([*base, *cmd], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    seen_url, label = p.stdout.splitlines()
+    assert seen_url == "unset"
+    assert label == repr("run: " + os.path.basename(sys.executable))
+    p = subprocess.run(
+        [*base, "--pass-url", "--record-args", *cmd],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    seen_url, label = p.stdout.splitlines()
+    assert seen_url == url and "import os" in label  # positive control: asked for both

@@ -14,8 +14,10 @@ Lines (tab-separated, one ``os.write`` each, so a SIGKILL never leaves half a li
 The interval [S, E] of a lease released with outcome ``ok`` lies inside the lease's life in Redis,
 so at no instant may such intervals occupy more than a limit's slots. A killed holder's interval
 ends at its R stamp (killed while releasing: the release may have gone through already), else at
-its K stamp. Leases reported lost (the SDK told the holder) and killed holders that were
-paused while holding (they could not be told) are excluded and counted separately.
+its K stamp. A lease reported lost (the SDK told the holder) is excused only when the holder was
+paused while holding it (a P stamp inside its interval: it could not renew); any other lost lease
+stays in the check, so an early expiry followed by a second admission is caught. Killed holders
+that were paused while holding are excluded too; both are counted separately.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class Interval:
     occupy: int
     start: float
     end: float
-    outcome: str  # ok | lost | killed | killed-paused
+    outcome: str  # ok | lost | lost-paused | killed | killed-paused
 
 
 @dataclass
@@ -65,12 +67,13 @@ class Report:
 
     @property
     def checked(self) -> list[Interval]:
-        return [i for i in self.intervals if i.outcome in ("ok", "killed")]
+        return [i for i in self.intervals if i.outcome in ("ok", "lost", "killed")]
 
     def summary(self) -> str:
         c = self.counts
         return (
             f"acquisitions={c['S']} released_ok={c['ok']} lost={c['lost']} "
+            f"lost_paused={c['lost-paused']} "
             f"killed_holding={c['killed']} killed_paused={c['killed-paused']} "
             f"timeouts={c['T']} cancellations={c['X']} kills={c['K']} pauses={c['P']} "
             f"max_use={self.max_use}"
@@ -116,7 +119,10 @@ def check(directory: Path, slots: dict[str, int]) -> Report:
         names, occ = tuple(s[4].split("|")), int(s[5])
         e = ends.get(lid)
         if e is not None:
-            iv = Interval(lid, pid, names, occ, start, float(e[1]), e[4])
+            end, outcome = float(e[1]), e[4]
+            if outcome == "lost" and any(start <= t <= end for t in pauses.get(pid, [])):
+                outcome = "lost-paused"  # it could not renew: the loss is explained
+            iv = Interval(lid, pid, names, occ, start, end, outcome)
         else:
             k = [t for t in kills.get(pid, []) if t >= start]
             if not k:

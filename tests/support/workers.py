@@ -51,12 +51,51 @@ def contend(a: dict[str, Any]) -> None:
         json.dump(stamps, f)
 
 
+def tolerant(a: dict[str, Any]) -> None:
+    """Acquire one name in a loop until ``a["stop"]`` exists, carrying on through any slotkeeper
+    error (the fuzz test damages the limits); record [acquired, released] stamps and the errors."""
+    from slotkeeper import SlotkeeperError
+
+    lim = Limiter(a["url"], a["ns"], ttl=a.get("ttl", 2))
+    rnd = random.Random(a["seed"])
+    stamps: list[dict[str, Any]] = []
+    errors: dict[str, int] = {}
+    while not os.path.exists(a["stop"]):
+        try:
+            lease = lim.acquire(a["name"], timeout=0.5)
+        except AcquireTimeout:
+            continue
+        except SlotkeeperError as exc:
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            time.sleep(0.01)
+            continue
+        t0 = time.monotonic_ns()
+        time.sleep(rnd.random() * 0.005)
+        t1 = time.monotonic_ns()
+        try:
+            ok = lease.release()
+        except SlotkeeperError as exc:
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            ok = False
+        stamps.append({"names": [a["name"]], "occ": 1, "t0": t0, "t1": t1, "ok": ok})
+    with open(a["out"], "w") as f:
+        json.dump({"stamps": stamps, "errors": errors}, f)
+
+
 def hold(a: dict[str, Any]) -> None:
     """Acquire, announce, then hold until killed (or for a while), then try to release."""
     lim = Limiter(a["url"], a["ns"], ttl=a["ttl"])
     lease = lim.acquire(*a["names"], occupy=a.get("occupy", 1))
-    _out(a["out"], {"event": "acquired", "id": lease.id, "token": lease.token,
-                    "t": time.monotonic_ns(), "pid": os.getpid()})
+    _out(
+        a["out"],
+        {
+            "event": "acquired",
+            "id": lease.id,
+            "token": lease.token,
+            "t": time.monotonic_ns(),
+            "pid": os.getpid(),
+        },
+    )
     time.sleep(a.get("hold", 3600))
     _out(a["out"], {"event": "woke", "lost": lease.lost, "t": time.monotonic_ns()})
     released = lease.release()
@@ -75,4 +114,4 @@ def wait_one(a: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     mode, args = sys.argv[1], json.loads(sys.argv[2])
-    {"contend": contend, "hold": hold, "wait_one": wait_one}[mode](args)
+    {"contend": contend, "hold": hold, "wait_one": wait_one, "tolerant": tolerant}[mode](args)

@@ -1,0 +1,134 @@
+"""Hand-picked mutants: each breaks one rule the design promises, in a copy of the code. Every one
+must make at least one of its tests fail ("killed"); a mutant that survives is a rule no test
+checks. ``old`` must occur exactly once in ``path``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # relative to the repository root
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files run against the mutant
+
+
+QUEUE = "tests/test_core_queue_rules.py"
+
+MUTANTS: tuple[Mutant, ...] = (
+    Mutant(
+        "fifo: a newcomer may jump the queue (no head-of-line check in acquire)",
+        "lua/_lib.lua",
+        "      if h and h ~= id and (queued or prio <= (tonumber(hrec.p) or 0)) then\n",
+        "      if h and h ~= id and queued then\n",
+        (f"{QUEUE}::test_newcomer_never_jumps_the_queue",),
+    ),
+    Mutant(
+        "lazy purge: acquire does not purge expired holders",
+        "lua/acquire.lua",
+        "for _, name in ipairs(EFF) do purge_holders(name, PURGE_BATCH) end\n",
+        "",
+        (f"{QUEUE}::test_acquire_purges_expired_holders_without_a_daemon",),
+    ),
+    Mutant(
+        "push: no grant pass after set --slots",
+        "lua/limit_config.lua",
+        "purge_holders(name, PURGE_BATCH)\ngrant_pass(name)\n",
+        "purge_holders(name, PURGE_BATCH)\n",
+        (f"{QUEUE}::test_raising_slots_grants_the_waiters_at_once",),
+    ),
+    Mutant(
+        "recheck hint: the earliest holder expiry is never told to waiters",
+        "lua/_lib.lua",
+        "  if next_exp > 0 then next_exp = next_exp - NOW end\n",
+        "  next_exp = 0\n",
+        (f"{QUEUE}::test_waiter_rechecks_at_the_earliest_expiry_without_a_daemon",),
+    ),
+    Mutant(
+        "off by one: acquire admits only while use + occupy < slots",
+        "lua/_lib.lua",
+        "      if not units_only and c.slots and used(name) + occ > c.slots then other = true end\n",
+        "      if not units_only and c.slots and used(name) + occ >= c.slots then other = true end\n",
+        (f"{QUEUE}::test_slot_checks_are_exact",),
+    ),
+    Mutant(
+        "off by one: acquire admits one more than slots",
+        "lua/_lib.lua",
+        "      if not units_only and c.slots and used(name) + occ > c.slots then other = true end\n",
+        "      if not units_only and c.slots and used(name) + occ > c.slots + 1 then other = true end\n",
+        (f"{QUEUE}::test_slot_checks_are_exact",),
+    ),
+    Mutant(
+        "off by one: occupy == slots is refused as exceeding",
+        "lua/_lib.lua",
+        "  if not units_only and c.slots and occ > c.slots then return c.slots end\n",
+        "  if not units_only and c.slots and occ >= c.slots then return c.slots end\n",
+        (f"{QUEUE}::test_slot_checks_are_exact",),
+    ),
+    Mutant(
+        "off by one: a queued request is granted only while use + occupy < slots",
+        "lua/_lib.lua",
+        "  local ok, w, d = assess(id, rec.n, rec.o, tonumber(rec.p) or 0, units_only, true)\n",
+        "  local ok, w, d = assess(id, rec.n, rec.o + 1, tonumber(rec.p) or 0, units_only, true)\n",
+        (f"{QUEUE}::test_slot_checks_are_exact",),
+    ),
+    Mutant(
+        "off by one: a queued request with occupy == slots is rejected",
+        "lua/_lib.lua",
+        "    local cap = not (units_only and c.template) and exceeds(c, rec.o, units_only)\n",
+        "    local cap = not (units_only and c.template) and exceeds(c, rec.o + 1, units_only)\n",
+        (f"{QUEUE}::test_slot_checks_are_exact",),
+    ),
+    Mutant(
+        "renew resurrects an expired lease",
+        "lua/heartbeat.lua",
+        "  if not rec or tonumber(rec.e) <= NOW then\n    table.insert(lost, id)\n",
+        "  if not rec then\n    table.insert(lost, id)\n",
+        (f"{QUEUE}::test_renew_never_resurrects_an_expired_lease",),
+    ),
+    Mutant(
+        "ticket expiry: an expired ticket is renewed",
+        "lua/heartbeat.lua",
+        "  if not rec or tonumber(rec.e) <= NOW then\n    local lease",
+        "  if not rec then\n    local lease",
+        (f"{QUEUE}::test_an_expired_ticket_is_never_renewed",),
+    ),
+    Mutant(
+        "recheck rule: a re-ask about a lost id starts it anew",
+        "lua/acquire.lua",
+        "if recheck then return {LOST} end",
+        "if false then return {LOST} end",
+        (f"{QUEUE}::test_a_re_ask_never_restarts_a_lost_request",),
+    ),
+    Mutant(
+        "hostile records: text numbers are not coerced at load",
+        "lua/_lib.lua",
+        "  rec.o, rec.e = num(rec.o, 1, MAX_OCCUPY), num(rec.e, 0, MAX_MS)\n",
+        "  if not (num(rec.o, 1, MAX_OCCUPY) and num(rec.e, 0, MAX_MS)) then return nil end\n",
+        ("tests/test_faults_hostile.py::test_ticket_with_text_occupy_never_breaks_release",),
+    ),
+    Mutant(
+        "hostile records: holder entries no lease backs are never swept",
+        "lua/reclaim.lua",
+        "    if not mine then table.insert(bad, m) end\n",
+        "",
+        ("tests/test_faults_hostile.py::test_crafted_holder_entries_are_swept",),
+    ),
+    Mutant(
+        "sdk: a renewal makes the holder trust its lease forever (no client-side expiry)",
+        "sdk/lease.py",
+        "        self._valid_until = max(self._valid_until, sent_at + self.ttl)\n",
+        "        self._valid_until = float('inf')\n",
+        (f"{QUEUE}::test_a_holder_stops_trusting_its_lease_when_redis_goes_silent",),
+    ),
+    Mutant(
+        "sdk: a lease the broker reports lost is kept as held",
+        "sdk/runtime.py",
+        "            if x.id in lost:\n                self.drop_lease(x)\n                x._mark_lost()\n",
+        "            if False:\n                pass\n",
+        (f"{QUEUE}::test_a_revoked_holder_learns_at_its_next_heartbeat",),
+    ),
+)

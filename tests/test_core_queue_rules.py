@@ -1,0 +1,206 @@
+"""The queue, expiry and wake-up rules, each checked on its own (tests/mutants/ breaks each rule on a
+copy of the code and expects one of these to fail). Holders that must not renew are made through
+the broker directly (no SDK heartbeat), so nothing but the rule under test decides the outcome.
+Promises of a push (a grant after ``set --slots``, a re-check at the earliest expiry) are tested
+with the SDK's fallback poll set far beyond the test's patience, so the poll cannot pass for them."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import slotkeeper.limiter as limiter_module
+from slotkeeper import AcquireTimeout, Lease, Limiter
+from slotkeeper.broker.client import Broker
+from slotkeeper.broker.codes import Status
+from tests.support.redisproc import RedisProc
+
+PATIENCE = 15.0  # s a pushed promise may take here (a loaded machine); the poll is 10x that
+
+
+@pytest.fixture
+def slow_poll(monkeypatch: pytest.MonkeyPatch, limiter: Limiter) -> None:
+    monkeypatch.setattr(limiter_module, "FALLBACK_CHECK", 10 * PATIENCE)
+    limiter.slow_wait = 0.0  # no slow-wait wake-up either: it re-asks (10 s < PATIENCE)
+
+
+@pytest.fixture
+def broker(redis_server: RedisProc, namespace: str) -> Iterator[Broker]:
+    b = Broker.from_url(redis_server.url, namespace)
+    yield b
+    b.close()
+
+
+def in_thread(fn: object) -> tuple[threading.Thread, list[object]]:
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())  # type: ignore[operator]
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def wait_queued(b: Broker, name: str, n: int) -> None:
+    deadline = time.monotonic() + 20
+    while b.snapshot(name).n_waiters < n:
+        assert time.monotonic() < deadline, "the waiter never queued"
+        time.sleep(0.01)
+
+
+def test_newcomer_never_jumps_the_queue(limiter: Limiter, broker: Broker) -> None:
+    """A free slot is not for a newcomer while an earlier waiter (who needs more) is queued."""
+    limiter.create("fifo", 2)
+    holder = limiter.acquire("fifo")
+    t, got = in_thread(lambda: limiter.acquire("fifo", occupy=2, timeout=60))
+    wait_queued(broker, "fifo", 1)
+    with pytest.raises(AcquireTimeout):  # 1 slot is free, but the head waiter came first
+        limiter.acquire("fifo", timeout=0)
+    holder.release()  # positive control: the head waiter gets both slots
+    t.join(60)
+    assert isinstance(got[0], Lease) and got[0].occupy == 2
+    got[0].release()
+    limiter.acquire("fifo", timeout=0).release()  # and a newcomer fits once the queue is empty
+
+
+def test_acquire_purges_expired_holders_without_a_daemon(broker: Broker) -> None:
+    broker.create_limit("purge", 1)
+    r = broker.acquire(["purge"], "dead", ttl_ms=100, wait=False)
+    assert r.status == Status.GRANTED
+    time.sleep(0.3)  # its holder never renews (no heartbeat): expired
+    assert broker.acquire(["purge"], "next", ttl_ms=5000, wait=False).status == Status.GRANTED
+    snap = broker.snapshot("purge")
+    assert snap.counters.expired == 1  # counted once, by the acquire's own purge
+    assert broker.redis.hexists(broker.keys.leases, "dead") == 0  # and its record collected
+    assert [h.lease_id for h in snap.holders] == ["next"]
+
+
+@pytest.mark.usefixtures("slow_poll")
+def test_raising_slots_grants_the_waiters_at_once(limiter: Limiter, broker: Broker) -> None:
+    limiter.create("raise", 1)
+    holder = limiter.acquire("raise", ttl=120)  # its expiry is no re-check hint within patience
+    t, got = in_thread(lambda: limiter.acquire("raise", timeout=10 * PATIENCE))
+    wait_queued(broker, "raise", 1)
+    t0 = time.monotonic()
+    limiter.set("raise", slots=2)
+    t.join(PATIENCE)
+    assert got and isinstance(got[0], Lease), "set --slots did not grant the waiter"
+    assert time.monotonic() - t0 < PATIENCE
+    got[0].release()
+    holder.release()
+
+
+@pytest.mark.usefixtures("slow_poll")
+def test_waiter_rechecks_at_the_earliest_expiry_without_a_daemon(
+    limiter: Limiter, broker: Broker
+) -> None:
+    """A holder that vanished (no release, no notification, no daemon): the waiter was told when
+    the earliest holder expires and asks again then."""
+    limiter.create("hint", 1)
+    assert broker.acquire(["hint"], "ghost", ttl_ms=1000, wait=False).status == Status.GRANTED
+    t, got = in_thread(lambda: limiter.acquire("hint", timeout=10 * PATIENCE))
+    t.join(PATIENCE)
+    assert got and isinstance(got[0], Lease), "the waiter did not re-check at the expiry"
+    got[0].release()
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+def test_slot_checks_are_exact(limiter: Limiter, broker: Broker, slots: int) -> None:
+    """Exactly ``slots`` admitted; occupy == slots fits (at once and from the queue)."""
+    name = f"exact{slots}"
+    limiter.create(name, slots)
+    held = [limiter.acquire(name, timeout=0) for _ in range(slots)]  # every slot, at once
+    with pytest.raises(AcquireTimeout):
+        limiter.acquire(name, timeout=0)
+    t, got = in_thread(lambda: limiter.acquire(name, occupy=slots, timeout=60))
+    wait_queued(broker, name, 1)
+    for h in held[:-1]:
+        h.release()
+    time.sleep(0.1)
+    assert not got  # one slot still held: the whole-limit request waits
+    held[-1].release()  # now it fits exactly: granted from the queue
+    t.join(60)
+    assert isinstance(got[0], Lease) and got[0].occupy == slots
+    got[0].release()
+    limiter.acquire(name, occupy=slots, timeout=0).release()  # and at once
+
+
+def test_renew_never_resurrects_an_expired_lease(broker: Broker) -> None:
+    broker.create_limit("undead", 1)
+    assert broker.acquire(["undead"], "L", ttl_ms=100, wait=False).status == Status.GRANTED
+    time.sleep(0.3)  # expired; nothing purged it yet (no daemon, no other call)
+    hb = broker.heartbeat([("L", ["undead"], 5000)], [])
+    assert hb.lost_leases == ["L"]
+    assert broker.snapshot("undead").used == 0
+    ok = broker.acquire(["undead"], "M", ttl_ms=5000, wait=False)
+    assert ok.status == Status.GRANTED  # positive control: the slot is free
+
+
+def test_an_expired_ticket_is_never_renewed(broker: Broker) -> None:
+    broker.create_limit("tix", 1)
+    assert broker.acquire(["tix"], "H", ttl_ms=60_000, wait=False).status == Status.GRANTED
+    r = broker.acquire(["tix"], "W", ttl_ms=150, wait=True)
+    assert r.status == Status.QUEUED
+    hb = broker.heartbeat([], [("W", ["tix"], 150)])
+    assert hb.lost_tickets == []  # positive control: a live ticket is renewed
+    time.sleep(0.6)  # the waiter's process stopped renewing: its ticket expired
+    hb = broker.heartbeat([], [("W", ["tix"], 5000)])
+    assert hb.lost_tickets == ["W"]
+
+
+def test_a_re_ask_never_restarts_a_lost_request(broker: Broker) -> None:
+    broker.create_limit("re", 1)
+    assert broker.acquire(["re"], "H", ttl_ms=60_000, wait=False).status == Status.GRANTED
+    assert broker.acquire(["re"], "W", ttl_ms=5000, wait=True).status == Status.QUEUED
+    assert broker.cancel(["re"], "W", timed_out=False).status == Status.CANCELLED
+    assert broker.release(["re"], "H")  # the slot is free now
+    assert broker.acquire(["re"], "W", ttl_ms=5000, wait=True, recheck=True).status == Status.LOST
+    assert broker.acquire(["re"], "X", ttl_ms=5000, wait=True).status == Status.GRANTED
+
+
+def test_a_holder_stops_trusting_its_lease_when_redis_goes_silent(
+    fresh_redis: RedisProc, namespace: str
+) -> None:
+    """Client-side expiry: with no answer from Redis, the holder's own clock ends its trust one
+    TTL after the last renewal it sent."""
+    lim = Limiter(fresh_redis.url, namespace, ttl=1.0)
+    lim.create("silent", 1)
+    lease = lim.acquire("silent")
+    time.sleep(1.5)
+    assert not lease.lost  # positive control: renewed past its first TTL
+    assert fresh_redis.proc is not None
+    fresh_redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + PATIENCE
+        while not lease.lost and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lease.lost and time.monotonic() >= lease.valid_until
+    finally:
+        fresh_redis.proc.send_signal(signal.SIGCONT)
+    lim.runtime.close()
+
+
+def test_a_revoked_holder_learns_at_its_next_heartbeat(limiter: Limiter, broker: Broker) -> None:
+    """The heartbeat's lost report ends a revoked lease at once, long before its TTL would (a
+    short-TTL lease in the same process makes the heartbeat beat every 0.1 s)."""
+    lim = Limiter(limiter.url, limiter.namespace, ttl=60.0)
+    lim.create("rev", 1)
+    lim.create("tick", 1)
+    ticker = lim.acquire("tick", ttl=0.3)
+    lease = lim.acquire("rev")
+    time.sleep(0.5)
+    assert not lease.lost and not ticker.lost  # positive control: both renewed
+    assert broker.revoke(lease.id)
+    deadline = time.monotonic() + PATIENCE
+    while not lease.lost and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lease.lost and time.monotonic() < lease.valid_until  # told; its TTL had not run out
+    ticker.release()
