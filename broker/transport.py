@@ -187,6 +187,30 @@ class SyncTransport:
         self.client.close()
 
 
+def _forget(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: an abandoned call's failure is not an "unhandled" error
+
+
+async def _bounded(coro: Any, timeout: float) -> Any:
+    """Await ``coro`` for at most ``timeout`` s. Unlike ``asyncio.wait_for`` (Python 3.11), this
+    never waits for the call to acknowledge its own cancellation: redis.asyncio can take a socket
+    timeout to give up a call on a dead connection, and the caller's deadline (or its clean-up,
+    e.g. handing a release to the background) must not wait for that."""
+    task = asyncio.ensure_future(coro)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except BaseException:  # the caller was cancelled: abandon the call, do not wait for it
+        task.cancel()
+        task.add_done_callback(_forget)
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_forget)
+        raise asyncio.TimeoutError()
+    return task.result()
+
+
 class AsyncTransport:
     """Runs ops on a ``redis.asyncio`` client. A client belongs to the event loop it was made on."""
 
@@ -242,7 +266,7 @@ class AsyncTransport:
             exc: BaseException | None = None
             if left > 0:
                 try:
-                    return await asyncio.wait_for(fn(), left)
+                    return await _bounded(fn(), left)
                 except (*RETRYABLE, asyncio.TimeoutError) as e:
                     exc = e
                 except redis.RedisError as e:

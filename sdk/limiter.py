@@ -447,7 +447,7 @@ class Limiter:
         """Run the acquire flow on the asyncio transport (never blocks the event loop)."""
         rt = self.runtime
         if req.timeout != 0:
-            await rt.ensure_listener_async(0)  # (as in _drive: subscribing nudges the waiters)
+            rt.ensure_listener(0)  # the listener thread (never on the loop) wakes the task
         broker = rt.async_broker()
         handle, span = self._observe(rt, req, units_only)
         flow = self._flow(rt, req, on_lost, bind_loop=True, units_only=units_only, handle=handle,

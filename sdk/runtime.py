@@ -1,8 +1,8 @@
 """Per-process machinery of one (URL, namespace): the broker connections (blocking, and one
 ``redis.asyncio`` client per event loop for the async path), ONE heartbeat thread that renews every
 lease and waiting ticket of the process there in one round trip per interval, ONE listener thread
-(and one listener task per event loop, for asyncio callers) that receives grant notifications
-(pub/sub) and wakes the waiting threads or tasks at once, and ONE
+that receives grant notifications (pub/sub) and wakes the waiting threads, or tasks (through
+``call_soon_threadsafe``: it never runs on an event loop), at once, and ONE
 watchdog thread that declares a lease lost as soon as this process can no longer be sure it holds
 it (Chubby's rule: last successful renewal's send time + TTL, on the local monotonic clock).
 
@@ -14,6 +14,7 @@ never renews or releases its parent's leases. See ARCHITECTURE.md ("Lease lifecy
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import itertools
 import logging
@@ -42,6 +43,7 @@ EARLY_MAX = 1000        # notifications kept for tickets not registered yet
 WITHDRAW_MAX = 10_000   # tickets whose withdrawal is retried in the background (bounded)
 WITHDRAW_RETRY = 0.5    # s between background withdrawal attempts while Redis is unreachable,
 WITHDRAW_RETRY_MAX = 4.0  # doubling up to this
+WITHDRAW_AT_EXIT = 2.0  # s a process spends at exit on withdrawals still pending
 HEARTBEAT_BATCH = 100   # leases (and tickets) renewed per heartbeat round trip: Redis stays free
 
 
@@ -153,9 +155,6 @@ class Runtime:
         self._withdraw_next = 0.0
         self._withdraw_pause = WITHDRAW_RETRY
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncBroker] = (
-            weakref.WeakKeyDictionary())
-        self._alisteners: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[asyncio.Task[None], asyncio.Event]] = (
             weakref.WeakKeyDictionary())
         self._heartbeat = Heartbeat(self)
         self._watchdog = Watchdog(self)
@@ -331,6 +330,17 @@ class Runtime:
         if w is not None:
             w.deliver(msg)
 
+    def flush_withdrawals(self, budget: float = WITHDRAW_AT_EXIT) -> None:
+        """Try the pending withdrawals now, for at most ``budget`` s (at exit: what a process
+        leaves behind would otherwise be held by nobody until its TTL ran out)."""
+        end = time.monotonic() + budget
+        while self._withdraw and time.monotonic() < end and os.getpid() == self.pid:
+            with self._lock:
+                self._withdraw_next = 0.0
+            self._withdraw_pending()
+            if self._withdraw:
+                time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+
     def _withdraw_pending(self) -> None:
         with self._lock:
             todo = list(self._withdraw.items())
@@ -341,11 +351,13 @@ class Runtime:
                     self._withdraw.pop(tid, None)
                 continue
             run = self.broker.transport.run
-            try:  # one try each: the rounds themselves are the retries (with backoff)
-                c = run(P.cancel(self.keys, names, tid, timed_out=False),
-                        time.monotonic() + 1.0, retry=False)
+            # each round retries (with the transport's backoff) for up to 2 s, never past the
+            # point where the ticket or lease has expired anyway
+            end = min(give_up - 0.5, time.monotonic() + 2.0)
+            try:
+                c = run(P.cancel(self.keys, names, tid, timed_out=False), end)
                 if c.status == Status.GRANTED:
-                    run(P.release(self.keys, names, tid), time.monotonic() + 1.0, retry=False)
+                    run(P.release(self.keys, names, tid), max(end, time.monotonic() + 0.5))
             except SlotkeeperError:
                 with self._lock:  # still unreachable: back off
                     self._withdraw_pause = min(WITHDRAW_RETRY_MAX, self._withdraw_pause * 2)
@@ -381,54 +393,6 @@ class Runtime:
                         daemon=True)
                     self._listener.start()
         self._subscribed.wait(wait)
-
-    async def ensure_listener_async(self, wait: float) -> None:
-        """The running loop's own listener: a task on the loop's ``redis.asyncio`` client that
-        receives this process's notifications and wakes its waiting tasks directly (no thread
-        between the message and the task). Waits up to ``wait`` s for it to subscribe, without
-        blocking the loop (a grant sent before then is found by the first re-check anyway)."""
-        loop = asyncio.get_running_loop()
-        entry = self._alisteners.get(loop)
-        if entry is None or entry[0].done():
-            subscribed = asyncio.Event()
-            task = loop.create_task(self._alisten(subscribed),
-                                    name=f"slotkeeper-listener-{self.namespace}")
-            entry = (task, subscribed)
-            self._alisteners[loop] = entry
-        if not entry[1].is_set() and wait > 0:
-            try:
-                await asyncio.wait_for(entry[1].wait(), wait)
-            except asyncio.TimeoutError:
-                pass
-
-    async def _alisten(self, subscribed: asyncio.Event) -> None:
-        delay = 0.05
-        while not self._closed:
-            ps = None
-            try:
-                ps = self.async_broker().transport.client.pubsub()
-                await ps.subscribe(self.channel)
-                while not self._closed:
-                    msg = await ps.get_message(timeout=LISTEN_POLL)
-                    if msg is None:
-                        continue
-                    if msg["type"] == "subscribe":
-                        delay = 0.05
-                        subscribed.set()
-                        self._nudge_all()  # anything sent while we were away is re-checked
-                    elif msg["type"] == "message":
-                        self._dispatch(msg["data"])
-            except (redis.RedisError, OSError, ValueError, AttributeError) as exc:
-                subscribed.clear()
-                log.debug("slotkeeper: async listener reconnecting after %s", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            finally:
-                if ps is not None:
-                    try:
-                        await asyncio.shield(ps.aclose())  # type: ignore[no-untyped-call]
-                    except BaseException:
-                        pass
 
     def _listen_loop(self) -> None:
         delay = 0.05
@@ -494,6 +458,7 @@ class Runtime:
                     x.release()
                 except SlotkeeperError:
                     pass
+            self.flush_withdrawals()
         self._closed = True
         forget(self)
         self._heartbeat.stop()
@@ -501,12 +466,6 @@ class Runtime:
         listener = self._listener
         if listener is not None and listener is not threading.current_thread():
             listener.join(LISTEN_POLL + 1)
-        for task, _ in list(self._alisteners.values()):
-            try:
-                task.get_loop().call_soon_threadsafe(task.cancel)
-            except RuntimeError:
-                pass  # its loop is closed already
-        self._alisteners.clear()
         self._async.clear()  # their loops close their own sockets
         try:
             self.broker.close()
@@ -653,6 +612,18 @@ def forget(rt: Runtime) -> None:
 def live_runtimes() -> list[Runtime]:
     with _RUNTIMES_LOCK:
         return list(_RUNTIMES.values())
+
+
+def _flush_at_exit() -> None:
+    for rt in live_runtimes():
+        if rt.pid == os.getpid() and not rt.closed:
+            try:
+                rt.flush_withdrawals()
+            except Exception:
+                pass
+
+
+atexit.register(_flush_at_exit)
 
 
 def _after_fork_in_child() -> None:

@@ -124,6 +124,8 @@ class Pool:
                 if rc != 0:
                     failed.append(rc)
             except subprocess.TimeoutExpired:
+                p.send_signal(signal.SIGUSR1)  # the worker dumps its threads' stacks (stderr)
+                time.sleep(0.5)
                 p.kill()
                 p.wait()
                 self.parent.parent("K", p.pid)

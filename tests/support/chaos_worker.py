@@ -158,4 +158,8 @@ class Worker:
 
 
 if __name__ == "__main__":
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hung worker shows where
     Worker(json.loads(sys.argv[1])).run()
