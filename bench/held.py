@@ -11,7 +11,7 @@ from typing import Any
 import redis
 
 from slotkeeper.bench.scale import BIG, slowlog_max_us
-from slotkeeper.bench.stats import summary_ms
+from slotkeeper.bench.stats import script_calls, summary_ms
 from slotkeeper.lease import Lease
 
 HELD_TTL = 6.0  # s: a heartbeat every 2 s, so the window below sees a few
@@ -19,8 +19,7 @@ WINDOW = 4.5  # s of quiet in which only heartbeats run
 
 
 def _evalsha_stats(client: redis.Redis) -> tuple[int, int]:
-    st = client.info("commandstats").get("cmdstat_evalsha", {})
-    return int(st.get("calls", 0)), int(st.get("usec", 0))
+    return script_calls(client.info("commandstats"))
 
 
 def held_by_one(

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from slotkeeper.bench.stats import summary_ms
+from slotkeeper.bench.stats import script_calls, summary_ms
 from slotkeeper.limiter import Limiter
 
 RATE_WORKLOADS = ("R1", "R2", "R3", "T1")
@@ -90,10 +90,7 @@ def r1_accuracy(url: str, ns: str, procs: int, rate: int, seconds: float) -> dic
 def _commands(client: redis.Redis) -> tuple[int, int]:
     """(commands sent by clients: script calls and plain commands, all commands incl. those run
     inside scripts)."""
-    stats = client.info("commandstats")
-    scripts = sum(
-        int(stats.get(k, {}).get("calls", 0)) for k in ("cmdstat_evalsha", "cmdstat_eval")
-    )
+    scripts, _ = script_calls(client.info("commandstats"))
     return scripts, int(client.info("stats")["total_commands_processed"])
 
 

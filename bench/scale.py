@@ -18,7 +18,7 @@ import redis
 
 from slotkeeper.bench.impls import make_impl
 from slotkeeper.bench.reference import ACQUIRE_LUA
-from slotkeeper.bench.stats import summary_ms
+from slotkeeper.bench.stats import is_script_call, summary_ms
 from slotkeeper.broker import protocol as P
 from slotkeeper.broker import records as R
 from slotkeeper.broker.client import Broker
@@ -142,12 +142,12 @@ def _command(entry: dict[str, Any]) -> str:
 
 
 def slowlog_max_us(client: redis.Redis, after_id: int) -> tuple[float, int]:
-    """Longest EVALSHA (us) and how many the SLOWLOG has after entry ``after_id``."""
+    """Longest script call (us) and how many the SLOWLOG has after entry ``after_id``."""
     entries = client.slowlog_get(100_000)
     durations = [
         int(e["duration"])
         for e in entries
-        if int(e["id"]) > after_id and _command(e).upper().startswith("EVALSHA")
+        if int(e["id"]) > after_id and is_script_call(_command(e))
     ]
     return (max(durations) if durations else 0.0), len(durations)
 

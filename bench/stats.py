@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# How a script call shows in INFO commandstats and the SLOWLOG: EVALSHA (or EVAL) on Redis 6.2
+# and where the function library cannot be used, FCALL / FCALL_RO (Redis >= 7, the library).
+SCRIPT_COMMANDS = ("evalsha", "eval", "fcall", "fcall_ro")
+
+
+def script_calls(commandstats: Mapping[str, Any]) -> tuple[int, int]:
+    """(script calls, their total µs) from an INFO commandstats reply."""
+    calls = usec = 0
+    for name in SCRIPT_COMMANDS:
+        st = commandstats.get(f"cmdstat_{name}", {})
+        calls += int(st.get("calls", 0))
+        usec += int(st.get("usec", 0))
+    return calls, usec
+
+
+def is_script_call(command: str) -> bool:
+    """A SLOWLOG entry's command line is a script call."""
+    return command.split(" ", 1)[0].lower() in SCRIPT_COMMANDS
 
 
 def percentile(values: Sequence[float], q: float) -> float:
