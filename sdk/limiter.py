@@ -71,6 +71,7 @@ ENV_OP_TIMEOUT = "SLOTKEEPER_OP_TIMEOUT"
 # (what cannot be withdrawn by then is withdrawn in the background, or expires by its TTL).
 ASK_GRACE = 0.3
 CANCEL_GRACE = 0.6
+STALE_MARGIN = 0.05  # s: a grant whose local validity ends sooner than this is not handed out
 CLEANUP_MAX = 1.0    # s: withdrawing after a failure never takes longer (then: in the background)
 DURABLE_WAIT_MS = 2000
 CACHE_MAX = 1024     # entries of a limiter's per-call caches (validated names, packed meta)
@@ -301,7 +302,19 @@ class Limiter:
             if res.status == R.BUSY:
                 pending = False
                 raise AcquireTimeout(f"no free {what} on {', '.join(req.names)} (timeout=0)")
-            while res.status != R.GRANTED:
+            while True:
+                if res.status == R.GRANTED:
+                    ttl_s = (res.ttl_ms or req.ttl_ms or default_ttl_ms) / 1000
+                    if units_only or granted_after + ttl_s > time.monotonic() + STALE_MARGIN:
+                        break
+                    # a grant this process saw too late to trust (it was paused or starved for
+                    # longer than the lease's TTL): Redis may have expired it already and admitted
+                    # someone else, so it is never handed out. Give it back and ask anew.
+                    try:
+                        yield Call(P.release(keys, req.names, lid), deadline())
+                    except SlotkeeperError:
+                        rt.defer_withdrawal(req.names, lid, ticket_ttl_ms)
+                    res = R.AcquireResult(R.LOST)
                 if res.status == R.LOST:  # our ticket expired (e.g. we were paused): ask anew
                     lid = request_id()
                     pending, sent = True, time.monotonic()
@@ -338,7 +351,7 @@ class Limiter:
                 grant = P.parse_grant_message(msg) if msg else None
                 if grant is not None:
                     res = grant
-                    break
+                    continue  # (the top of the loop checks the grant can still be trusted)
                 due = P.parse_due_message(msg) if msg else None
                 if due is not None and (t_end is None or time.monotonic() < t_end):
                     res = R.AcquireResult(R.QUEUED, due_ms=due)  # the broker moved our due time
@@ -364,7 +377,7 @@ class Limiter:
                         pending = False
                         raise AcquireTimeout(
                             f"no {what} on {', '.join(req.names)} within {req.timeout:g} s")
-                    break
+                    continue
                 if slow.due:  # one INFO line saying why (read through this flow's transport)
                     try:
                         snaps = []

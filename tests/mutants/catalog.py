@@ -127,8 +127,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "sdk: a lease the broker reports lost is kept as held",
         "sdk/runtime.py",
-        "            if x.id in lost:\n                self.drop_lease(x)\n                x._mark_lost()\n",
-        "            if False:\n                pass\n",
+        "                if mine:\n                    x._mark_lost()\n",
+        "                if False:\n                    pass\n",
         (f"{QUEUE}::test_a_revoked_holder_learns_at_its_next_heartbeat",),
     ),
 )
