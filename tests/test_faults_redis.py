@@ -102,9 +102,10 @@ def test_restart_without_persistence_loss_is_detected(namespace: str, tmp_path: 
                 r.stop(signal.SIGKILL)  # everything in memory is gone
                 r.start()
                 # an operator recreates the limit at once: a newcomer is admitted, and the old
-                # holder must learn it lost its lease (no silent double holding)
+                # holder must learn it lost its lease (no silent double holding). The waiter asks
+                # again too and may win the slot first; it releases at once, so the newcomer waits.
                 lim.create("vol", 1)
-                newcomer = lim.acquire("vol", timeout=0)
+                newcomer = lim.acquire("vol", timeout=15)
                 assert wait_until(lambda: lease.lost, timeout=10)
                 assert wait_until(lambda: lost == [lease], timeout=5)
         assert newcomer.release()
