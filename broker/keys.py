@@ -33,6 +33,8 @@ key                                    type    holds
 ``sk:{ns}:doctor``                     any     ``slotkeeper doctor``'s ACL probe (deleted at once)
 ``sk:{ns}:events``                     STREAM  audit events (broker/events.py), XADD MAXLEN ~ cap
 ``sk:{ns}:settings``                   HASH    namespace settings: events (0 = off), events_cap
+``sk:{ns}:withdrawn``                  ZSET    withdrawn request id -> ms until which a late ask
+                                               under that id is refused (lua/cancel.lua)
 ``sk:{ns}:wake:<client>`` (channel)    PUBSUB  grant notifications to one process (not a key)
 =====================================  ======  =================================================
 """
@@ -139,6 +141,7 @@ class Keys:
             f"{b}:templates",
             f"{b}:events",
             f"{b}:settings",
+            f"{b}:withdrawn",
         ]
 
     def limit(self, name: str) -> list[str]:

@@ -9,15 +9,17 @@
 --   KEYS[6] templates   SET   names of the templates (limits whose name ends in '*')
 --   KEYS[7] events      STREAM audit events, capped (see emit below and broker/events.py)
 --   KEYS[8] settings    HASH  namespace settings: events (0 off), events_cap
+--   KEYS[9] withdrawn   ZSET  request id -> ms until which an ask under that id is refused: its
+--                             withdrawal (cancel.lua) reached Redis first, the ask came late
 --   then, for the i-th limit named in ARGV (i = 1..n), five keys:
---   KEYS[6+5i-4] limit:<name>   HASH  config (slots or 'none', ttl, enabled, desc, rate_n, rate_p ms,
+--   KEYS[9+5i-4] limit:<name>   HASH  config (slots or 'none', ttl, enabled, desc, rate_n, rate_p ms,
 --                                     spread, maxw, total, idle ms, created, updated) + counters;
 --                                     a key made from a template holds tpl=<template> instead of
 --                                     config, and reads the template's config at every call
---   KEYS[6+5i-3] holders:<name> ZSET  lease id (and id#2..id#occupy) -> lease expiry (ms)
---   KEYS[6+5i-2] queue:<name>   ZSET  ticket id -> order score (-priority * 1e12 + arrival seq)
---   KEYS[6+5i-1] rate:<name>    ZSET  grant batch 'id units' -> grant time ms (the sliding window)
---   KEYS[6+5i]   keys:<name>    ZSET  (templates) key made from it -> last activity ms
+--   KEYS[9+5i-3] holders:<name> ZSET  lease id (and id#2..id#occupy) -> lease expiry (ms)
+--   KEYS[9+5i-2] queue:<name>   ZSET  ticket id -> order score (-priority * 1e12 + arrival seq)
+--   KEYS[9+5i-1] rate:<name>    ZSET  grant batch 'id units' -> grant time ms (the sliding window)
+--   KEYS[9+5i]   keys:<name>    ZSET  (templates) key made from it -> last activity ms
 -- ARGV[1] = n, ARGV[2..n+1] = limit names (aligned with the per-limit keys); script arguments follow,
 -- ARGV[A0 + k] being the k-th one. A caller naming a key that may come from a template also names
 -- every template whose prefix matches it (the client reads the templates SET); the script picks the
@@ -43,8 +45,8 @@
 
 local K_LIMITS, K_LEASES = KEYS[1], KEYS[2]
 local K_TICKETS, K_TICKET_EXP, K_FENCE, K_TEMPLATES = KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local K_EVENTS, K_SETTINGS = KEYS[7], KEYS[8]
-local NFIXED = 8
+local K_EVENTS, K_SETTINGS, K_WITHDRAWN = KEYS[7], KEYS[8], KEYS[9]
+local NFIXED = 9
 
 local _t = redis.call('TIME')
 local NOW = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
@@ -591,6 +593,20 @@ local function queue_info(id, rec)
   local due = rec and tonumber(rec.d) or 0
   due = due > NOW and due - NOW or 0
   return (pos or -1) + 1, next_exp, due
+end
+
+-- Remember a withdrawn request id (an ask under it arriving later is refused), dropping the
+-- entries whose time is up (bounded).
+local WITHDRAWN_MS = 120000
+local function remember_withdrawn(id)
+  local old = redis.call('ZRANGE', K_WITHDRAWN, '-inf', fmt(NOW), 'BYSCORE', 'LIMIT', 0, GC_BATCH)
+  if #old > 0 then redis.call('ZREM', K_WITHDRAWN, unpack(old)) end
+  redis.call('ZADD', K_WITHDRAWN, NOW + WITHDRAWN_MS, id)
+end
+
+local function was_withdrawn(id)
+  local until_ms = tonumber(redis.call('ZSCORE', K_WITHDRAWN, id))
+  return until_ms ~= nil and until_ms > NOW
 end
 
 local function missing_key(names)

@@ -1,6 +1,6 @@
 -- acquire.lua — take `occupy` slots (and rate units) of every named limit at once, or join their
 -- wait queues.
--- KEYS: the fixed eight + five per limit (see _lib.lua): the requested names, then every template
+-- KEYS: the fixed nine + five per limit (see _lib.lua): the requested names, then every template
 --       whose prefix matches one of them (a name with no limit of its own is made from the longest).
 -- ARGV: n, names..., id, occupy, ttl_ms (0 = limit's ttl, else default), default_ttl_ms, priority,
 --       wait (1 enqueue / 0 try once / 2 re-ask about an id sent before: LOST if neither its
@@ -10,7 +10,8 @@
 --       units_only (1: rate_limit -- take rate units only, no lease; every limit needs a rate)
 -- Returns: {GRANTED, token, expiry_ms, ttl_ms} (token 0 for units only)
 --        | {QUEUED, position, ms_until_next_holder_expiry, ms_until_rate_units_due}
---        | {BUSY} | {NOT_FOUND, name} | {OCCUPY_EXCEEDS, name, cap} | {LOST}
+--        | {BUSY} | {NOT_FOUND, name} | {OCCUPY_EXCEEDS, name, cap}
+--        | {LOST} (a lost lease; a re-ask whose ticket is gone; an id withdrawn before it came)
 --        | {REJECTED, reason, name, cap} | {NEED_KEYS, template} | {QUEUE_FULL, name, max}
 -- Idempotent on id: a re-sent call returns the same lease (or, units only, finds its batch in the
 -- window), or re-examines the same ticket (that is how a waiter told 'r' or 'd' asks again).
@@ -34,6 +35,8 @@ if lease then
   if tonumber(lease.e) > NOW then return {GRANTED, lease.t, lease.e, lease.l} end
   return {LOST}
 end
+-- withdrawn before this ask arrived (it travelled on another connection): nobody waits for it
+if was_withdrawn(id) then return {LOST} end
 
 local REQ = {}
 for _, name in ipairs(NAMES) do

@@ -1,5 +1,5 @@
 -- heartbeat.lua — renew every lease and waiting ticket of one process in one round trip.
--- KEYS: the fixed eight + five per limit held or awaited by any of them (see _lib.lua).
+-- KEYS: the fixed nine + five per limit held or awaited by any of them (see _lib.lua).
 -- ARGV: n, names..., L, then L pairs (lease id, ttl_ms), T, then T pairs (ticket id, ttl_ms)
 -- Returns: {lost_lease_ids, lost_ticket_ids, granted_ticket_ids, now_ms, failed_lease_ids}
 --   A lease is lost when its record is gone or expired: renew never resurrects it.

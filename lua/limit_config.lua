@@ -1,6 +1,6 @@
 -- limit_config.lua — create, update or upsert one limit's (or template's) configuration, then grant
 -- waiters that now fit (slots raised, rate raised, limit enabled).
--- KEYS: the fixed eight + five for the one limit.
+-- KEYS: the fixed nine + five for the one limit.
 -- ARGV: 1, name, mode ('create' | 'update' | 'upsert'), then field/value pairs among
 --       slots (a number, or 'none' with a rate), ttl (ms), enabled (1/0), desc, rate_n, rate_p (ms;
 --       '' removes the rate), spread (1/0), maxw ('' = no cap), total ('' = none; templates),

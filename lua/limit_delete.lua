@@ -1,5 +1,5 @@
 -- limit_delete.lua — delete one limit that nobody holds; its waiters are told it is gone.
--- KEYS: the fixed eight + five for the one limit.
+-- KEYS: the fixed nine + five for the one limit.
 -- A template is deleted only once no key made from it is left ({HELD, keys}); a key made from a
 -- template cannot be deleted (it goes by itself after the template's --idle-ttl): {NOT_FOUND}.
 -- ARGV: 1, name, batch

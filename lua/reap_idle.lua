@@ -1,6 +1,6 @@
 -- reap_idle.lua — remove keys made from a template that have been idle for the template's
 -- --idle-ttl: no live holder, no waiter, an empty rate window (so no rate state is lost).
--- KEYS: the fixed eight + five for the template, then five per candidate key (see _lib.lua).
+-- KEYS: the fixed nine + five for the template, then five per candidate key (see _lib.lua).
 -- ARGV: n, template, keys..., (no further arguments)
 -- Returns: {removed, still_busy}
 -- The caller picks candidates from keys:<template> by last activity; each is checked again here.

@@ -2,7 +2,7 @@
 -- lease records), expired and orphaned waiting tickets in their queues, namespace-wide ticket
 -- garbage, holder entries with no lease record (written by someone else); then grant passes.
 -- Rate windows (rate:<name>) and template key sets (keys:<name>) are not holder entries: untouched.
--- KEYS: the fixed eight + five per limit (zero limits = ticket garbage collection only).
+-- KEYS: the fixed nine + five per limit (zero limits = ticket garbage collection only).
 -- ARGV: n, names..., batch
 -- Returns: {expired_holder_entries, lease_records_deleted, gc_tickets, granted,
 --           more (1 if a batch was full), orphaned_holder_entries_removed}

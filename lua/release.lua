@@ -1,5 +1,5 @@
 -- release.lua — give a lease's slots back (or revoke it), then grant waiters that now fit.
--- KEYS: the fixed eight + five per limit the lease holds (see _lib.lua).
+-- KEYS: the fixed nine + five per limit the lease holds (see _lib.lua).
 -- ARGV: n, names..., id, kind ('release' | 'revoke')
 -- Returns: {OK} | {LOST} (expired, revoked or unknown: frees nothing)
 --        | {NEED_KEYS, name} (the caller did not pass every limit the lease holds; nothing done)

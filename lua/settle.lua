@@ -1,7 +1,7 @@
 -- settle.lua — correct the units a granted request took from the rate windows of its limits,
 -- after the fact (reserve 1000 tokens, used 730): its batch keeps its grant time, only its size
 -- changes. Fewer units may let waiters in at once (grant pass); more only delay later grants.
--- KEYS: the fixed eight + five per limit of the request (see _lib.lua).
+-- KEYS: the fixed nine + five per limit of the request (see _lib.lua).
 -- ARGV: n, names..., id, units_taken (what the batch holds now), units_true
 -- Returns: {OK, settled} (limits whose window still held the batch) | {LOST} (no batch in
 --          any window any more: it left the window, or was never granted)

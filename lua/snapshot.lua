@@ -1,6 +1,6 @@
 -- snapshot.lua — read-only view of one limit: config and counters, live holders, live waiters,
 -- rate use.
--- KEYS: the fixed eight + five for the one limit, then five per matching template (see _lib.lua).
+-- KEYS: the fixed nine + five for the one limit, then five per matching template (see _lib.lua).
 -- ARGV: n, name, templates..., max_items
 -- Returns: {NOT_FOUND} or {0, config_and_counters (flat HGETALL), used, now_ms,
 --           holders {id, raw record, ...}, waiters {id, raw record, score, ...}, n_holders, n_waiters,

@@ -166,6 +166,29 @@ def test_a_re_ask_never_restarts_a_lost_request(broker: Broker) -> None:
     assert broker.acquire(["re"], "X", ttl_ms=5000, wait=True).status == Status.GRANTED
 
 
+@pytest.mark.parametrize("busy", [False, True])
+def test_an_ask_arriving_after_its_withdrawal_is_refused(broker: Broker, busy: bool) -> None:
+    """An ask abandoned at its deadline (or retried) travels on its own connection; the
+    withdrawal, sent later on another, can reach Redis first. The late ask must then neither
+    grant (a lease nobody holds, expiring by its TTL) nor queue (a ticket nobody waits for)."""
+    broker.create_limit("late", 1)
+    if busy:
+        assert broker.acquire(["late"], "H", ttl_ms=60_000, wait=False).status == Status.GRANTED
+    # positive control: the same ask under an id never withdrawn is served
+    ok = broker.acquire(["late"], "C", ttl_ms=5000, wait=True)
+    assert ok.status == (Status.QUEUED if busy else Status.GRANTED)
+    assert broker.cancel(["late"], "C", timed_out=False).status in (Status.CANCELLED, Status.GRANTED)
+    if not busy:
+        assert broker.release(["late"], "C")
+    # the withdrawal of W comes first and finds nothing; then W's ask arrives
+    assert broker.cancel(["late"], "W", timed_out=True).status == Status.LOST
+    assert broker.acquire(["late"], "W", ttl_ms=5000, wait=True).status == Status.LOST
+    snap = broker.snapshot("late")
+    assert snap.used == (1 if busy else 0) and snap.n_waiters == 0
+    assert broker.redis.hget(broker.keys.leases, "W") is None
+    assert broker.redis.hget(broker.keys.tickets, "W") is None
+
+
 def test_a_holder_stops_trusting_its_lease_when_redis_goes_silent(
     fresh_redis: RedisProc, namespace: str
 ) -> None:

@@ -186,11 +186,10 @@ def test_drops_delays_and_cuts_under_load(
         assert snap.used == 0 and snap.n_holder_entries == 0, name
         # Nobody was killed or paused: every grant is released by its holder, or -- when the
         # holder never saw it, or its release could not get through -- given back by the
-        # holder's background withdrawal. Known gap (open): on a fully loaded 2-core machine one
-        # run in ~10 still left one grant to expire by its TTL (never an over-admission), so the
-        # bound here is one per limit; runs on a quiet machine show none.
+        # holder's background withdrawal; an ask that reached Redis after its own withdrawal
+        # (on another connection) is refused. No grant is left to expire by its TTL.
         assert c.acquired == c.released + c.expired, (name, c)
-        assert c.expired <= 1, (name, c)
+        assert c.expired == 0, (name, c)
     # and Redis itself holds nothing of any of them: no lease or ticket record, holder or queue
     # entry is left, whether its id was stamped by a worker (it held) or never seen by one
     stamped = {row[3] for row in read_stamps(pool.dir) if row[0] == "S"}

@@ -27,6 +27,20 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{QUEUE}::test_newcomer_never_jumps_the_queue",),
     ),
     Mutant(
+        "late ask: an ask that arrives after its own withdrawal is served",
+        "lua/acquire.lua",
+        "if was_withdrawn(id) then return {LOST} end\n",
+        "",
+        (f"{QUEUE}::test_an_ask_arriving_after_its_withdrawal_is_refused",),
+    ),
+    Mutant(
+        "late ask: a withdrawal leaves no mark when it finds nothing",
+        "lua/cancel.lua",
+        "  remember_withdrawn(id)\n  return {LOST}\n",
+        "  return {LOST}\n",
+        (f"{QUEUE}::test_an_ask_arriving_after_its_withdrawal_is_refused",),
+    ),
+    Mutant(
         "lazy purge: acquire does not purge expired holders",
         "lua/acquire.lua",
         "for _, name in ipairs(EFF) do purge_holders(name, PURGE_BATCH) end\n",
