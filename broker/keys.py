@@ -141,7 +141,7 @@ class Keys:
             f"{b}:templates",
             f"{b}:events",
             f"{b}:settings",
-            f"{b}:withdrawn",
+            self.withdrawn,
         ]
 
     def limit(self, name: str) -> list[str]:
@@ -170,6 +170,10 @@ class Keys:
 
     def template_keys(self, template: str) -> str:
         return f"{self.base}:keys:{template}"
+
+    @property
+    def withdrawn(self) -> str:
+        return f"{self.base}:withdrawn"
 
     @property
     def leases(self) -> str:

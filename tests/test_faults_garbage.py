@@ -29,7 +29,8 @@ def raw(redis_server: RedisProc):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(
-    "which", ["leases", "ticket_exp", "tickets", "limit", "holders", "queue"]  # fence: restarts
+    "which",
+    ["leases", "ticket_exp", "tickets", "limit", "holders", "queue", "withdrawn"],  # fence: restarts
 )
 def test_wrong_key_types_raise_broker_error(
     redis_server: RedisProc, lim: Limiter, which: str
@@ -43,6 +44,7 @@ def test_wrong_key_types_raise_broker_error(
         "limit": keys.limit("wt")[0],
         "holders": keys.limit("wt")[1],
         "queue": keys.limit("wt")[2],
+        "withdrawn": keys.withdrawn,
     }[which]
     r = raw(redis_server)
     r.delete(key)
