@@ -15,5 +15,5 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   fi
 fi
 bash deploy/ci-tools.sh          # promtool, hadolint, kubernetes-validate for tests/test_deploy*.py
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q --durations=20 "$@"
 [ $# -gt 0 ] || bash scripts/test-pythons.sh   # the SDK/async/core subset on 3.10, 3.12, 3.13
