@@ -49,6 +49,13 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_templates.py::test_lazy_reap_never_removes_a_key_in_use",),
     ),
     Mutant(
+        "metrics: a deleted run's counters leave its run-*:TAG aggregate (the counter goes down)",
+        "broker/collector.py",
+        "                if name not in now:\n                    self._carry(group, totals)\n",
+        "                if name not in now:\n                    pass\n",
+        ("tests/test_metrics.py::test_run_scoped_limits_aggregate_per_tag_across_runs",),
+    ),
+    Mutant(
         "push: no grant pass after set --slots",
         "lua/limit_config.lua",
         "purge_holders(name, PURGE_BATCH)\ngrant_pass(name)\n",
