@@ -206,9 +206,9 @@ def _families(namespace: str, rows: Sequence[Series], up: bool) -> list[Metric]:
         problems.add_metric(lv, row.problems)
         if not row.live and row.totals == Totals():
             continue  # a limit that could not be read (and no aggregate to keep counting)
+        if row.slots is not None:
+            slots.add_metric(lv, row.slots)
         if row.live:
-            if row.slots is not None:
-                slots.add_metric(lv, row.slots)
             enabled.add_metric(lv, row.enabled)
         if row.rate_units is not None and row.rate_period is not None:
             rate_limit.add_metric(lv, row.rate_units)
@@ -301,7 +301,7 @@ class Aggregates:
         else:
             self.last.update(now)
         for group, carried in self.carried.items():
-            base = Series(group, carried)
+            base = Series(group, carried, slots=0.0)  # no live member: 0 slots, 0 in use
             groups[group] = base.join(groups[group]) if group in groups else base
         for group in sorted(groups):
             out.append(groups[group])

@@ -314,7 +314,8 @@ def test_run_scoped_limits_aggregate_per_tag_across_runs(
         }
         assert after == final  # counters do not go down when the run's limits are deleted
         assert metric(s, "slotkeeper_limit_slots_in_use", namespace=ns, limit=io) == 0
-        assert metric(s, "slotkeeper_limit_slots", namespace=ns, limit=io) is None  # no live run
+        assert metric(s, "slotkeeper_limit_slots", namespace=ns, limit=io) == 0  # no live run
+        assert metric(s, "slotkeeper_limit_enabled", namespace=ns, limit=io) is None
         bucket = ("slotkeeper_wait_seconds_count", (("limit", io), ("namespace", ns)))
         assert s[bucket] == 2.0 * (run + 1)
         totals.append(final)
