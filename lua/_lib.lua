@@ -431,8 +431,8 @@ end
 
 -- Lazy idle removal (no daemon needed): a call using a key made from template `tname` also
 -- removes up to LAZY_REAP of its keys idle past --idle-ttl, least recently active first. Names
--- this call was passed are never candidates. A candidate still in use counts as active now, so the
--- next call looks past it. Cost: one ZRANGE BYSCORE LIMIT on keys:<template> (O(log N)) and at most
+-- this call was passed are never candidates. A candidate not removed (still in use) counts as
+-- active now, so the next call looks past it. Cost: one ZRANGE BYSCORE LIMIT on keys:<template> (O(log N)) and at most
 -- LAZY_REAP checks (each O(purge batch)). Returns the number of keys removed.
 local function reap_lazy(tname)
   local t = cfg(tname)
@@ -445,8 +445,11 @@ local function reap_lazy(tname)
     if L then
       LIM[name] = L
       local r = reap_key(tname, t, name)
-      if r == 'removed' then removed = removed + 1 end
-      if r == 'busy' then redis.call('ZADD', LIM[tname].members, NOW, name) end
+      if r == 'removed' then
+        removed = removed + 1
+      else   -- in use (or not this template's to judge): looked at now, so the next call looks on
+        redis.call('ZADD', LIM[tname].members, NOW, name)
+      end
       LIM[name], CFG[name], NEEDKEY[name] = nil, nil, nil
     end
   end
