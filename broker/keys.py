@@ -81,6 +81,33 @@ def template_prefix(name: str) -> str:
     return name[:-1]
 
 
+# Run-scoped limits (executors' ``scope="run"``): ``run-<run_id>:<tag>``, made when an executor
+# starts and deleted when it shuts down. Metrics aggregate them per tag (see ``metrics_group``).
+RUN_PREFIX = "run-"
+RUN_GROUP_ID = "*"  # the run id in the name of a run-scoped limits' aggregate: ``run-*:<tag>``
+_RUN_RE = re.compile(r"^run-([^:*]+):(.+)$")
+
+
+def run_prefix(run_id: str) -> str:
+    """The prefix of every limit of one executor run: ``run-<run_id>:``."""
+    return f"{RUN_PREFIX}{run_id}:"
+
+
+def metrics_group(name: str) -> str | None:
+    """The aggregate a limit's metrics go to by default, or None if it has series of its own.
+
+    The one rule of metric cardinality: a run-scoped limit ``run-<id>:<tag>`` goes to
+    ``run-*:<tag>`` (one series per tag however many runs come and go). Keys made from a
+    template go to the template: the scripts keep that aggregate in Redis (the template's own
+    counters and holders), so the collector never lists such keys unless asked for per-key series.
+    A run id with ``:`` or ``*`` in it is not recognised (the executors' ids have neither).
+    """
+    m = _RUN_RE.match(name)
+    if m is None:  # ([^:*]+: an aggregate's own name ``run-*:<tag>`` is no run's)
+        return None
+    return f"{run_prefix(RUN_GROUP_ID)}{m.group(2)}"
+
+
 def check_limit_name(name: object) -> str:
     """A limit or a template: a limit name, or one followed by ``*`` (``tenant:*``)."""
     if isinstance(name, str) and name.endswith("*"):

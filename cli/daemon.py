@@ -81,8 +81,9 @@ LEVELS = ("debug", "info", "warning", "error")
     type=click.IntRange(0, 100_000),
     default=0,
     metavar="N",
-    help="Also export series for up to N keys of each template (most recently active first). "
-    "Default 0: a template's keys are aggregated under the template's name.",
+    help="Also export series for up to N keys of each template (most recently active first) and "
+    "N run-scoped limits of each executor tag (most recently created first). Default 0: a "
+    "template's keys are aggregated under the template's name, runs under run-*:TAG.",
 )
 @pass_app
 def daemon(

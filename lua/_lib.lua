@@ -23,7 +23,8 @@
 -- ARGV[1] = n, ARGV[2..n+1] = limit names (aligned with the per-limit keys); script arguments follow,
 -- ARGV[A0 + k] being the k-th one. A caller naming a key that may come from a template also names
 -- every template whose prefix matches it (the client reads the templates SET); the script picks the
--- longest one. Scripts never build key names.
+-- longest one. Scripts never build key names, but for one bounded exception: the lazy idle reap
+-- (reap_lazy below) derives an idle key's keys from its template's.
 --
 -- Records (msgpack maps, single-letter fields to keep memory per lease small):
 --   lease:  n=names, o=occupy, m=holder meta map, a=acquired ms, r=renewed ms, e=expiry ms,
@@ -378,6 +379,84 @@ local function rate_take(name, c, id, occ)
 end
 
 -- ---- tickets and queues ----------------------------------------------------------------------
+
+-- ---- idle keys made from templates: removed after the template's --idle-ttl ----------------------
+
+local LAZY_REAP = 2   -- idle keys of a template one acquire of one of its keys removes, at most
+
+-- Is key `name` (config c) empty enough to remove: no live holder, no waiter, an empty rate window
+-- (so no rate state is lost)? Purges its expired holder entries and old rate batches first.
+-- The one definition of "idle" (reap_idle.lua and the lazy reap below).
+local function key_empty(name, c)
+  local L = LIM[name]
+  purge_holders(name, PURGE_BATCH)
+  local empty = used(name) == 0 and redis.call('ZCARD', L.holders) == 0
+    and redis.call('ZCARD', L.queue) == 0
+  if empty and c.rate_n then rate_used(name, c) end   -- drops batches that left the window
+  if empty then empty = redis.call('ZCARD', L.rate) == 0 end
+  return empty
+end
+
+-- Remove key `name` made from template `tname` (config t) if its last activity is older than the
+-- template's --idle-ttl and it is empty. Returns 'removed', 'busy' (idle long enough, but in use)
+-- or nil (not idle, or made from another template).
+local function reap_key(tname, t, name)
+  local L = LIM[name]
+  local last = tonumber(redis.call('ZSCORE', LIM[tname].members, name))
+  local c = cfg(name)
+  if last and c and c.tpl == tname and last <= NOW - t.idle then
+    if not key_empty(name, c) then return 'busy' end
+    redis.call('DEL', L.cfg, L.holders, L.queue, L.rate)
+    redis.call('ZREM', LIM[tname].members, name)
+    CFG[name] = false
+    emit('limit', '', {name}, 0, nil, 'idle key removed (template ' .. tname .. ')')
+    return 'removed'
+  elseif last and not c and not NEEDKEY[name] and redis.call('EXISTS', L.cfg) == 0 then
+    redis.call('ZREM', LIM[tname].members, name)   -- gone already
+    return 'removed'
+  end
+  return nil
+end
+
+-- The keys of `name`, a key made from template `tname`, derived from the template's own keys (the
+-- one place a script names keys it was not passed: same namespace prefix, so the same hash slot;
+-- see the key table in broker/keys.py). Nil if the template's config key has another shape.
+local function key_layout(tname, name)
+  local tcfg = LIM[tname].cfg
+  local tail = 'limit:' .. tname
+  if string.sub(tcfg, -#tail) ~= tail then return nil end
+  local base = string.sub(tcfg, 1, #tcfg - #tail)
+  return {cfg = base .. 'limit:' .. name, holders = base .. 'holders:' .. name,
+          queue = base .. 'queue:' .. name, rate = base .. 'rate:' .. name,
+          members = base .. 'keys:' .. name}
+end
+
+-- Lazy idle removal (no daemon needed): a call using a key made from template `tname` also
+-- removes up to LAZY_REAP of its keys idle past --idle-ttl, least recently active first. Names
+-- this call was passed are never candidates. A candidate not removed (still in use) counts as
+-- active now, so the next call looks past it. Cost: one ZRANGE BYSCORE LIMIT on keys:<template> (O(log N)) and at most
+-- LAZY_REAP checks (each O(purge batch)). Returns the number of keys removed.
+local function reap_lazy(tname)
+  local t = cfg(tname)
+  if not t or not t.template then return 0 end
+  local removed = 0
+  local cands = redis.call('ZRANGE', LIM[tname].members, '-inf', fmt(NOW - t.idle), 'BYSCORE',
+    'LIMIT', 0, LAZY_REAP)
+  for _, name in ipairs(cands) do
+    local L = not LIM[name] and key_layout(tname, name)
+    if L then
+      LIM[name] = L
+      local r = reap_key(tname, t, name)
+      if r == 'removed' then
+        removed = removed + 1
+      else   -- in use (or not this template's to judge): looked at now, so the next call looks on
+        redis.call('ZADD', LIM[tname].members, NOW, name)
+      end
+      LIM[name], CFG[name], NEEDKEY[name] = nil, nil, nil
+    end
+  end
+  return removed
+end
 
 -- Remove a ticket everywhere we can (queues whose keys were passed; others clean lazily).
 local function drop_ticket(id, rec)

@@ -15,7 +15,9 @@
 --        | {REJECTED, reason, name, cap} | {NEED_KEYS, template} | {QUEUE_FULL, name, max}
 -- Idempotent on id: a re-sent call returns the same lease (or, units only, finds its batch in the
 -- window), or re-examines the same ticket (that is how a waiter told 'r' or 'd' asks again).
--- Complexity: O(n * (log N + purge batch)) for n limits with N holders each.
+-- A key made from a template also removes up to LAZY_REAP (2) of that template's keys idle past
+-- its --idle-ttl (reap_lazy in _lib.lua).
+-- Complexity: O(n * (log N + purge batch)) for n limits with N holders (or template keys) each.
 local id = ARGV[A0 + 1]
 local occ = tonumber(ARGV[A0 + 2])
 local ttl = tonumber(ARGV[A0 + 3])
@@ -67,6 +69,16 @@ for _, name in ipairs(REQ) do
   if cap then
     emit('reject', id, REQ, occ, meta, 'exceeds ' .. name)
     return {OCCUPY_EXCEEDS, name, cap}
+  end
+end
+
+-- idle keys of the templates used here go without a daemon: a few per call (see reap_lazy)
+local reaped = {}
+for _, name in ipairs(REQ) do
+  local tname = cfg(name).tpl
+  if tname and not reaped[tname] then
+    reaped[tname] = true
+    reap_lazy(tname)
   end
 end
 

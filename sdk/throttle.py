@@ -34,7 +34,7 @@ from slotkeeper.broker.errors import (
     LimitNotFound,
     SlotkeeperError,
 )
-from slotkeeper.broker.keys import check_name
+from slotkeeper.broker.keys import check_name, run_prefix
 from slotkeeper.broker.protocol import check_slots
 from slotkeeper.lease import Lease
 from slotkeeper.limiter import Limiter, get_limiter
@@ -233,7 +233,7 @@ class ThrottlePlan:
 
     @property
     def prefix(self) -> str:
-        return f"run-{self.run_id}:"
+        return run_prefix(self.run_id)
 
     def limit_name(self, tag: str) -> str:
         """The limit a throttled tag maps to (templates resolve where the task runs)."""

@@ -159,3 +159,18 @@ def test_cli_and_daemon_against_the_cluster(cluster: ClusterSetup) -> None:
     assert "render" in cli(cluster.url, ns, "show", "render")
     listed = {d["name"]: d for d in json.loads(cli(cluster.url, ns, "--json", "ls"))}
     assert listed["render"]["expired"] == 3 and listed["render"]["used"] == 0
+
+
+def test_lazy_idle_reap_works_on_a_cluster(cluster: ClusterSetup) -> None:
+    """The lazy idle reap names keys it was not passed (derived from its template's): they are in
+    the namespace's hash slot, so the shard runs it like any other acquire."""
+    lim = Limiter(cluster.url, "lazyreap", ttl=5)
+    b = lim.broker
+    b.create_limit("cz:*", 1, idle_ttl="1s")
+    lim.acquire("cz:a").release()
+    lim.acquire("cz:b").release()
+    deadline = b.server_time_ms() + 1100
+    while b.server_time_ms() < deadline:
+        time.sleep(0.05)
+    lim.acquire("cz:c").release()
+    assert [k for k, _ in b.template_keys("cz:*")] == ["cz:c"]

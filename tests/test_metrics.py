@@ -13,6 +13,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.collector import SlotkeeperCollector, wait_histogram
+from slotkeeper.broker.errors import LimitNotFound
 from slotkeeper.broker.keys import WAIT_BUCKETS_MS
 from slotkeeper.broker.readmodel import read_limit, wait_quantile
 from slotkeeper.broker.records import GRANTED, QUEUED, Counters
@@ -232,3 +233,135 @@ def test_two_daemons_export_the_same_figures(
     for name in (*LIMIT_METRICS, *COUNTERS):
         v1 = metric(s1, name, namespace=namespace, limit="shared")
         assert v1 is not None and v1 == metric(s2, name, namespace=namespace, limit="shared")
+
+
+def test_run_scoped_limits_aggregate_per_tag_across_runs(
+    redis_server: RedisProc, namespace: str, daemons: Callable[..., DaemonProc]
+) -> None:
+    """Two executor runs one after the other: one series per tag (``run-*:TAG``), whatever the
+    number of runs; gauges and counters equal the sums read from Redis; counters never go down
+    when a run's limits are deleted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from slotkeeper import ThrottledExecutor, tagged
+
+    b = Broker.from_url(redis_server.url, namespace)
+    lim = Limiter(redis_server.url, namespace, ttl=5)
+    b.create_limit("plain", 1)  # a limit of its own: a series of its own, as before
+    d = daemons(redis_server.url, namespace, "--interval", "0.2", "--scrape-cache", "0")
+    ns = namespace
+    io, cpu = "run-*:io", "run-*:cpu"
+    release = threading.Event()
+
+    @tagged("io")
+    def io_task() -> None:
+        release.wait(30)
+
+    @tagged("cpu")
+    def cpu_task() -> None:
+        pass
+
+    def run_labels(s: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> set[str]:
+        return {dict(k[1]).get("limit", "") for k in s} - {"", "plain"}
+
+    totals: list[dict[str, float]] = []
+    keys_after: list[set[tuple[str, tuple[tuple[str, str], ...]]]] = []
+    for run in range(2):
+        release.clear()
+        ex = ThrottledExecutor(ThreadPoolExecutor(4), throttle={"io": 1, "cpu": 2}, limiter=lim)
+        name = ex.limits["io"]
+        assert name.startswith("run-") and name != io
+        for _ in range(3):
+            ex.submit(cpu_task).result(10)
+        first, second = ex.submit(io_task), ex.submit(io_task)  # one holds io, one waits
+        wait_for(lambda n=name: b.snapshot(n).used == 1 and b.snapshot(n).n_waiters == 1)
+        s = d.scrape()
+        assert run_labels(s) == {io, cpu}  # never a series of one run
+        snap = b.snapshot(name)
+        carried = totals[-1] if totals else {}
+        # gauges: the live run's figures in Redis (the earlier run is gone)
+        assert metric(s, "slotkeeper_limit_slots", namespace=ns, limit=io) == snap.config.slots
+        assert metric(s, "slotkeeper_limit_slots_in_use", namespace=ns, limit=io) == snap.used
+        assert metric(s, "slotkeeper_limit_leases", namespace=ns, limit=io) == 1
+        assert metric(s, "slotkeeper_limit_waiters", namespace=ns, limit=io) == snap.n_waiters
+        # counters: the earlier runs' totals plus this run's, as Redis has them
+        cpu_snap = b.snapshot(ex.limits["cpu"])
+        assert metric(s, "slotkeeper_acquired_total", namespace=ns, limit=cpu) == (
+            carried.get("cpu_acquired", 0) + cpu_snap.counters.acquired
+        )
+        assert metric(s, "slotkeeper_acquired_total", namespace=ns, limit=io) == (
+            carried.get("io_acquired", 0) + snap.counters.acquired
+        )
+        release.set()
+        first.result(10)
+        second.result(10)
+        s = d.scrape()  # the run's final figures, seen before its limits go
+        final = {
+            "io_acquired": metric(s, "slotkeeper_acquired_total", namespace=ns, limit=io) or 0,
+            "io_released": metric(s, "slotkeeper_released_total", namespace=ns, limit=io) or 0,
+            "cpu_acquired": metric(s, "slotkeeper_acquired_total", namespace=ns, limit=cpu) or 0,
+        }
+        assert final == {"io_acquired": 2.0 * (run + 1), "io_released": 2.0 * (run + 1),
+                         "cpu_acquired": 3.0 * (run + 1)}
+        ex.shutdown()
+        with pytest.raises(LimitNotFound):
+            b.snapshot(name)  # the run's limits are deleted
+        s = d.scrape()
+        after = {
+            "io_acquired": metric(s, "slotkeeper_acquired_total", namespace=ns, limit=io) or 0,
+            "io_released": metric(s, "slotkeeper_released_total", namespace=ns, limit=io) or 0,
+            "cpu_acquired": metric(s, "slotkeeper_acquired_total", namespace=ns, limit=cpu) or 0,
+        }
+        assert after == final  # counters do not go down when the run's limits are deleted
+        assert metric(s, "slotkeeper_limit_slots_in_use", namespace=ns, limit=io) == 0
+        assert metric(s, "slotkeeper_limit_slots", namespace=ns, limit=io) == 0  # no live run
+        assert metric(s, "slotkeeper_limit_enabled", namespace=ns, limit=io) is None
+        bucket = ("slotkeeper_wait_seconds_count", (("limit", io), ("namespace", ns)))
+        assert s[bucket] == 2.0 * (run + 1)
+        totals.append(final)
+        keys_after.append({k for k in s if dict(k[1]).get("limit")})
+    assert keys_after[0] == keys_after[1]  # the series do not grow with the number of runs
+
+
+def test_concurrent_runs_sum_and_per_key_series_are_opt_in(
+    redis_server: RedisProc, namespace: str
+) -> None:
+    from prometheus_client import generate_latest
+
+    from slotkeeper.throttle import ThrottlePlan
+
+    b = Broker.from_url(redis_server.url, namespace)
+    lim = Limiter(redis_server.url, namespace, ttl=5)
+    plans = [ThrottlePlan({"io": n}, limiter=lim) for n in (2, 3)]
+    for p in plans:
+        p.setup()
+        time.sleep(0.01)  # created in different milliseconds: "most recent" is the second
+    names = [p.limits["io"] for p in plans]
+    held = [lim.acquire(names[0]), lim.acquire(names[1], occupy=2)]
+    lim.acquire(names[1]).release()
+
+    def scrape(per_key: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        reg = CollectorRegistry()
+        reg.register(SlotkeeperCollector(b, cache_seconds=0, per_key=per_key))
+        return {
+            (smp.name, tuple(sorted(smp.labels.items()))): smp.value
+            for fam in text_string_to_metric_families(generate_latest(reg).decode())
+            for smp in fam.samples
+        }
+
+    s = scrape(0)
+    ns, agg = namespace, "run-*:io"
+    assert {dict(k[1]).get("limit") for k in s} - {None} == {agg}
+    assert metric(s, "slotkeeper_limit_slots", namespace=ns, limit=agg) == 5  # 2 + 3
+    assert metric(s, "slotkeeper_limit_slots_in_use", namespace=ns, limit=agg) == 3  # 1 + 2
+    assert metric(s, "slotkeeper_limit_leases", namespace=ns, limit=agg) == 2
+    assert metric(s, "slotkeeper_acquired_total", namespace=ns, limit=agg) == 3
+    assert metric(s, "slotkeeper_released_total", namespace=ns, limit=agg) == 1
+    s = scrape(1)  # opt-in: also the most recently created run's own series
+    labels = {dict(k[1]).get("limit") for k in s} - {None}
+    assert labels == {agg, names[1]}
+    assert metric(s, "slotkeeper_limit_slots_in_use", namespace=ns, limit=names[1]) == 2
+    for lease in held:
+        lease.release()
+    for p in plans:
+        p.cleanup()

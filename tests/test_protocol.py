@@ -126,3 +126,16 @@ def test_validation_rules_are_shared() -> None:
         P.check_names(["a", "a"])
     with pytest.raises(ValueError):
         P.check_seconds(-1, "op_timeout")
+
+
+def test_lazy_reap_derives_key_names_the_way_keys_py_makes_them() -> None:
+    """lua/_lib.lua key_layout: an idle key's five keys from its template's config key."""
+    tpl, key = "tenant:*", "tenant:acme"
+    tcfg = KEYS.limit(tpl)[0]
+    base = tcfg[: -len("limit:" + tpl)]
+    assert tcfg.endswith("limit:" + tpl)
+    kinds = ("limit", "holders", "queue", "rate", "keys")
+    assert KEYS.limit(key) == [base + kind + ":" + key for kind in kinds]
+    lib = lua_files()["_lib.lua"]
+    for kind in kinds:
+        assert f"base .. '{kind}:' .. name" in lib

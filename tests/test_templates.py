@@ -175,7 +175,9 @@ def test_total_from_several_processes(redis_server: RedisProc, namespace: str,
 
 def test_idle_keys_go_away(limiter: Limiter) -> None:
     b = limiter.broker
-    b.create_limit("idle:*", 1, rate="5/s", idle_ttl="1s")
+    # 3 s: the 21 acquires below (each may also reap idle keys lazily) finish well before any
+    # of their keys is idle, so the count before reap_idle is exact
+    b.create_limit("idle:*", 1, rate="5/s", idle_ttl="3s")
     pattern = b.keys.pattern()
     baseline = sorted(k for k in b.redis.scan_iter(pattern))
     for i in range(20):
@@ -300,3 +302,92 @@ def test_metrics_aggregate_template_keys_unless_asked(limiter: Limiter) -> None:
     assert sum(f'slotkeeper_limit_slots_in_use{{limit="m:{i}"' in per_key for i in range(5)) == 3
     for lease in held:
         lease.release()
+
+
+LAZY_REAP = 2  # lua/_lib.lua: idle keys one acquire of a template's key removes, at most
+
+
+def wait_all_idle(b: Broker, template: str, idle_ms: int) -> None:
+    """Until every key of `template` was last active more than `idle_ms` ago (server clock)."""
+
+    def idle() -> bool:
+        last = max(ms for _, ms in b.template_keys(template))
+        return b.server_time_ms() - last > idle_ms + 50
+
+    wait_for(idle)
+
+
+def test_acquires_remove_idle_keys_without_a_daemon(limiter: Limiter) -> None:
+    b = limiter.broker  # no daemon, no reap_idle call: only the acquires below
+    b.create_limit("lz:*", 1, idle_ttl="1s")
+    for k in "abcdef":
+        limiter.acquire(f"lz:{k}").release()
+    assert len(b.template_keys("lz:*")) == 6
+    wait_all_idle(b, "lz:*", 1000)
+    limiter.acquire("lz:next").release()  # removes the LAZY_REAP least recently active, no more
+    assert {k for k, _ in b.template_keys("lz:*")} == {"lz:c", "lz:d", "lz:e", "lz:f", "lz:next"}
+    with pytest.raises(LimitNotFound):
+        b.snapshot("lz:a")
+    assert b.redis.exists(*b.keys.limit("lz:a")[:4]) == 0  # config, holders, queue, rate: gone
+    assert [e.detail for e in ReadModel(b).events(limit="lz:b") if e.kind == "limit"] == [
+        "idle key removed (template lz:*)"
+    ]
+    wait_all_idle(b, "lz:*", 1000)
+    # lz:c is idle and the oldest, but the acquire names it: never a candidate of its own call
+    limiter.acquire("lz:c").release()
+    assert {k for k, _ in b.template_keys("lz:*")} == {"lz:c", "lz:e", "lz:f", "lz:next"}
+    assert b.snapshot("lz:c").config.template == "lz:*"
+    limiter.acquire("lz:c").release()
+    limiter.acquire("lz:c").release()
+    assert {k for k, _ in b.template_keys("lz:*")} == {"lz:c"}
+    limiter.acquire("lz:a").release()  # made again on next use
+    assert b.snapshot("lz:a").config.template == "lz:*"
+
+
+def test_lazy_reap_never_removes_a_key_in_use(limiter: Limiter) -> None:
+    b = limiter.broker
+    b.create_limit("lw:*", 1, total=1, idle_ttl="1s")
+    b.create_limit("lr:*", 1, rate="1/min", idle_ttl="1s")
+    limiter.acquire("lw:idle").release()  # positive control: idle and empty
+    held = limiter.acquire("lw:held")  # a live holder
+    granted = threading.Event()
+
+    def waiter() -> None:  # a waiter and nothing else: blocked by the template's --total
+        lease = limiter.acquire("lw:wait", timeout=60)
+        granted.set()
+        lease.release()
+
+    t = threading.Thread(target=waiter, daemon=True)
+    t.start()
+    try:
+        check_keys_in_use_stay(b, limiter)
+    finally:
+        held.release()
+    assert granted.wait(30)
+    t.join(10)
+
+
+def check_keys_in_use_stay(b: Broker, limiter: Limiter) -> None:
+    wait_for(lambda: "lw:wait" in {k for k, _ in b.template_keys("lw:*")})
+    wait_for(lambda: b.snapshot("lw:wait").n_waiters == 1)
+    assert b.snapshot("lw:wait").used == 0
+    limiter.acquire("lr:rate").release()  # a rate unit in its window (1 min), no holder
+    wait_all_idle(b, "lw:*", 1000)
+    wait_all_idle(b, "lr:*", 1000)
+    for i in range(3):  # more calls than needed to remove every idle key of each template
+        with pytest.raises(AcquireTimeout):
+            limiter.acquire(f"lw:x{i}", timeout=0)  # --total is full; the call still reaps
+        limiter.acquire(f"lr:x{i}").release()
+    keys = {k for k, _ in b.template_keys("lw:*")}
+    assert "lw:idle" not in keys  # the control went: these acquires do reap
+    assert {"lw:held", "lw:wait"} <= keys
+    assert b.snapshot("lw:held").used == 1
+    assert b.snapshot("lw:wait").n_waiters == 1
+    assert "lr:rate" in {k for k, _ in b.template_keys("lr:*")}
+    assert b.snapshot("lr:rate").rate_in_window == 1
+    # once the window is shorter than its batch's age, the same key goes (positive control)
+    b.update_limit("lr:*", rate="1/s")
+    wait_all_idle(b, "lr:*", 1000)
+    limiter.acquire("lr:y").release()
+    limiter.acquire("lr:z").release()
+    assert "lr:rate" not in {k for k, _ in b.template_keys("lr:*")}

@@ -48,6 +48,28 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{QUEUE}::test_acquire_purges_expired_holders_without_a_daemon",),
     ),
     Mutant(
+        "idle keys: an acquire never removes its template's idle keys (only the daemon does)",
+        "lua/acquire.lua",
+        "    reap_lazy(tname)\n",
+        "",
+        ("tests/test_templates.py::test_acquires_remove_idle_keys_without_a_daemon",),
+    ),
+    Mutant(
+        "idle keys: a key whose only user is a waiter counts as idle and is removed",
+        "lua/_lib.lua",
+        "  local empty = used(name) == 0 and redis.call('ZCARD', L.holders) == 0\n"
+        "    and redis.call('ZCARD', L.queue) == 0\n",
+        "  local empty = used(name) == 0 and redis.call('ZCARD', L.holders) == 0\n",
+        ("tests/test_templates.py::test_lazy_reap_never_removes_a_key_in_use",),
+    ),
+    Mutant(
+        "metrics: a deleted run's counters leave its run-*:TAG aggregate (the counter goes down)",
+        "broker/collector.py",
+        "                if name not in now:\n                    self._carry(group, totals)\n",
+        "                if name not in now:\n                    pass\n",
+        ("tests/test_metrics.py::test_run_scoped_limits_aggregate_per_tag_across_runs",),
+    ),
+    Mutant(
         "push: no grant pass after set --slots",
         "lua/limit_config.lua",
         "purge_holders(name, PURGE_BATCH)\ngrant_pass(name)\n",
