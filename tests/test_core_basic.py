@@ -29,6 +29,14 @@ from slotkeeper.broker import records as R
 from tests.support.redisproc import RedisProc
 
 
+def wait_queued(limiter: Limiter, name: str, n: int = 1) -> None:
+    """Until ``n`` tickets wait on ``name`` (a definite state in Redis, not a guessed delay)."""
+    deadline = time.monotonic() + 20
+    while limiter.broker.snapshot(name).n_waiters < n:
+        assert time.monotonic() < deadline, f"no waiter queued on {name}"
+        time.sleep(0.01)
+
+
 def test_acquire_release_and_lease_fields(limiter: Limiter) -> None:
     limiter.create("db", 2)
     lease = limiter.acquire("db")
@@ -62,8 +70,8 @@ def test_timeouts(limiter: Limiter) -> None:
 
     th = threading.Thread(target=waiter)
     th.start()
-    time.sleep(0.3)
-    assert not got
+    wait_queued(limiter, "one")  # refused while the slot is held: its ticket waits
+    assert limiter.broker.snapshot("one").used == 1 and not got
     held.release()
     th.join(20)
     assert got
@@ -115,9 +123,12 @@ def test_enabling_and_raising_slots_grants_waiters(limiter: Limiter) -> None:
 
     th = threading.Thread(target=waiter)
     th.start()
-    time.sleep(0.2)
+    wait_queued(limiter, "gate")
     assert not done.is_set()
+    acquired = limiter.broker.snapshot("gate").counters.acquired
     limiter.set("gate", slots=2)  # raising slots grants the head ticket in the same script
+    snap = limiter.broker.snapshot("gate")  # granted by the time set() returned
+    assert snap.n_waiters == 0 and snap.counters.acquired == acquired + 1
     assert done.wait(10)
     a.release()
     th.join()
@@ -292,9 +303,9 @@ def test_every_key_carries_the_namespace_hash_tag(limiter: Limiter) -> None:
     limiter.create("k1", 1)
     limiter.create("k2", 1)
     a = limiter.acquire("k1", "k2")
-    t = threading.Thread(target=lambda: limiter.acquire("k1", timeout=1).release())
+    t = threading.Thread(target=lambda: limiter.acquire("k1", timeout=30).release())
     t.start()
-    time.sleep(0.3)
+    wait_queued(limiter, "k1")  # its ticket's keys exist too
     keys = [k.decode() for k in limiter.broker.redis.scan_iter(match="*")]
     mine = [k for k in keys if limiter.namespace in k]
     assert mine and all(k.startswith(f"sk:{{{limiter.namespace}}}:") for k in mine)

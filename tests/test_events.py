@@ -134,8 +134,12 @@ def test_sdk_flow_events_and_filters(redis_server: RedisProc, namespace: str) ->
     assert len(model.events(limit="b")) == 5
     assert [e.kind for e in model.events(count=2)] == ["grant", "release"]  # the newest two
     assert model.events(since_s=3600) == model.events()
-    time.sleep(1.1)
-    assert model.events(since_s=1) == []
+    time.sleep(2.1)  # the window is by the server's clock: every event so far is older than 2 s
+    assert model.events(since_s=2) == []
+    # positive control, same window and reader: a fresh event is in it, and only that
+    assert lim.acquire("a", label="fresh").release()
+    fresh = model.events(since_s=2)
+    assert [(e.kind, e.label) for e in fresh] == [("grant", "fresh"), ("release", "fresh")]
 
     out = sk(redis_server.url, namespace, "--json", "events", "--limit", "b")
     lines = [json.loads(x) for x in out.stdout.splitlines()]
