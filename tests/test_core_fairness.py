@@ -104,7 +104,8 @@ def test_grants_are_pushed_not_polled(limiter: Limiter, monkeypatch: pytest.Monk
     limiter.create("push", 1)
     holder = limiter.acquire("push")
     got = threading.Event()
-    t = threading.Thread(target=lambda: (limiter.acquire("push").release(), got.set()))
+    t = threading.Thread(target=lambda: (limiter.acquire("push").release(), got.set()),
+                         daemon=True)  # a missed push leaves it waiting for the poll
     t.start()
     wait_until(lambda: limiter.broker.snapshot("push").n_waiters == 1)
     holder.release()
@@ -121,7 +122,8 @@ def test_cross_limit_waiter_woken_by_release_of_other_limit(
     limiter.create("b", 1)
     ha = limiter.acquire("a")
     got = threading.Event()
-    t = threading.Thread(target=lambda: (limiter.acquire("a", "b").release(), got.set()))
+    t = threading.Thread(target=lambda: (limiter.acquire("a", "b").release(), got.set()),
+                         daemon=True)  # a missed push leaves it waiting for the poll
     t.start()
     wait_until(lambda: limiter.broker.snapshot("a").n_waiters == 1)
     ha.release()
