@@ -10,6 +10,9 @@ PATIENCE for a wake-up fails when the push is missing instead of being rescued b
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 import slotkeeper.limiter as limiter_mod
@@ -29,3 +32,24 @@ def push_only(monkeypatch: pytest.MonkeyPatch, *limiters: Limiter) -> None:
     for lim in limiters:
         lim.slow_wait = 0.0
         lim.ttl = LONG_TTL
+
+
+def check_pushed_grant(lim: Limiter, name: str) -> None:
+    """Under ``push_only``: a waiter on ``name`` (a 1-slot limit, free) is woken by the release
+    of the slot's holder within PATIENCE, which only the pushed grant can do."""
+    holder = lim.acquire(name)
+    got = threading.Event()
+
+    def waiter() -> None:
+        lim.acquire(name, timeout=POLL).release()
+        got.set()
+
+    t = threading.Thread(target=waiter, daemon=True)  # a missed push leaves it to the poll
+    t.start()
+    deadline = time.monotonic() + 20
+    while lim.broker.snapshot(name).n_waiters == 0:
+        assert time.monotonic() < deadline, "the waiter never queued"
+        time.sleep(0.02)
+    assert holder.release()
+    assert got.wait(PATIENCE), f"the waiter on {name} was not woken by the pushed grant"
+    t.join(PATIENCE)
