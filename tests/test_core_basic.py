@@ -26,6 +26,7 @@ from slotkeeper import (
     limited,
 )
 from slotkeeper.broker import records as R
+from tests.support.push import PATIENCE, push_only
 from tests.support.redisproc import RedisProc
 
 
@@ -342,7 +343,10 @@ def test_decorator_async_and_pickle(limiter: Limiter) -> None:
     assert limiter.broker.snapshot("deco").used == 0
 
 
-def test_async_waiter_is_woken(limiter: Limiter) -> None:
+def test_async_waiter_is_woken(limiter: Limiter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waiting tasks are woken on their loop by the pushed grant (every poll is pushed out far
+    beyond the patience: tests/support/push.py)."""
+    push_only(monkeypatch, limiter)
     limiter.create("aw", 1)
 
     async def main() -> list[str]:
@@ -354,7 +358,7 @@ def test_async_waiter_is_woken(limiter: Limiter) -> None:
                 await asyncio.sleep(0.05)
                 order.append(tag + "-")
 
-        await asyncio.gather(job("a"), job("b"), job("c"))
+        await asyncio.wait_for(asyncio.gather(job("a"), job("b"), job("c")), PATIENCE)
         return order
 
     order = asyncio.run(main())

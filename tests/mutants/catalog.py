@@ -54,6 +54,13 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
     ),
     Mutant(
+        "push: a pushed notification never wakes a waiting asyncio task",
+        "sdk/runtime.py",
+        "                self._loop.call_soon_threadsafe(self._aevent.set)\n",
+        "                pass\n",
+        ("tests/test_core_basic.py::test_async_waiter_is_woken",),
+    ),
+    Mutant(
         "heartbeat: a renewal does not extend the lease's expiry",
         "lua/heartbeat.lua",
         "  local exp = NOW + ttl\n",
