@@ -55,24 +55,24 @@ TEMPLATE_CACHE_S = 2.0  # how long a process trusts its copy of a namespace's te
 # -- validation (one rule each) ---------------------------------------------------------------
 
 
+def check_int(v: object, what: str, lo: int, hi: int, *, low: str, high: str = "") -> int:
+    """``v`` if it is an int (a bool is not) in ``lo..hi``: else InvalidType, or InvalidArgument
+    saying "<what> must be " + ``low`` (below ``lo``; also above ``hi`` when no ``high`` is
+    given) or ``high`` (above ``hi``), with ``{v}`` replaced by the value."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InvalidType(f"{what} must be an int, not {type(v).__name__}")
+    if not lo <= v <= hi:
+        bound = high if v > hi and high else low
+        raise InvalidArgument(f"{what} must be {bound.format(v=v)}")
+    return v
+
+
 def check_slots(slots: object) -> int:
-    if isinstance(slots, bool) or not isinstance(slots, int):
-        raise InvalidType(f"slots must be an int, not {type(slots).__name__}")
-    if slots < 0:
-        raise InvalidArgument(f"slots must be >= 0, got {slots}")
-    if slots > 10**9:
-        raise InvalidArgument(f"slots must be <= 1e9, got {slots}")
-    return slots
+    return check_int(slots, "slots", 0, 10**9, low=">= 0, got {v}", high="<= 1e9, got {v}")
 
 
 def check_occupy(occupy: object) -> int:
-    if isinstance(occupy, bool) or not isinstance(occupy, int):
-        raise InvalidType(f"occupy must be an int, not {type(occupy).__name__}")
-    if occupy < 1:
-        raise InvalidArgument(f"occupy must be >= 1, got {occupy}")
-    if occupy > 10_000:
-        raise InvalidArgument(f"occupy must be <= 10000, got {occupy}")
-    return occupy
+    return check_int(occupy, "occupy", 1, 10_000, low=">= 1, got {v}", high="<= 10000, got {v}")
 
 
 def check_ttl(ttl: object, what: str = "ttl") -> float:
@@ -95,27 +95,16 @@ def check_seconds(value: object, what: str, *, allow_none: bool = True) -> float
 
 
 def check_priority(priority: object) -> int:
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise InvalidType(f"priority must be an int, not {type(priority).__name__}")
-    if abs(priority) > MAX_PRIORITY:
-        raise InvalidArgument(f"priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
-    return priority
+    return check_int(priority, "priority", -MAX_PRIORITY, MAX_PRIORITY,
+                     low=f"between -{MAX_PRIORITY} and {MAX_PRIORITY}")
 
 
 def check_max_waiters(v: object) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise InvalidType(f"max_waiters must be an int, not {type(v).__name__}")
-    if not 0 <= v <= 10**9:
-        raise InvalidArgument(f"max_waiters must be between 0 and 1e9, got {v}")
-    return v
+    return check_int(v, "max_waiters", 0, 10**9, low="between 0 and 1e9, got {v}")
 
 
 def check_total(v: object) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise InvalidType(f"total must be an int, not {type(v).__name__}")
-    if not 1 <= v <= 10**9:
-        raise InvalidArgument(f"total must be between 1 and 1e9, got {v}")
-    return v
+    return check_int(v, "total", 1, 10**9, low="between 1 and 1e9, got {v}")
 
 
 def check_names(names: Iterable[object]) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from slotkeeper.broker.keys import Keys
 from tests.support.chaos import Pool
 from tests.support.cluster import ClusterSetup
 from tests.support.observer import check
+from tests.support.push import check_pushed_grant, push_only
 
 CLI = [sys.executable, "-m", "slotkeeper.cli"]
 
@@ -89,6 +90,18 @@ def test_namespaces_spread_over_shards_and_everything_works(cluster: ClusterSetu
     with ThreadPoolExecutor(3) as pool:  # the shards work independently, at the same time
         for f in [pool.submit(exercise, cluster, port, ns) for port, ns in spread.items()]:
             f.result()
+
+
+def test_grants_are_pushed_on_every_shard(
+        cluster: ClusterSetup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pub/sub across the cluster: a namespace on each node, every poll pushed out of the way,
+    and a release still wakes its waiter (``exercise`` also passes on heartbeat reports alone)."""
+    for ns in namespaces_on_every_node(cluster, "push").values():
+        lim = Limiter(cluster.url, ns)
+        push_only(monkeypatch, lim)
+        lim.create("gpu", 1)
+        check_pushed_grant(lim, "gpu")
+        lim.runtime.close()
 
 
 def test_worker_processes_through_the_cluster(cluster: ClusterSetup, tmp_path: Path) -> None:

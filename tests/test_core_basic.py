@@ -26,7 +26,16 @@ from slotkeeper import (
     limited,
 )
 from slotkeeper.broker import records as R
+from tests.support.push import PATIENCE, push_only
 from tests.support.redisproc import RedisProc
+
+
+def wait_queued(limiter: Limiter, name: str, n: int = 1) -> None:
+    """Until ``n`` tickets wait on ``name`` (a definite state in Redis, not a guessed delay)."""
+    deadline = time.monotonic() + 20
+    while limiter.broker.snapshot(name).n_waiters < n:
+        assert time.monotonic() < deadline, f"no waiter queued on {name}"
+        time.sleep(0.01)
 
 
 def test_acquire_release_and_lease_fields(limiter: Limiter) -> None:
@@ -62,8 +71,8 @@ def test_timeouts(limiter: Limiter) -> None:
 
     th = threading.Thread(target=waiter)
     th.start()
-    time.sleep(0.3)
-    assert not got
+    wait_queued(limiter, "one")  # refused while the slot is held: its ticket waits
+    assert limiter.broker.snapshot("one").used == 1 and not got
     held.release()
     th.join(20)
     assert got
@@ -115,9 +124,12 @@ def test_enabling_and_raising_slots_grants_waiters(limiter: Limiter) -> None:
 
     th = threading.Thread(target=waiter)
     th.start()
-    time.sleep(0.2)
+    wait_queued(limiter, "gate")
     assert not done.is_set()
+    acquired = limiter.broker.snapshot("gate").counters.acquired
     limiter.set("gate", slots=2)  # raising slots grants the head ticket in the same script
+    snap = limiter.broker.snapshot("gate")  # granted by the time set() returned
+    assert snap.n_waiters == 0 and snap.counters.acquired == acquired + 1
     assert done.wait(10)
     a.release()
     th.join()
@@ -292,9 +304,9 @@ def test_every_key_carries_the_namespace_hash_tag(limiter: Limiter) -> None:
     limiter.create("k1", 1)
     limiter.create("k2", 1)
     a = limiter.acquire("k1", "k2")
-    t = threading.Thread(target=lambda: limiter.acquire("k1", timeout=1).release())
+    t = threading.Thread(target=lambda: limiter.acquire("k1", timeout=30).release())
     t.start()
-    time.sleep(0.3)
+    wait_queued(limiter, "k1")  # its ticket's keys exist too
     keys = [k.decode() for k in limiter.broker.redis.scan_iter(match="*")]
     mine = [k for k in keys if limiter.namespace in k]
     assert mine and all(k.startswith(f"sk:{{{limiter.namespace}}}:") for k in mine)
@@ -331,7 +343,10 @@ def test_decorator_async_and_pickle(limiter: Limiter) -> None:
     assert limiter.broker.snapshot("deco").used == 0
 
 
-def test_async_waiter_is_woken(limiter: Limiter) -> None:
+def test_async_waiter_is_woken(limiter: Limiter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waiting tasks are woken on their loop by the pushed grant (every poll is pushed out far
+    beyond the patience: tests/support/push.py)."""
+    push_only(monkeypatch, limiter)
     limiter.create("aw", 1)
 
     async def main() -> list[str]:
@@ -343,7 +358,7 @@ def test_async_waiter_is_woken(limiter: Limiter) -> None:
                 await asyncio.sleep(0.05)
                 order.append(tag + "-")
 
-        await asyncio.gather(job("a"), job("b"), job("c"))
+        await asyncio.wait_for(asyncio.gather(job("a"), job("b"), job("c")), PATIENCE)
         return order
 
     order = asyncio.run(main())

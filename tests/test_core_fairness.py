@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from slotkeeper import Limiter, limit
-from slotkeeper import limiter as limiter_mod
 from slotkeeper.broker import records as R
+from tests.support.push import PATIENCE, push_only
 
 
 def wait_until(pred: Any, timeout: float = 20.0) -> None:
@@ -98,16 +98,18 @@ def test_big_request_not_starved_by_stream_of_small(limiter: Limiter) -> None:
 
 
 def test_grants_are_pushed_not_polled(limiter: Limiter, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the fallback check pushed out to 60 s, a waiter is still granted right after release."""
-    monkeypatch.setattr(limiter_mod, "FALLBACK_CHECK", 60.0)
+    """With the fallback check, the slow-wait re-ask and the heartbeat pushed out to 10x the
+    patience, a waiter is still granted right after release."""
+    push_only(monkeypatch, limiter)
     limiter.create("push", 1)
-    holder = limiter.acquire("push", ttl=120)
+    holder = limiter.acquire("push")
     got = threading.Event()
-    t = threading.Thread(target=lambda: (limiter.acquire("push", ttl=120).release(), got.set()))
+    t = threading.Thread(target=lambda: (limiter.acquire("push").release(), got.set()),
+                         daemon=True)  # a missed push leaves it waiting for the poll
     t.start()
     wait_until(lambda: limiter.broker.snapshot("push").n_waiters == 1)
     holder.release()
-    assert got.wait(15), "waiter not woken by the release (only a 60 s fallback was left)"
+    assert got.wait(PATIENCE), "waiter not woken by the release (only a poll was left)"
     t.join()
 
 
@@ -115,16 +117,17 @@ def test_cross_limit_waiter_woken_by_release_of_other_limit(
         limiter: Limiter, monkeypatch: pytest.MonkeyPatch) -> None:
     """A ticket on (a, b) is at the head of a's queue; a release that only passed a's keys tells its
     process to re-ask (it cannot grant b's slots without b's keys) — still no polling."""
-    monkeypatch.setattr(limiter_mod, "FALLBACK_CHECK", 60.0)
+    push_only(monkeypatch, limiter)
     limiter.create("a", 1)
     limiter.create("b", 1)
-    ha = limiter.acquire("a", ttl=120)
+    ha = limiter.acquire("a")
     got = threading.Event()
-    t = threading.Thread(target=lambda: (limiter.acquire("a", "b", ttl=120).release(), got.set()))
+    t = threading.Thread(target=lambda: (limiter.acquire("a", "b").release(), got.set()),
+                         daemon=True)  # a missed push leaves it waiting for the poll
     t.start()
     wait_until(lambda: limiter.broker.snapshot("a").n_waiters == 1)
     ha.release()
-    assert got.wait(15)
+    assert got.wait(PATIENCE)
     t.join()
 
 

@@ -105,13 +105,25 @@ def test_sigkilled_holder_slot_granted_within_ttl_without_daemon(
     wait_for(lambda: read_events(hold_out))
     waiter = spawn("wait_one", {"url": redis_server.url, "ns": namespace, "names": ["crash"],
                                 "out": str(wait_out)})
-    wait_for(lambda: lim.broker.snapshot("crash").n_waiters == 1)
-    time.sleep(1.0)  # the holder renews meanwhile: nothing is granted while it lives
-    assert not [e for e in read_events(wait_out) if e["event"] == "granted"]
-    killed_at = time.monotonic_ns()
-    holder.send_signal(signal.SIGKILL)
-    holder.wait()
-    assert waiter.wait(30) == 0
+    try:
+        wait_for(lambda: lim.broker.snapshot("crash").n_waiters == 1)
+        first = lim.broker.snapshot("crash").holders[0]
+        # past the instant its first TTL ran out (Redis's clock): only renewals kept it, and nothing
+        # is granted while it lives
+        wait_for(lambda: lim.broker.server_time_ms() > first.acquired_ms + 2000 + 200)
+        snap = lim.broker.snapshot("crash")
+        assert [h.lease_id for h in snap.holders] == [first.lease_id] and snap.n_waiters == 1
+        assert snap.holders[0].renewed_ms > first.acquired_ms  # positive: the holder did renew
+        assert not [e for e in read_events(wait_out) if e["event"] == "granted"]
+        killed_at = time.monotonic_ns()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        assert waiter.wait(30) == 0
+    finally:  # a failed check leaves no holder or waiter process behind
+        for p in (holder, waiter):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     granted = [e for e in read_events(wait_out) if e["event"] == "granted"][0]
     delay = (granted["t"] - killed_at) / 1e9
     assert delay <= 2 + 1, f"slot came back after {delay:.2f} s (ttl 2 s)"

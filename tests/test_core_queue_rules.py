@@ -13,19 +13,17 @@ from collections.abc import Iterator
 
 import pytest
 
-import slotkeeper.limiter as limiter_module
 from slotkeeper import AcquireTimeout, Lease, Limiter
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.codes import Status
+from tests.support.push import PATIENCE, push_only
 from tests.support.redisproc import RedisProc
-
-PATIENCE = 15.0  # s a pushed promise may take here (a loaded machine); the poll is 10x that
 
 
 @pytest.fixture
 def slow_poll(monkeypatch: pytest.MonkeyPatch, limiter: Limiter) -> None:
-    monkeypatch.setattr(limiter_module, "FALLBACK_CHECK", 10 * PATIENCE)
-    limiter.slow_wait = 0.0  # no slow-wait wake-up either: it re-asks (10 s < PATIENCE)
+    """No fallback re-check, slow-wait re-ask or heartbeat within PATIENCE (tests/support/push.py)."""
+    push_only(monkeypatch, limiter)
 
 
 @pytest.fixture
@@ -123,9 +121,10 @@ def test_slot_checks_are_exact(limiter: Limiter, broker: Broker, slots: int) -> 
     t, got = in_thread(lambda: limiter.acquire(name, occupy=slots, timeout=60))
     wait_queued(broker, name, 1)
     for h in held[:-1]:
-        h.release()
-    time.sleep(0.1)
-    assert not got  # one slot still held: the whole-limit request waits
+        h.release()  # each release runs the grant pass in its own script: done when it returns
+    snap = broker.snapshot(name)
+    assert (snap.used, snap.n_waiters) == (1, 1)  # one slot still held: the whole-limit request waits
+    assert not got
     held[-1].release()  # now it fits exactly: granted from the queue
     t.join(60)
     assert isinstance(got[0], Lease) and got[0].occupy == slots

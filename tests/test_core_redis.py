@@ -10,6 +10,7 @@ import pytest
 
 from slotkeeper import Limiter, limit
 from slotkeeper.broker import embedded
+from tests.support.push import PATIENCE, push_only
 from tests.support.redisproc import RedisProc, redis_binary
 
 
@@ -41,9 +42,11 @@ def test_function_flush_reloads_the_library(limiter: Limiter) -> None:
     assert limiter.broker.redis.execute_command("FCALL_RO", "sk_version", 0)
 
 
-def test_redis_restart_with_aof_client_carries_on(namespace: str) -> None:
+def test_redis_restart_with_aof_client_carries_on(
+        namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
     with RedisProc(tcp=True, aof=True) as r:
-        lim = Limiter(r.url, namespace, ttl=5)
+        lim = Limiter(r.url, namespace)
+        push_only(monkeypatch, lim)  # only the re-subscribed listener can wake the waiter in time
         lim.create("rs", 1)
         lease = lim.acquire("rs")
         r.restart()  # same port, AOF replayed
@@ -60,7 +63,7 @@ def test_redis_restart_with_aof_client_carries_on(namespace: str) -> None:
         while lim.broker.snapshot("rs").n_waiters == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
         lease.release()
-        assert got.wait(20)  # the listener re-subscribed after the restart
+        assert got.wait(PATIENCE)  # the listener re-subscribed after the restart
         t.join()
         assert lim.broker.snapshot("rs").used == 0
 
@@ -77,8 +80,11 @@ def test_suite_smoke_with_embedded_extra_binary(namespace: str) -> None:
         got = threading.Event()
         t = threading.Thread(target=lambda: (lim.acquire("emb").release(), got.set()))
         t.start()
-        time.sleep(0.2)
-        assert not got.is_set()
+        deadline = time.monotonic() + 20
+        while lim.broker.snapshot("emb").n_waiters == 0:  # refused while held: its ticket waits
+            assert time.monotonic() < deadline, "the waiter never queued"
+            time.sleep(0.02)
+        assert lim.broker.snapshot("emb").used == 1 and not got.is_set()
         holder.release()
         assert got.wait(15)
         t.join()

@@ -336,7 +336,16 @@ def test_garbage_is_reported_and_the_rest_reclaimed(
         ) >= 1, lim
     assert metric(samples, "slotkeeper_limit_problems", namespace=namespace, limit="L0") == 0
     assert metric(samples, "slotkeeper_limit_slots", namespace=namespace, limit="L0") == 50
-    time.sleep(0.5)  # more passes: each problem is still logged once
+    # more passes, each failing again on 'wrongtype' (the same scrape counts them): each problem
+    # is still logged once
+    def counts() -> tuple[float, float]:
+        s = d.scrape()
+        return (metric(s, "slotkeeper_daemon_passes_total", namespace=namespace) or 0,
+                metric(s, "slotkeeper_daemon_errors_total", namespace=namespace) or 0)
+
+    passes0, errors0 = counts()
+    wait_for(lambda: (lambda p, e: p >= passes0 + 3 and e >= errors0 + 3)(*counts()),
+             what="three more passes that failed on 'wrongtype'")
     log = d.log()
     assert log.count("'wrongtype': reclaim failed") == 1, log
     assert "Traceback" not in log

@@ -634,3 +634,33 @@ def test_ci_and_image_install_the_constraints() -> None:
     assert "-c constraints.txt" in (ROOT / "scripts" / "test.sh").read_text()
     build = [r for w, r in dockerfile_instructions() if w == "RUN" and "pip " in r]
     assert build and all("--constraint" in r for r in build), build
+
+
+def test_constraints_lie_inside_pyproject_ranges() -> None:
+    """Every pin in constraints.txt satisfies each range pyproject.toml states for that package
+    (dependencies and every extra): CI tests a point the published ranges allow."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    pins = {
+        canonicalize_name(name): version
+        for name, version in (
+            line.split("==", 1)
+            for line in (ROOT / "constraints.txt").read_text().splitlines()
+            if line and not line.startswith("#")
+        )
+    }
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    texts = [*project["dependencies"]]
+    for extra in project["optional-dependencies"].values():
+        texts += extra
+    checked = []
+    for text in texts:
+        req = Requirement(text)
+        pin = pins.get(canonicalize_name(req.name))
+        if pin is not None:
+            assert req.specifier.contains(pin, prereleases=True), f"{pin} outside {text}"
+            checked.append(req.name)
+    assert {"prefect", "prefect-ray", "ray", "redis"} <= set(checked), checked

@@ -230,7 +230,16 @@ def test_sdk_flow_runs_under_the_namespace_user(acl_redis: tuple[RedisProc, str]
         holder_id = snap.holders[0].lease_id
         hb = broker.heartbeat([(holder_id, ["gpu"], 2000)], [])
         assert hb.lost_leases == []
-        time.sleep(0.8)  # let the background heartbeat and listener threads run under the ACL too
+        # the background threads ran under the ACL too (definite signals, not a guessed delay):
+        # the listener is subscribed to its wake-up channel, the heartbeat renewed the holder
+        admin = r.client()
+        channel = lim.runtime.channel
+        renewed = broker.snapshot("gpu").holders[0].renewed_ms  # after the explicit renewal
+        deadline = time.monotonic() + 20
+        while not (admin.pubsub_numsub(channel)[0][1] >= 1
+                   and broker.snapshot("gpu").holders[0].renewed_ms > renewed):
+            assert time.monotonic() < deadline, "no subscription or no background renewal"
+            time.sleep(0.02)
         go.set()
         th.join(30)
         tw.join(30)

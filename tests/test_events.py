@@ -134,8 +134,16 @@ def test_sdk_flow_events_and_filters(redis_server: RedisProc, namespace: str) ->
     assert len(model.events(limit="b")) == 5
     assert [e.kind for e in model.events(count=2)] == ["grant", "release"]  # the newest two
     assert model.events(since_s=3600) == model.events()
-    time.sleep(1.1)
-    assert model.events(since_s=1) == []
+    time.sleep(3.1)  # the window is by the server's clock: every event so far is older than 3 s
+    assert model.events(since_s=3) == []
+    # positive control, same window and reader: fresh events, 1.5 s old by the server's clock
+    # (so a window shorter than asked would miss them), are in it, and only they
+    assert lim.acquire("a", label="fresh").release()
+    fresh_ms = model.events()[-1].time_ms
+    while lim.broker.server_time_ms() < fresh_ms + 1500:
+        time.sleep(0.02)
+    fresh = model.events(since_s=3)
+    assert [(e.kind, e.label) for e in fresh] == [("grant", "fresh"), ("release", "fresh")]
 
     out = sk(redis_server.url, namespace, "--json", "events", "--limit", "b")
     lines = [json.loads(x) for x in out.stdout.splitlines()]

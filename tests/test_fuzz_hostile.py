@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +145,15 @@ def test_fuzzed_namespace_keeps_serving(
             assert code == 200, daemon.log()
 
         fuzz()
-        time.sleep(0.5)
+
+        def passes() -> float:
+            return daemon.scrape().get(
+                ("slotkeeper_daemon_passes_total", (("namespace", namespace),)), 0.0)
+
+        # two more complete passes over what the fuzzer left (a definite signal, not a guessed
+        # delay), and the daemon is still there
+        after = passes()
+        wait_for(lambda: passes() >= after + 2, what="two more daemon passes")
         assert daemon.proc.poll() is None, daemon.log()
         # the operator re-applies the configuration (the fence, records and entries need nothing)
         for k in (lim.broker.keys.limit("bad")[0],):

@@ -16,6 +16,7 @@ from slotkeeper import BrokerUnavailable, Lease, Limiter, limit
 from slotkeeper.broker.client import Broker
 from tests.support.chaos import Pool
 from tests.support.observer import check
+from tests.support.push import check_pushed_grant, push_only
 from tests.support.tls import Certs, TlsRedisProc, make_certs
 
 
@@ -28,6 +29,16 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 def tls_redis(certs: Certs) -> Iterator[TlsRedisProc]:
     with TlsRedisProc(certs) as r:
         yield r
+
+
+def test_grants_are_pushed_over_tls(
+        tls_redis: TlsRedisProc, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The listener's subscription works over TLS: with every poll pushed out of the way, a
+    release wakes the waiter (the test above also passes on the heartbeat's reports alone)."""
+    lim = Limiter(tls_redis.url, namespace)
+    push_only(monkeypatch, lim)
+    lim.create("tls-push", 1)
+    check_pushed_grant(lim, "tls-push")
 
 
 def test_sdk_over_tls_with_client_certificates(tls_redis: TlsRedisProc, namespace: str) -> None:

@@ -164,13 +164,26 @@ def test_slow_wait_logs_one_info_line(
     msg = lines[0].getMessage()
     assert "for job" in msg and "position 1 on job" in msg and "the-holder" in msg
 
-    # per call: 0 turns it off; a short wait under the threshold logs nothing
+    # per call: 0 turns it off. Positive control in the same wait: a waiter on "ctl" with the
+    # limiter's 0.3 s threshold, queued after the first one, logs its line (same capture)
     caplog.clear()
+    lim.create("ctl", 1)
     holder, t, handles, errors = _hold_and_wait(lim, slow_wait=0)
-    time.sleep(0.6)
+    ctl_holder = lim.acquire("ctl")
+    ctl = threading.Thread(target=lambda: lim.acquire("ctl", timeout=60).release())
+    ctl.start()
+    wait_for(
+        lambda: any("for ctl" in r.getMessage() for r in caplog.records),
+        what="the control waiter's slow-wait line",
+    )
+    assert handles[0].waiting  # the first waiter has waited longer still
     holder.release()
+    ctl_holder.release()
     t.join(30)
-    assert not [r for r in caplog.records if "slow wait" in r.getMessage()]
+    ctl.join(30)
+    assert not errors, errors
+    lines = [r.getMessage() for r in caplog.records if "slow wait" in r.getMessage()]
+    assert len(lines) == 1 and "for ctl" in lines[0], lines
 
 
 def test_async_waiting_handle(redis_server: RedisProc, namespace: str) -> None:

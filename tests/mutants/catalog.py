@@ -74,7 +74,41 @@ MUTANTS: tuple[Mutant, ...] = (
         "lua/limit_config.lua",
         "purge_holders(name, PURGE_BATCH)\ngrant_pass(name)\n",
         "purge_holders(name, PURGE_BATCH)\n",
-        (f"{QUEUE}::test_raising_slots_grants_the_waiters_at_once",),
+        (
+            f"{QUEUE}::test_raising_slots_grants_the_waiters_at_once",
+            "tests/test_core_basic.py::test_enabling_and_raising_slots_grants_waiters",
+        ),
+    ),
+    Mutant(
+        "push: pushed notifications never reach their waiter (only polls would be left)",
+        "sdk/runtime.py",
+        "        w.deliver(rest)\n",
+        "        pass\n",
+        (
+            "tests/test_core_fairness.py::test_grants_are_pushed_not_polled",
+            "tests/test_core_fairness.py::test_cross_limit_waiter_woken_by_release_of_other_limit",
+        ),
+    ),
+    Mutant(
+        "push: a pushed notification never wakes a waiting asyncio task",
+        "sdk/runtime.py",
+        "                self._loop.call_soon_threadsafe(self._aevent.set)\n",
+        "                pass\n",
+        ("tests/test_core_basic.py::test_async_waiter_is_woken",),
+    ),
+    Mutant(
+        "heartbeat: a renewal does not extend the lease's expiry",
+        "lua/heartbeat.lua",
+        "  local exp = NOW + ttl\n",
+        "  local exp = tonumber(rec.e)\n",
+        ("tests/test_core_processes.py::test_sigkilled_holder_slot_granted_within_ttl_without_daemon",),
+    ),
+    Mutant(
+        "slow wait: a per-call slow_wait (0: never log) is ignored",
+        "sdk/limiter.py",
+        "        return self.slow_wait if slow_wait is None else check_slow_wait(slow_wait)\n",
+        "        return self.slow_wait\n",
+        ("tests/test_wait_reasons.py::test_slow_wait_logs_one_info_line",),
     ),
     Mutant(
         "recheck hint: the earliest holder expiry is never told to waiters",
