@@ -93,7 +93,8 @@ class SyncTransport:
         (a reply may still be on its way)."""
         pool = self._pool
         if pool is None:
-            return self.client.execute_command(*args)
+            c: Any = self.client
+            return c.execute_command(*args)
         conn = pool.get_connection()
         try:
             conn.send_command(*args)
