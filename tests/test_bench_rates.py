@@ -24,6 +24,8 @@ def test_quick_rate_workloads(tmp_path: Path) -> None:
     assert res["R2"]["grants"] == 100 and res["R2"]["script_calls_per_grant"] > 0
     assert res["R3"]["slots_only_cycles_per_s"] > 0 and res["R3"]["slots_rate_cycles_per_s"] > 0
     t1 = res["T1"]
-    assert t1["reaped"] == t1["keys"] == 500
+    # every key goes: lazily, by later acquires of the template's keys, or by the daemon's pass
+    assert t1["keys"] == 500 and t1["left"] == 0
+    assert t1["reaped"] + t1["reaped_lazily"] == 500
     for key in ("R1 accuracy", "R2 spread", "R3 cost", "T1 templates"):
         assert key in proc.stdout
