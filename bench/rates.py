@@ -273,8 +273,8 @@ def render_rates(res: dict[str, Any]) -> str:
             f"{r['first_use_acquire']['p50_ms']} ms vs plain "
             f"{r['plain_acquire']['p50_ms']} ms: ratio "
             f"{r['first_use_p50_ratio']} (target <= 1.5); memory {m['before']} -> "
-            f"{m['after_use']} -> {m['after_idle_ttl']} B after idle-ttl ({r['reaped_lazily']} reaped "
-            f"lazily by later acquires, {r['reaped']} by a daemon pass, {r['left']} left; memory "
-            "without the capped event stream)"
+            f"{m['after_use']} -> {m['after_idle_ttl']} B after idle-ttl "
+            f"({r['reaped_lazily']} reaped lazily by later acquires, {r['reaped']} by a daemon "
+            f"pass, {r['left']} left; memory without the capped event stream)"
         )
     return "\n".join(lines)

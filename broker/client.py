@@ -91,7 +91,14 @@ class Broker:
         return self.transport.run(P.probe_permissions(self.keys), retry=False)
 
     def list_limits(self) -> list[str]:
-        return self.transport.run(P.list_limits(self.keys))
+        """Every limit's name, sorted, read in pages (each call bounded, see P.LIST_PAGE)."""
+        names: set[str] = set()
+        cursor = 0
+        while True:
+            cursor, page = self.transport.run(P.scan_limits(self.keys, cursor))
+            names.update(page)
+            if cursor == 0:
+                return sorted(names)
 
     def lease_record(self, lease_id: str) -> R.Holder | None:
         return self.transport.run(P.lease_record(self.keys, lease_id))

@@ -42,8 +42,8 @@ HEADROOM_WARN = 0.25
 HEADROOM_DANGER = 0.10
 
 # Commands the client sends itself (the scripts' own are probed by lua/doctor_probe.lua).
-CLIENT_COMMANDS = ("ping", "time", "info", "smembers", "wait", "script|load", "evalsha",
-                   "subscribe", "xrevrange", "xread")  # fmt: skip
+CLIENT_COMMANDS = ("ping", "time", "info", "smembers", "sscan", "wait", "script|load",
+                   "evalsha", "subscribe", "xrevrange", "xread")  # fmt: skip
 
 
 class Level(str, Enum):
@@ -272,7 +272,8 @@ def _probe_client(broker: Broker) -> list[str]:
         "ping": r.ping,
         "time": r.time,
         "info": lambda: r.info("server"),
-        "smembers": lambda: r.smembers(keys.limits),
+        "smembers": lambda: r.smembers(keys.templates),
+        "sscan": lambda: r.sscan(keys.limits, 0, count=1),
         "wait": lambda: r.execute_command("WAIT", 0, 0),  # type: ignore[no-untyped-call]
         "xrevrange": lambda: r.xrevrange(keys.events, count=1),
         "xread": lambda: r.xread({keys.events: "0-0"}, count=1),

@@ -565,9 +565,15 @@ def limit_slots(keys: Keys, name: str) -> Op[int]:
     return Op(_int_or_zero, command=("HGET", keys.limit(name)[0], "slots"))
 
 
-def list_limits(keys: Keys) -> Op[list[str]]:
-    # bytes that are not UTF-8 (written by someone else) become U+FFFD: safe to print and export
-    return Op(lambda raw: sorted(printable(s(x)) for x in raw), command=("SMEMBERS", keys.limits))
+LIST_PAGE = 1000  # names per SSCAN call: one call stays short however many limits there are
+
+
+def scan_limits(keys: Keys, cursor: int, count: int = LIST_PAGE) -> Op[tuple[int, list[str]]]:
+    """One page of the namespace's limit names (SSCAN: a name may come twice; loop until the
+    cursor is 0). Bytes that are not UTF-8 (written by someone else) become U+FFFD."""
+    def parse(raw: Any) -> tuple[int, list[str]]:
+        return int(raw[0]), [printable(s(x)) for x in raw[1]]
+    return Op(parse, command=("SSCAN", keys.limits, cursor, "COUNT", count))
 
 
 def lease_record(keys: Keys, lease_id: str) -> Op[R.Holder | None]:

@@ -33,7 +33,8 @@ PASSWORD = "s3cret-" + uuid.uuid4().hex[:8]
 
 # Commands the client sends itself (not from Lua): why each one is in the line.
 COMMON_COMMANDS = {
-    "smembers": "list_limits",
+    "smembers": "the templates list (small: read whole)",
+    "sscan": "list_limits (paged: one call stays short with 100,000 limits)",
     "ping": "health checks (daemon /healthz, pub/sub keep-alive)",
     "time": "server clock",
     "wait": "durable=True acquires",
