@@ -175,17 +175,28 @@ class _CallTimer:
 
         broker.transport.run = timed_run  # type: ignore[method-assign]
 
-    def measure(self, fn: Callable[[], Any]) -> dict[str, Any]:
+    def measure(self, fn: Callable[[], Any], client: redis.Redis | None = None) -> dict[str, Any]:
+        """Total time and the longest round trip as the client saw it (which includes its own
+        pauses, e.g. a garbage collection over 100,000 snapshots); with ``client``, also the
+        longest command inside Redis (SLOWLOG: 1 ms and up are logged while this runs)."""
+        after = -1
+        if client is not None:
+            last = client.slowlog_get(1)
+            after = int(last[0]["id"]) if last else -1
         self.calls_ns = []
         t0 = time.perf_counter()
         fn()
         total = time.perf_counter() - t0
         calls = self.calls_ns
-        return {
+        out: dict[str, Any] = {
             "total_s": round(total, 3),
             "calls": len(calls),
             "longest_call_ms": round(max(calls) / 1e6, 3) if calls else 0.0,
         }
+        if client is not None:
+            slow = [int(e["duration"]) for e in client.slowlog_get(10_000) if int(e["id"]) > after]
+            out["longest_in_redis_ms"] = round(max(slow) / 1000, 3) if slow else "< 1"
+        return out
 
 
 def c3_limits(
@@ -200,6 +211,13 @@ def c3_limits(
 
     broker = Broker.from_url(url, ns)
     timer = _CallTimer(broker)
+    client: redis.Redis | None = redis.Redis.from_url(url)
+    try:  # log every command of 1 ms or more (a private server; elsewhere: client-side only)
+        assert client is not None
+        client.config_set("slowlog-log-slower-than", 1000)
+        client.config_set("slowlog-max-len", 10_000)
+    except redis.RedisError:
+        client = None
     daemon = Daemon(broker, scrape_cache=0)  # every scrape reads Redis (what is measured)
     registry = daemon.registry()
     have = 0
@@ -208,9 +226,9 @@ def c3_limits(
         _create_limits(url, ns, have, n - have)
         have = n
         row: dict[str, Any] = {"limits": n}
-        row["ls"] = timer.measure(lambda: ReadModel(broker).limits())  # what `ls` reads
-        row["scrape"] = timer.measure(lambda: generate_latest(registry))
-        row["daemon_pass"] = timer.measure(daemon.run_pass)
+        row["ls"] = timer.measure(lambda: ReadModel(broker).limits(), client)  # what `ls` reads
+        row["scrape"] = timer.measure(lambda: generate_latest(registry), client)
+        row["daemon_pass"] = timer.measure(daemon.run_pass, client)
         for k in ("ls", "scrape", "daemon_pass"):
             row[k]["us_per_limit"] = round(row[k]["total_s"] * 1e6 / n, 1)
         out.append(row)

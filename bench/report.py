@@ -260,6 +260,15 @@ def render(result: dict[str, Any]) -> str:
             f"({fl['evalsha']['ops_per_s']:,.0f}/s, a no-op script); an acquire/release cycle is "
             f"two script round trips: >= {2 * fl['evalsha']['p50_ms']:.3f} ms"
         )
+        sf = fl.get("scripts")
+        if sf:
+            ref = _get(result, "workloads", "W1", "reference", "cycles_per_s")
+            vs = f" = {sf['cycles_per_s'] / ref:.2f}x the reference's W1" if ref else ""
+            text.append(
+                f"floor (slotkeeper's acquire + release scripts, no SDK): "
+                f"{sf['cycles_per_s']:,.0f} cycles/s{vs}, client CPU "
+                f"{sf['client_cpu_us_per_cycle']} us/cycle"
+            )
     tg = targets(result)
     if tg:
         text.append("")
@@ -310,7 +319,8 @@ def curve_lines(result: dict[str, Any]) -> list[str]:
     if wl.get("C3"):
         text += [
             "",
-            "C3 limits in a namespace: total s, us per limit, longest call ms",
+            "C3 limits in a namespace: total s, us per limit, longest call ms as the client saw it"
+            " (in Redis, SLOWLOG)",
             "| limits | ls | metrics scrape | daemon pass |",
             "|---|---|---|---|",
         ]
@@ -318,6 +328,11 @@ def curve_lines(result: dict[str, Any]) -> list[str]:
             cells = [
                 f"{_fmt(r[k]['total_s'])} s, {_fmt(r[k]['us_per_limit'])} us, "
                 f"{_fmt(r[k]['longest_call_ms'])} ms"
+                + (
+                    f" ({_fmt(r[k]['longest_in_redis_ms'])} ms)"
+                    if "longest_in_redis_ms" in r[k]
+                    else ""
+                )
                 for k in ("ls", "scrape", "daemon_pass")
             ]
             text.append(f"| {r['limits']:,} | " + " | ".join(cells) + " |")

@@ -18,6 +18,7 @@ from slotkeeper.bench.held import held_by_one
 from slotkeeper.bench.workloads import (
     floor,
     in_child,
+    script_floor,
     w1_uncontended,
     w2_contended,
     w3_handoff,
@@ -150,6 +151,7 @@ def run_bench(
         "workloads": {},
     }
     out["floor"] = floor(url, config.floor_n)
+    out["floor"]["scripts"] = script_floor(url, ns("floor"), config.floor_n)
     tick("floor")
     wl: dict[str, Any] = out["workloads"]
     specs = config.specs

@@ -54,8 +54,15 @@ class _Planter:
             name = names[i % len(names)]
             lid = f"{i:08x}{os.urandom(4).hex()}"
             if self.spec == "slotkeeper":
-                op = P.acquire(self.keys, [name], lid, ttl_ms=ttl_ms, default_ttl_ms=ttl_ms,
-                               wait=False, meta=self.meta)  # the one definition of its arguments
+                op = P.acquire(
+                    self.keys,
+                    [name],
+                    lid,
+                    ttl_ms=ttl_ms,
+                    default_ttl_ms=ttl_ms,
+                    wait=False,
+                    meta=self.meta,
+                )  # the one definition of its arguments
                 self.script(keys=list(op.keys), args=list(op.args), client=pipe)
             else:
                 self.script(

@@ -74,6 +74,40 @@ def floor(url: str, n: int) -> dict[str, Any]:
     return out
 
 
+def script_floor(url: str, ns: str, cycles: int) -> dict[str, Any]:
+    """slotkeeper's own acquire and release scripts, built beforehand and sent through the
+    transport with no SDK around them: the most cycles/s the scripts allow a client (W1's floor:
+    what they cost in Redis, plus the round trips)."""
+    from slotkeeper.broker import protocol as P
+    from slotkeeper.broker.client import Broker
+
+    b = Broker.from_url(url, ns)
+    b.create_limit("floor", 1_000_000)
+    run = b.transport._execute
+    ops = [
+        (
+            P.acquire(b.keys, ["floor"], f"fl-{i}", channel="c"),
+            P.release(b.keys, ["floor"], f"fl-{i}"),
+        )
+        for i in range(cycles + 200)
+    ]
+    for acq, rel in ops[:200]:  # warm up (and decide FCALL or EVALSHA)
+        run(acq)
+        run(rel)
+    cpu_start = time.process_time()
+    t_start = now_ns()
+    for acq, rel in ops[200:]:
+        run(acq)
+        run(rel)
+    elapsed = (now_ns() - t_start) / 1e9
+    cpu = time.process_time() - cpu_start
+    b.close()
+    return {
+        "cycles_per_s": round(cycles / elapsed, 1),
+        "client_cpu_us_per_cycle": round(cpu / cycles * 1e6, 1),
+    }
+
+
 # -- W1 uncontended ------------------------------------------------------------------------------
 
 
