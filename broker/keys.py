@@ -33,8 +33,10 @@ key                                    type    holds
 ``sk:{ns}:doctor``                     any     ``slotkeeper doctor``'s ACL probe (deleted at once)
 ``sk:{ns}:events``                     STREAM  audit events (broker/events.py), XADD MAXLEN ~ cap
 ``sk:{ns}:settings``                   HASH    namespace settings: events (0 = off), events_cap
-``sk:{ns}:withdrawn``                  ZSET    withdrawn request id -> ms until which a late ask
-                                               under that id is refused (lua/cancel.lua)
+``sk:{ns}:withdrawn``                  ZSET    request id -> ms until which a late ask under that
+                                               id is refused: withdrawn requests (cancel.lua),
+                                               released leases whose ask was sent twice
+                                               (release.lua)
 ``sk:{ns}:wake:<client>`` (channel)    PUBSUB  grant notifications to one process (not a key)
 =====================================  ======  =================================================
 """

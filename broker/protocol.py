@@ -135,6 +135,31 @@ class Op(Generic[T]):
     keys: tuple[str, ...] = ()
     args: tuple[Any, ...] = ()
     command: tuple[Any, ...] = ()
+    request_id: str = ""  # an acquire's id (see note_resent)
+
+
+# -- asks sent more than once ------------------------------------------------------------------
+# A transport that sends an acquire again (its first try timed out or lost its connection) cannot
+# know whether the first copy is still on its way. Should it arrive after the lease was released,
+# it would find nothing and grant anew a lease nobody holds. So the ids of asks sent twice are
+# remembered (per process, bounded), and the release of such a lease asks Redis to refuse that id
+# from then on (the same mark a withdrawal leaves: lua/cancel.lua, lua/release.lua).
+
+RESENT_MAX = 10_000
+_RESENT: dict[str, None] = {}
+
+
+def note_resent(op: Op[Any]) -> None:
+    """Called by a transport before it sends ``op`` a second time."""
+    if op.request_id:
+        if len(_RESENT) >= RESENT_MAX:
+            del _RESENT[next(iter(_RESENT))]
+        _RESENT[op.request_id] = None
+
+
+def take_resent(request_id: str) -> bool:
+    """Was the ask of this id sent more than once (and not yet released)?"""
+    return _RESENT.pop(request_id, 0) is None
 
 
 def s(v: Any) -> str:
@@ -201,10 +226,10 @@ def _limit_keys(keys: Keys, full: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _script(keys: Keys, name: str, names: Sequence[str], args: Sequence[Any],
-            parse: Callable[[Any], T], exact: bool = False) -> Op[T]:
+            parse: Callable[[Any], T], exact: bool = False, request_id: str = "") -> Op[T]:
     full = tuple(names) if exact else tuple(expand(keys.namespace, names))
     return Op(parse, script=name, keys=_limit_keys(keys, full),
-              args=(len(full), *full, *args))
+              args=(len(full), *full, *args), request_id=request_id)
 
 
 def _need_template(namespace: str, reply: Any) -> bool:
@@ -317,7 +342,7 @@ def acquire(keys: Keys, names: Sequence[str], lease_id: str, *, occupy: int = 1,
     return _script(keys, "acquire", names,
                    [lease_id, occupy, ttl_ms, default_ttl_ms, priority, mode, channel, meta, ds,
                     1 if units_only else 0],
-                   _acquire_result(keys.namespace, occupy))
+                   _acquire_result(keys.namespace, occupy), request_id=lease_id)
 
 
 def cancel(keys: Keys, names: Sequence[str], ticket_id: str, timed_out: bool,
@@ -381,7 +406,9 @@ def release(keys: Keys, names: Sequence[str], lease_id: str, revoke: bool = Fals
             raise_for(reply, keys.namespace)
         return int(reply[0]) == Status.OK
 
-    return _script(keys, "release", names, [lease_id, "revoke" if revoke else "release"], parse)
+    mark = 1 if take_resent(lease_id) else 0  # its ask went twice: refuse a late copy of it
+    return _script(keys, "release", names,
+                   [lease_id, "revoke" if revoke else "release", mark], parse)
 
 
 def _unique_names(entries: Iterable[tuple[str, Sequence[str], int]]) -> list[str]:

@@ -21,6 +21,7 @@ import redis
 import redis.asyncio
 
 from slotkeeper.broker import functions as F
+from slotkeeper.broker import protocol as P
 from slotkeeper.broker.connection import redact
 from slotkeeper.broker.deadline import DEADLINE
 from slotkeeper.broker.errors import (
@@ -151,7 +152,16 @@ class SyncTransport:
         """Run ``op``, retrying connection errors until ``deadline`` (monotonic; default: now +
         the op timeout). Raises BrokerUnavailable at the deadline, BrokerError for an error reply,
         or whatever the op's parser raises."""
-        return op.parse(self.call(lambda: self._execute(op), deadline, retry))
+        tries = 0
+
+        def once() -> Any:
+            nonlocal tries
+            tries += 1
+            if tries == 2:  # its first copy may still arrive: see protocol.note_resent
+                P.note_resent(op)
+            return self._execute(op)
+
+        return op.parse(self.call(once, deadline, retry))
 
     def call(self, fn: Any, deadline: float | None = None, retry: bool = True) -> Any:
         end = deadline if deadline is not None else time.monotonic() + self.op_timeout
@@ -280,7 +290,16 @@ class AsyncTransport:
         return self.path
 
     async def run(self, op: Op[T], deadline: float | None = None, retry: bool = True) -> T:
-        return op.parse(await self.call(lambda: self._execute(op), deadline, retry))
+        tries = 0
+
+        def once() -> Any:
+            nonlocal tries
+            tries += 1
+            if tries == 2:  # its first copy may still arrive: see protocol.note_resent
+                P.note_resent(op)
+            return self._execute(op)
+
+        return op.parse(await self.call(once, deadline, retry))
 
     async def call(self, fn: Any, deadline: float | None = None, retry: bool = True) -> Any:
         end = deadline if deadline is not None else time.monotonic() + self.op_timeout

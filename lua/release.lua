@@ -1,6 +1,8 @@
 -- release.lua — give a lease's slots back (or revoke it), then grant waiters that now fit.
 -- KEYS: the fixed nine + five per limit the lease holds (see _lib.lua).
--- ARGV: n, names..., id, kind ('release' | 'revoke')
+-- ARGV: n, names..., id, kind ('release' | 'revoke'), mark (1: the lease's ask was sent twice by
+--       its client; the id goes to `withdrawn`, so a late copy of that ask is refused, not
+--       granted anew to nobody)
 -- Returns: {OK} | {LOST} (expired, revoked or unknown: frees nothing)
 --        | {NEED_KEYS, name} (the caller did not pass every limit the lease holds; nothing done)
 -- Complexity: O(n * (occupy * log N + grant pass)).
@@ -8,6 +10,7 @@ local id = ARGV[A0 + 1]
 local kind = ARGV[A0 + 2]
 
 gc(GC_BATCH)
+if ARGV[A0 + 3] == '1' then remember_withdrawn(id) end
 local rec = load(K_LEASES, id)
 if not rec or tonumber(rec.e) <= NOW then return {LOST} end
 local miss = missing_key(rec.n)

@@ -10,10 +10,13 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import redis
 
 from slotkeeper import AcquireTimeout, Lease, Limiter
+from slotkeeper.broker import protocol as P
 from slotkeeper.broker.client import Broker
 from slotkeeper.broker.codes import Status
 from tests.support.push import PATIENCE, push_only
@@ -191,6 +194,77 @@ def test_an_ask_arriving_after_its_withdrawal_is_refused(broker: Broker, busy: b
     assert snap.used == (1 if busy else 0) and snap.n_waiters == 0
     assert broker.redis.hget(broker.keys.leases, "W") is None
     assert broker.redis.hget(broker.keys.tickets, "W") is None
+
+
+def test_a_late_copy_of_a_resent_ask_is_refused_after_the_release(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ask whose first try timed out is sent again under the same id; its first copy may
+    still reach Redis -- even after the lease the second copy got was released. The release of
+    such a lease marks the id, so the late copy is refused instead of granting a lease nobody
+    holds (the transport notes the re-send; the release op carries the mark)."""
+    broker.create_limit("dup", 1)
+    run = broker.transport._execute
+    failed: list[str] = []
+
+    def first_try_lost(op: P.Op[Any]) -> Any:
+        if op.script == "acquire" and not failed:
+            failed.append(op.request_id)
+            raise redis.ConnectionError("the reply never came (the request may still arrive)")
+        return run(op)
+
+    monkeypatch.setattr(broker.transport, "_execute", first_try_lost)
+    # positive control first: an ask sent once leaves no mark, a copy after release is served
+    # (that copy is what the rule is about: it would be a lease nobody holds)
+    monkeypatch.setattr(broker.transport, "_execute", run)
+    assert broker.acquire(["dup"], "once", ttl_ms=60_000, wait=False).status == Status.GRANTED
+    assert broker.release(["dup"], "once")
+    assert broker.acquire(["dup"], "once", ttl_ms=60_000, wait=False).status == Status.GRANTED
+    assert broker.release(["dup"], "once")
+    # now an ask sent twice (its first try lost)
+    monkeypatch.setattr(broker.transport, "_execute", first_try_lost)
+    assert broker.acquire(["dup"], "twice", ttl_ms=60_000, wait=False).status == Status.GRANTED
+    assert failed == ["twice"]
+    assert broker.release(["dup"], "twice")
+    late = broker.acquire(["dup"], "twice", ttl_ms=60_000, wait=False)  # the first copy, late
+    assert late.status == Status.LOST
+    snap = broker.snapshot("dup")
+    assert snap.used == 0 and broker.redis.hget(broker.keys.leases, "twice") is None
+
+
+def test_the_async_transport_notes_a_resent_ask_too(
+    redis_server: RedisProc, namespace: str, broker: Broker
+) -> None:
+    """Same rule on ``redis.asyncio``: an ask re-sent after its first try failed is noted, and
+    its release marks the id (checked in Redis), so a late first copy is refused."""
+    import asyncio
+
+    from slotkeeper.broker.client import AsyncBroker
+
+    broker.create_limit("adup", 1)
+
+    async def scenario() -> list[Any]:
+        ab = AsyncBroker(redis_server.url, namespace)
+        run = ab.transport._execute
+        failed: list[str] = []
+
+        async def first_try_lost(op: P.Op[Any]) -> Any:
+            if op.script == "acquire" and not failed:
+                failed.append(op.request_id)
+                raise redis.ConnectionError("the reply never came")
+            return await run(op)
+
+        ab.transport._execute = first_try_lost  # type: ignore[method-assign]
+        got = await ab.acquire(["adup"], "a-twice", ttl_ms=60_000, wait=False)
+        held = await ab.release(["adup"], "a-twice")
+        await ab.transport.client.aclose()
+        return [got.status, held, failed]
+
+    status, held, failed = asyncio.run(scenario())
+    assert status == Status.GRANTED and held and failed == ["a-twice"]
+    late = broker.acquire(["adup"], "a-twice", ttl_ms=60_000, wait=False)
+    assert late.status == Status.LOST
+    assert broker.snapshot("adup").used == 0
 
 
 def test_a_holder_stops_trusting_its_lease_when_redis_goes_silent(

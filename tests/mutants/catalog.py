@@ -41,6 +41,35 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{QUEUE}::test_an_ask_arriving_after_its_withdrawal_is_refused",),
     ),
     Mutant(
+        "late ask: the release of a lease whose ask was re-sent leaves no mark",
+        "lua/release.lua",
+        "if ARGV[A0 + 3] == '1' then remember_withdrawn(id) end\n",
+        "",
+        (f"{QUEUE}::test_a_late_copy_of_a_resent_ask_is_refused_after_the_release",),
+    ),
+    Mutant(
+        "late ask: a transport re-sends an ask without noting it",
+        "broker/transport.py",
+        "            if tries == 2:  # its first copy may still arrive: see protocol.note_resent\n"
+        "                P.note_resent(op)\n"
+        "            return self._execute(op)\n\n"
+        "        return op.parse(self.call(once, deadline, retry))",
+        "            return self._execute(op)\n\n"
+        "        return op.parse(self.call(once, deadline, retry))",
+        (f"{QUEUE}::test_a_late_copy_of_a_resent_ask_is_refused_after_the_release",),
+    ),
+    Mutant(
+        "late ask: the asyncio transport re-sends an ask without noting it",
+        "broker/transport.py",
+        "            if tries == 2:  # its first copy may still arrive: see protocol.note_resent\n"
+        "                P.note_resent(op)\n"
+        "            return self._execute(op)\n\n"
+        "        return op.parse(await self.call(once, deadline, retry))",
+        "            return self._execute(op)\n\n"
+        "        return op.parse(await self.call(once, deadline, retry))",
+        (f"{QUEUE}::test_the_async_transport_notes_a_resent_ask_too",),
+    ),
+    Mutant(
         "lazy purge: acquire does not purge expired holders",
         "lua/acquire.lua",
         "for _, name in ipairs(EFF) do purge_holders(name, PURGE_BATCH) end\n",
