@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
@@ -72,6 +73,21 @@ def _where(client: Any, op: Op[Any]) -> dict[str, Any]:
     if hasattr(client, "get_node_from_key") and op.keys:
         return {"target_nodes": client.get_node_from_key(op.keys[0])}
     return {}
+
+
+def _tries(op: Op[Any], execute: Callable[[Op[Any]], Any]) -> Callable[[], Any]:
+    """One try of ``op`` per call (a transport's retry loop calls it again); the second try
+    notes the re-send, since the first copy may still arrive (see protocol.note_resent)."""
+    tries = 0
+
+    def once() -> Any:
+        nonlocal tries
+        tries += 1
+        if tries == 2:
+            P.note_resent(op)
+        return execute(op)
+
+    return once
 
 
 class SyncTransport:
@@ -152,16 +168,7 @@ class SyncTransport:
         """Run ``op``, retrying connection errors until ``deadline`` (monotonic; default: now +
         the op timeout). Raises BrokerUnavailable at the deadline, BrokerError for an error reply,
         or whatever the op's parser raises."""
-        tries = 0
-
-        def once() -> Any:
-            nonlocal tries
-            tries += 1
-            if tries == 2:  # its first copy may still arrive: see protocol.note_resent
-                P.note_resent(op)
-            return self._execute(op)
-
-        return op.parse(self.call(once, deadline, retry))
+        return op.parse(self.call(_tries(op, self._execute), deadline, retry))
 
     def call(self, fn: Any, deadline: float | None = None, retry: bool = True) -> Any:
         end = deadline if deadline is not None else time.monotonic() + self.op_timeout
@@ -290,16 +297,7 @@ class AsyncTransport:
         return self.path
 
     async def run(self, op: Op[T], deadline: float | None = None, retry: bool = True) -> T:
-        tries = 0
-
-        def once() -> Any:
-            nonlocal tries
-            tries += 1
-            if tries == 2:  # its first copy may still arrive: see protocol.note_resent
-                P.note_resent(op)
-            return self._execute(op)
-
-        return op.parse(await self.call(once, deadline, retry))
+        return op.parse(await self.call(_tries(op, self._execute), deadline, retry))
 
     async def call(self, fn: Any, deadline: float | None = None, retry: bool = True) -> Any:
         end = deadline if deadline is not None else time.monotonic() + self.op_timeout
