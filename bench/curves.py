@@ -211,27 +211,35 @@ def c3_limits(
 
     broker = Broker.from_url(url, ns)
     timer = _CallTimer(broker)
-    client: redis.Redis | None = redis.Redis.from_url(url)
-    try:  # log every command of 1 ms or more (a private server; elsewhere: client-side only)
-        assert client is not None
-        client.config_set("slowlog-log-slower-than", 1000)
-        client.config_set("slowlog-max-len", 10_000)
-    except redis.RedisError:
-        client = None
+    client = redis.Redis.from_url(url)
+    saved: list[tuple[str, str]] = []
+    try:  # log every command of 1 ms or more while measuring; the settings are put back after
+        for name, value in (("slowlog-log-slower-than", "1000"), ("slowlog-max-len", "10000")):
+            before = str(client.config_get(name)[name])
+            client.config_set(name, value)
+            saved.append((name, before))
+        slowlog: redis.Redis | None = client
+    except redis.RedisError:  # CONFIG refused (not our server): client-side times only
+        slowlog = None
     daemon = Daemon(broker, scrape_cache=0)  # every scrape reads Redis (what is measured)
     registry = daemon.registry()
     have = 0
     out = []
-    for n in sorted(levels):
-        _create_limits(url, ns, have, n - have)
-        have = n
-        row: dict[str, Any] = {"limits": n}
-        row["ls"] = timer.measure(lambda: ReadModel(broker).limits(), client)  # what `ls` reads
-        row["scrape"] = timer.measure(lambda: generate_latest(registry), client)
-        row["daemon_pass"] = timer.measure(daemon.run_pass, client)
-        for k in ("ls", "scrape", "daemon_pass"):
-            row[k]["us_per_limit"] = round(row[k]["total_s"] * 1e6 / n, 1)
-        out.append(row)
-        tick(f"C3 {n} limits")
-    broker.close()
+    try:
+        for n in sorted(levels):
+            _create_limits(url, ns, have, n - have)
+            have = n
+            row: dict[str, Any] = {"limits": n}
+            row["ls"] = timer.measure(lambda: ReadModel(broker).limits(), slowlog)  # `ls` reads
+            row["scrape"] = timer.measure(lambda: generate_latest(registry), slowlog)
+            row["daemon_pass"] = timer.measure(daemon.run_pass, slowlog)
+            for k in ("ls", "scrape", "daemon_pass"):
+                row[k]["us_per_limit"] = round(row[k]["total_s"] * 1e6 / n, 1)
+            out.append(row)
+            tick(f"C3 {n} limits")
+    finally:
+        for name, value in reversed(saved):
+            client.config_set(name, value)
+        client.close()
+        broker.close()
     return out

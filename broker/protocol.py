@@ -10,6 +10,7 @@ See ARCHITECTURE.md for the layers and the script contract.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -146,20 +147,26 @@ class Op(Generic[T]):
 # from then on (the same mark a withdrawal leaves: lua/cancel.lua, lua/release.lua).
 
 RESENT_MAX = 10_000
-_RESENT: dict[str, None] = {}
+_RESENT: dict[str, None] = {}  # insertion order: the oldest goes first when full
+_RESENT_LOCK = threading.Lock()  # transports of several threads (and the heartbeat) use it
 
 
 def note_resent(op: Op[Any]) -> None:
     """Called by a transport before it sends ``op`` a second time."""
     if op.request_id:
-        if len(_RESENT) >= RESENT_MAX:
-            del _RESENT[next(iter(_RESENT))]
-        _RESENT[op.request_id] = None
+        with _RESENT_LOCK:
+            if len(_RESENT) >= RESENT_MAX:
+                del _RESENT[next(iter(_RESENT))]
+            _RESENT[op.request_id] = None
 
 
 def take_resent(request_id: str) -> bool:
-    """Was the ask of this id sent more than once (and not yet released)?"""
-    return _RESENT.pop(request_id, 0) is None
+    """Was the ask of this id sent more than once (and not yet released)? Forgets it."""
+    with _RESENT_LOCK:
+        if request_id not in _RESENT:
+            return False
+        del _RESENT[request_id]
+        return True
 
 
 def s(v: Any) -> str:
