@@ -67,10 +67,15 @@ def _script_args(op: Op[Any]) -> tuple[Any, ...]:
     return (len(op.keys), *op.keys, *op.args)
 
 
+def _is_cluster(client: Any) -> bool:
+    """A Redis Cluster client (it routes each command by key)."""
+    return hasattr(client, "get_node_from_key")
+
+
 def _where(client: Any, op: Op[Any]) -> dict[str, Any]:
     """Where SCRIPT LOAD must go: on Redis Cluster the node owning the op's keys (redis-py would
     send a keyless command to a random node); a plain client has only one place."""
-    if hasattr(client, "get_node_from_key") and op.keys:
+    if _is_cluster(client) and op.keys:
         return {"target_nodes": client.get_node_from_key(op.keys[0])}
     return {}
 
@@ -101,7 +106,7 @@ class SyncTransport:
         self.path: str | None = None  # F.FUNCTIONS or F.EVALSHA*, once decided
         # a plain client's pool, for script calls sent straight on a pooled connection (a
         # cluster client routes by key: it keeps redis-py's execute_command)
-        self._pool: Any = None if hasattr(client, "get_node_from_key") else client.connection_pool
+        self._pool: Any = None if _is_cluster(client) else client.connection_pool
 
     def _send(self, *args: Any) -> Any:
         """One script call on a pooled connection, without redis-py's per-command layers (its
@@ -153,7 +158,7 @@ class SyncTransport:
         """The library (Redis >= 7) or EVALSHA: decided on first use (see broker/functions.py)."""
         if self.path is None:
             c: Any = self.client
-            if hasattr(c, "get_node_from_key"):  # Redis Cluster: scripts by EVALSHA
+            if _is_cluster(c):  # Redis Cluster: scripts by EVALSHA
                 self.path = F.EVALSHA
             else:
                 self.path = F.decide(c.execute_command)
@@ -194,7 +199,7 @@ class SyncTransport:
         of its own connection). Returns (parsed reply, replicas that acknowledged)."""
         c: Any = self.client
         target = c
-        if hasattr(c, "get_node_from_key"):  # Redis Cluster: the namespace's node
+        if _is_cluster(c):  # Redis Cluster: the namespace's node
             target = c.get_redis_connection(c.get_node_from_key(op.keys[0]))
 
         def go() -> tuple[Any, int]:
@@ -290,7 +295,7 @@ class AsyncTransport:
     async def _path(self) -> str:
         if self.path is None:
             c: Any = self.client
-            if hasattr(c, "get_node_from_key"):
+            if _is_cluster(c):
                 self.path = F.EVALSHA
             else:
                 self.path = await F.decide_async(c.execute_command)

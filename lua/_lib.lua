@@ -9,8 +9,9 @@
 --   KEYS[6] templates   SET   names of the templates (limits whose name ends in '*')
 --   KEYS[7] events      STREAM audit events, capped (see emit below and broker/events.py)
 --   KEYS[8] settings    HASH  namespace settings: events (0 off), events_cap
---   KEYS[9] withdrawn   ZSET  request id -> ms until which an ask under that id is refused: its
---                             withdrawal (cancel.lua) reached Redis first, the ask came late
+--   KEYS[9] withdrawn   ZSET  request id -> ms until which an ask under that id is refused: a
+--                             withdrawn request (cancel.lua: its withdrawal may overtake its
+--                             ask) or a released lease whose ask was sent twice (release.lua)
 --   then, for the i-th limit named in ARGV (i = 1..n), five keys:
 --   KEYS[9+5i-4] limit:<name>   HASH  config (slots or 'none', ttl, enabled, desc, rate_n, rate_p ms,
 --                                     spread, maxw, total, idle ms, created, updated) + counters;
@@ -434,8 +435,8 @@ end
 -- Lazy idle removal (no daemon needed): a call using a key made from template `tname` also
 -- removes up to LAZY_REAP of its keys idle past --idle-ttl, least recently active first. Names
 -- this call was passed are never candidates. A candidate not removed (still in use) counts as
--- active now, so the next call looks past it. Cost: one ZRANGE BYSCORE LIMIT on keys:<template> (O(log N)) and at most
--- LAZY_REAP checks (each O(purge batch)). Returns the number of keys removed.
+-- active now, so the next call looks past it. Cost: one ZRANGE BYSCORE LIMIT on keys:<template>
+-- (O(log N)) and at most LAZY_REAP checks (each O(purge batch)). Returns the number removed.
 local function reap_lazy(tname)
   local t = cfg(tname)
   if not t or not t.template then return 0 end
@@ -674,8 +675,8 @@ local function queue_info(id, rec)
   return (pos or -1) + 1, next_exp, due
 end
 
--- Remember a withdrawn request id (an ask under it arriving later is refused), dropping the
--- entries whose time is up (bounded).
+-- Remember a request id no ask may start again (withdrawn, or released after its ask was sent
+-- twice): a late copy of its ask is refused. Drops the entries whose time is up (bounded).
 local WITHDRAWN_MS = 120000
 local function remember_withdrawn(id)
   local old = redis.call('ZRANGE', K_WITHDRAWN, '-inf', fmt(NOW), 'BYSCORE', 'LIMIT', 0, GC_BATCH)
