@@ -145,6 +145,16 @@ def test_fuzzed_namespace_keeps_serving(
             assert code == 200, daemon.log()
 
         fuzz()
+        # a damage the read side always reports (no script rewrites 'created'), beside the random
+        # ones: the daemon audits only every few seconds, so wait for a scrape to have read it
+        # (scrapes log through the same problem log) instead of hoping an audit fell after it
+        r.hset(lim.broker.keys.limit("bad")[0], "created", "not-a-number")
+        bad_problems = ("slotkeeper_limit_problems", (("limit", "bad"), ("namespace", namespace)))
+        wait_for(
+            lambda: (daemon.scrape().get(bad_problems) or 0) > 0,
+            timeout=60,
+            what="the damage to be read and reported",
+        )
 
         def passes() -> float:
             return daemon.scrape().get(
