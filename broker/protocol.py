@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from slotkeeper.broker import records as R
@@ -141,23 +141,41 @@ class Op(Generic[T]):
 
 # -- asks sent more than once ------------------------------------------------------------------
 # A transport that sends an acquire again (its first try timed out or lost its connection) cannot
-# know whether the first copy is still on its way. Should it arrive after the lease was released,
-# it would find nothing and grant anew a lease nobody holds. So the ids of asks sent twice are
-# remembered (per process, bounded), and the release of such a lease asks Redis to refuse that id
-# from then on (the same mark a withdrawal leaves: lua/cancel.lua, lua/release.lua).
+# know whether the first copy is still on its way. Two rules keep a late first copy harmless:
+# - a re-sent ask that would queue goes as a re-check (mode 2): it finds the ticket or lease the
+#   first copy made, or, finding nothing, marks the id withdrawn and answers LOST (the caller asks
+#   anew under a new id): a first copy arriving after that is refused, never queued for nobody;
+# - the ids of asks sent twice are remembered (per process, bounded), and the release of such a
+#   lease asks Redis to refuse that id from then on, so a late copy cannot grant it anew.
+# Both use the mark a withdrawal leaves (lua/cancel.lua, lua/release.lua, lua/acquire.lua).
+
+MODE_TRY, MODE_ENQUEUE, MODE_RECHECK = 0, 1, 2  # acquire's ``wait`` argument
+_ACQUIRE_MODE_AT = 5  # its place among acquire's arguments after the names
 
 RESENT_MAX = 10_000
 _RESENT: dict[str, None] = {}  # insertion order: the oldest goes first when full
 _RESENT_LOCK = threading.Lock()  # transports of several threads (and the heartbeat) use it
 
 
-def note_resent(op: Op[Any]) -> None:
-    """Called by a transport before it sends ``op`` a second time."""
-    if op.request_id:
-        with _RESENT_LOCK:
-            if len(_RESENT) >= RESENT_MAX:
-                del _RESENT[next(iter(_RESENT))]
-            _RESENT[op.request_id] = None
+def note_resent(op: Op[T]) -> Op[T]:
+    """Called by a transport before it sends ``op`` a second time; returns what to send again."""
+    if not op.request_id:
+        return op
+    with _RESENT_LOCK:
+        if len(_RESENT) >= RESENT_MAX:
+            del _RESENT[next(iter(_RESENT))]
+        _RESENT[op.request_id] = None
+    if acquire_mode(op) == MODE_ENQUEUE:
+        at = 1 + int(op.args[0]) + _ACQUIRE_MODE_AT
+        return replace(op, args=(*op.args[:at], MODE_RECHECK, *op.args[at + 1:]))
+    return op
+
+
+def acquire_mode(op: Op[Any]) -> int | None:
+    """The ``wait`` mode an acquire op is sent with (None: not an acquire)."""
+    if op.script != "acquire":
+        return None
+    return int(op.args[1 + int(op.args[0]) + _ACQUIRE_MODE_AT])
 
 
 def take_resent(request_id: str) -> bool:
@@ -345,7 +363,7 @@ def acquire(keys: Keys, names: Sequence[str], lease_id: str, *, occupy: int = 1,
     under the old id. ``units_only=True`` (rate_limit) takes rate units only: no lease, token 0.
     Raises QueueFull when the request would exceed a limit's --max-waiters."""
     ds = -1 if default_slots is None else check_slots(default_slots)
-    mode = (2 if recheck else 1) if wait else 0
+    mode = (MODE_RECHECK if recheck else MODE_ENQUEUE) if wait else MODE_TRY
     return _script(keys, "acquire", names,
                    [lease_id, occupy, ttl_ms, default_ttl_ms, priority, mode, channel, meta, ds,
                     1 if units_only else 0],

@@ -81,16 +81,18 @@ def _where(client: Any, op: Op[Any]) -> dict[str, Any]:
 
 
 def _tries(op: Op[Any], execute: Callable[[Op[Any]], Any]) -> Callable[[], Any]:
-    """One try of ``op`` per call (a transport's retry loop calls it again); the second try
-    notes the re-send, since the first copy may still arrive (see protocol.note_resent)."""
+    """One try of ``op`` per call (a transport's retry loop calls it again). The first copy may
+    still arrive after a later one, so from the second try on the transport sends what
+    protocol.note_resent says (an ask that would queue goes as a re-check)."""
     tries = 0
+    again = op
 
     def once() -> Any:
-        nonlocal tries
+        nonlocal tries, again
         tries += 1
         if tries == 2:
-            P.note_resent(op)
-        return execute(op)
+            again = P.note_resent(op)
+        return execute(again if tries > 1 else op)
 
     return once
 

@@ -3,9 +3,10 @@
 -- KEYS: the fixed nine + five per limit (see _lib.lua): the requested names, then every template
 --       whose prefix matches one of them (a name with no limit of its own is made from the longest).
 -- ARGV: n, names..., id, occupy, ttl_ms (0 = limit's ttl, else default), default_ttl_ms, priority,
---       wait (1 enqueue / 0 try once / 2 re-ask about an id sent before: LOST if neither its
---       lease nor its ticket exists any more -- an id is never started anew, so a late grant
---       notification of its lost incarnation can never pass for a grant of a new one),
+--       wait (1 enqueue / 0 try once / 2 re-ask about an id sent before: LOST, and the id
+--       marked withdrawn, if neither its lease nor its ticket exists any more -- an id is never
+--       started anew, so a late grant notification of its lost incarnation can never pass for a
+--       grant of a new one, and a late first copy of a re-sent ask is refused),
 --       channel, meta (msgpack map), default_slots (-1 = none),
 --       units_only (1: rate_limit -- take rate units only, no lease; every limit needs a rate)
 -- Returns: {GRANTED, token, expiry_ms, ttl_ms} (token 0 for units only)
@@ -128,7 +129,12 @@ if ticket then
   return {QUEUED, pos, next_exp, due}
 end
 
-if recheck then return {LOST} end  -- its ticket is gone (expired, or granted and that lease lost)
+if recheck then
+  -- its ticket is gone (expired, or granted and that lease lost), or it never came: a re-sent
+  -- ask whose first copy is still on its way. That copy must find the id withdrawn, not queue.
+  remember_withdrawn(id)
+  return {LOST}
+end
 
 if ttl <= 0 then
   for _, name in ipairs(REQ) do

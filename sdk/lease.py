@@ -40,6 +40,7 @@ class Lease:
         self._on_lost = on_lost
         self._lost = False  # (a flag, not an Event: nobody waits on it, and it is made per lease)
         self._released = False
+        self._releasing = False  # its release is under way: it stays renewed until that is through
         self._span: Any = None  # the hold span (slotkeeper.tracing), when tracing is on
         basis = time.monotonic() if granted_after is None else granted_after
         self._valid_until = basis + self.ttl if runtime is not None else float("inf")

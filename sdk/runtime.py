@@ -2,9 +2,11 @@
 ``redis.asyncio`` client per event loop for the async path), ONE heartbeat thread that renews every
 lease and waiting ticket of the process there in one round trip per interval, ONE listener thread
 that receives grant notifications (pub/sub) and wakes the waiting threads, or tasks (through
-``call_soon_threadsafe``: it never runs on an event loop), at once, and ONE
-watchdog thread that declares a lease lost as soon as this process can no longer be sure it holds
-it (Chubby's rule: last successful renewal's send time + TTL, on the local monotonic clock).
+``call_soon_threadsafe``: it never runs on an event loop), at once, ONE watchdog thread that
+declares a lease lost as soon as this process can no longer be sure it holds it (Chubby's rule:
+last successful renewal's send time + TTL, on the local monotonic clock), and ONE withdrawer
+thread that gives back, in the background, what an interrupted call could not withdraw (it has a
+thread of its own: a withdrawal waiting on a slow Redis never delays a renewal).
 
 A second Redis (or namespace) gets its own runtime and threads, so a hung server cannot starve
 another's renewals. A forked child gets fresh runtimes (new connections, no leases, no threads): it
@@ -41,8 +43,8 @@ MIN_INTERVAL = 0.05     # heartbeat interval bounds (s)
 MAX_INTERVAL = 10.0
 EARLY_MAX = 1000        # notifications kept for tickets not registered yet
 WITHDRAW_MAX = 10_000   # tickets whose withdrawal is retried in the background (bounded)
-WITHDRAW_RETRY = 0.5    # s between background withdrawal attempts while Redis is unreachable,
-WITHDRAW_RETRY_MAX = 4.0  # doubling up to this
+WITHDRAW_RETRY = 0.1    # s between background withdrawal attempts while Redis is unreachable,
+WITHDRAW_RETRY_MAX = 0.5  # doubling up to this
 WITHDRAW_AT_EXIT = 2.0  # s a process spends at exit on withdrawals still pending
 HEARTBEAT_BATCH = 100   # leases (and tickets) renewed per heartbeat round trip: Redis stays free
 
@@ -148,7 +150,7 @@ class Runtime:
         # notifications that arrived before their ticket was registered (a grant can be published
         # before the QUEUED reply of the same ticket has been read): handed over by add_waiting
         self._early: dict[str, str] = {}
-        # tickets an interrupted acquire could not withdraw (Redis unreachable): the heartbeat
+        # tickets an interrupted acquire could not withdraw (Redis unreachable): the withdrawer
         # thread keeps trying, and gives back a lease granted to them meanwhile (else it would
         # be held by nobody until its TTL ran out)
         self._withdraw: dict[str, tuple[tuple[str, ...], float]] = {}
@@ -158,6 +160,7 @@ class Runtime:
             weakref.WeakKeyDictionary())
         self._heartbeat = Heartbeat(self)
         self._watchdog = Watchdog(self)
+        self._withdrawer = Withdrawer(self)
         self._listener: threading.Thread | None = None
         self._pubsub: redis.client.PubSub | None = None
         self._subscribed = threading.Event()
@@ -205,13 +208,15 @@ class Runtime:
             return list(self._leases.values())
 
     def defer_withdrawal(self, names: Sequence[str], ticket_id: str, ttl_ms: int) -> None:
-        """Withdraw a ticket later (the heartbeat thread retries until its TTL has surely run
-        out), releasing a lease granted to it meanwhile."""
+        """Withdraw a ticket later (the withdrawer thread retries until it has surely run out),
+        releasing a lease granted to it meanwhile. A ticket granted just before it would have
+        expired makes a lease that lives one more TTL: the retries go on for two TTLs (+1 s)."""
         with self._lock:
             if len(self._withdraw) < WITHDRAW_MAX:
-                self._withdraw[ticket_id] = (tuple(names), time.monotonic() + ttl_ms / 1000 + 1)
+                give_up = time.monotonic() + 2 * ttl_ms / 1000 + 1
+                self._withdraw[ticket_id] = (tuple(names), give_up)
             self._withdraw_next = 0.0
-        self._heartbeat.register(None)
+        self._withdrawer.register()
 
     def withdraw_due(self) -> float | None:
         """Run pending withdrawals if it is time; returns when to look next (None: none left)."""
@@ -228,22 +233,29 @@ class Runtime:
 
     # -- operations ---------------------------------------------------------------------------
 
+    # A lease stays registered, and so renewed, until its release is through: a release slowed
+    # past the TTL (a slow or lossy network) must not find it expired and count it so.
+
     def release(self, lease: Lease) -> bool:
-        self.drop_lease(lease)
+        lease._releasing = True
         try:
             return self.broker.release(lease.names, lease.id)
         except SlotkeeperError:  # unreachable by the deadline: give it back in the background
             self.defer_withdrawal(lease.names, lease.id, lease.ttl_ms)
             raise
+        finally:
+            self.drop_lease(lease)
 
     async def release_async(self, lease: Lease) -> bool:
-        self.drop_lease(lease)
+        lease._releasing = True
         try:
             return await self.async_broker().release(lease.names, lease.id)
         except (asyncio.CancelledError, SlotkeeperError):  # e.g. the loop shuts down, or Redis
             # is unreachable by the deadline: give it back in the background
             self.defer_withdrawal(lease.names, lease.id, lease.ttl_ms)
             raise
+        finally:
+            self.drop_lease(lease)
 
     def renew_now(self, lease: Lease) -> bool:
         sent = time.monotonic()
@@ -308,7 +320,9 @@ class Runtime:
                         "keys); the others were renewed", ", ".join(sorted(failed)))
         for x in leases:
             if x.id in lost:
-                with self._lock:  # released meanwhile (dropped before its release was sent):
+                if x._releasing:  # gone by its own release (its outcome is the release's word)
+                    continue
+                with self._lock:  # released meanwhile (its release was through first):
                     mine = self._leases.pop(x.id, None) is x  # gone by its release, not lost
                 if mine:
                     x._mark_lost()
@@ -454,6 +468,8 @@ class Runtime:
             return
         if release and os.getpid() == self.pid:
             for x in self.held():
+                if x._releasing:  # another thread's release is under way
+                    continue
                 try:
                     x.release()
                 except SlotkeeperError:
@@ -463,6 +479,7 @@ class Runtime:
         forget(self)
         self._heartbeat.stop()
         self._watchdog.stop()
+        self._withdrawer.stop()
         listener = self._listener
         if listener is not None and listener is not threading.current_thread():
             listener.join(LISTEN_POLL + 1)
@@ -523,33 +540,49 @@ class Heartbeat(_Worker):
         self._interval = MAX_INTERVAL  # what the loop currently waits on (under _lock)
         self._last = time.monotonic()
 
-    def register(self, ttl_ms: int | None = None) -> None:
+    def register(self, ttl_ms: int) -> None:
         """The runtime gained a lease or ticket of ``ttl_ms``. The thread is woken to recompute
         its interval only when that TTL needs a shorter one (not on every acquire)."""
-        wake = ttl_ms is None
+        wake = False
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._start()
-            elif ttl_ms is not None:
+            else:
                 wake = renew_interval(ttl_ms) < self._interval
         if wake:
             self._wake.set()
 
     def loop_once(self) -> None:
-        retry_at = self.rt.withdraw_due()
         with self._lock:  # computed and published together: see register()
             interval = self.rt.interval()
             self._interval = interval
-        now = time.monotonic()
-        beat_due = self._last + interval - now
-        sleep = beat_due if retry_at is None else min(beat_due, retry_at - now)
-        if sleep > 0:
-            if self._wake.wait(sleep):
+        beat_due = self._last + interval - time.monotonic()
+        if beat_due > 0:
+            if self._wake.wait(beat_due):
                 self._wake.clear()
             return  # re-check: a registration may have shortened the interval
-        if beat_due <= 0:
-            self._last = time.monotonic()
-            self.rt.beat()
+        self._last = time.monotonic()
+        self.rt.beat()
+
+
+class Withdrawer(_Worker):
+    """Withdraws, in the background, the tickets (and gives back the leases granted to them) that
+    an interrupted call could not withdraw by its deadline. A thread of its own: its retries wait
+    on a Redis that does not answer, and must never delay a renewal."""
+
+    name = "withdrawer"
+
+    def register(self) -> None:
+        """A withdrawal was deferred: start the thread, or wake it to try at once."""
+        with self._lock:
+            self._start()
+        self._wake.set()
+
+    def loop_once(self) -> None:
+        nxt = self.rt.withdraw_due()
+        wait = MAX_INTERVAL if nxt is None else max(0.0, nxt - time.monotonic())
+        if self._wake.wait(wait):
+            self._wake.clear()
 
 
 class Watchdog(_Worker):

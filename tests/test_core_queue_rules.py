@@ -265,6 +265,55 @@ def test_the_async_transport_notes_a_resent_ask_too(
     assert broker.snapshot("adup").used == 0
 
 
+def test_a_re_check_that_finds_nothing_marks_the_id(broker: Broker) -> None:
+    """A re-check (mode 2) of an id Redis never saw answers LOST and marks the id, so the first
+    copy of that ask, arriving later, is refused rather than queued for nobody."""
+    broker.create_limit("rc", 1)
+    assert broker.acquire(["rc"], "H", ttl_ms=60_000, wait=False).status == Status.GRANTED
+    # positive control: an id neither re-checked nor withdrawn queues
+    assert broker.acquire(["rc"], "C", ttl_ms=5000, wait=True).status == Status.QUEUED
+    assert broker.acquire(["rc"], "R", ttl_ms=5000, wait=True, recheck=True).status == Status.LOST
+    assert broker.acquire(["rc"], "R", ttl_ms=5000, wait=True).status == Status.LOST
+    assert broker.redis.hget(broker.keys.tickets, "R") is None
+    assert broker.snapshot("rc").n_waiters == 1
+
+
+def test_a_resent_ask_never_starts_its_id_anew(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ask that would queue, sent again because its first try got no reply, goes as a
+    re-check: if the first copy never arrived, the id is refused from then on (the caller asks
+    anew under a new id), so a first copy still on its way cannot queue a ticket nobody waits
+    for. If it did arrive, the re-check finds its ticket."""
+    broker.create_limit("rs", 1)
+    assert broker.acquire(["rs"], "H", ttl_ms=60_000, wait=False).status == Status.GRANTED
+    run = broker.transport._execute
+    sent: list[tuple[str, int | None]] = []
+
+    def lose_first(deliver: bool) -> Any:
+        def execute(op: P.Op[Any]) -> Any:
+            sent.append((op.request_id, P.acquire_mode(op)))
+            if len(sent) == 1:
+                if deliver:
+                    run(op)  # it arrived; only its reply was lost
+                raise redis.ConnectionError("the reply never came (the request may still arrive)")
+            return run(op)
+        return execute
+
+    # the first copy arrived: the re-check finds its ticket (positive control)
+    monkeypatch.setattr(broker.transport, "_execute", lose_first(deliver=True))
+    assert broker.acquire(["rs"], "came", ttl_ms=5000, wait=True).status == Status.QUEUED
+    assert sent == [("came", P.MODE_ENQUEUE), ("came", P.MODE_RECHECK)]
+    # the first copy is still on its way: the re-sent ask is refused, and so is the late copy
+    sent.clear()
+    monkeypatch.setattr(broker.transport, "_execute", lose_first(deliver=False))
+    assert broker.acquire(["rs"], "late", ttl_ms=5000, wait=True).status == Status.LOST
+    monkeypatch.setattr(broker.transport, "_execute", run)
+    assert broker.acquire(["rs"], "late", ttl_ms=5000, wait=True).status == Status.LOST
+    assert broker.redis.hget(broker.keys.tickets, "late") is None
+    assert broker.snapshot("rs").n_waiters == 1  # only "came" waits
+
+
 def test_a_holder_stops_trusting_its_lease_when_redis_goes_silent(
     fresh_redis: RedisProc, namespace: str
 ) -> None:

@@ -105,7 +105,14 @@ def test_client_disconnects_leave_no_tracebacks(
     deadline = time.monotonic() + 30
     while _handler_threads() and time.monotonic() < deadline:
         time.sleep(0.05)  # the handlers finish writing into the reset sockets
-    code, _, _ = get(srv.url + "/metrics")
+    # Connections still in the listen backlog may hold the cap for a moment longer (answered
+    # "busy", 503, by design): the server must serve again once they are through.
+    code = 0
+    while time.monotonic() < deadline:
+        code, _, _ = get(srv.url + "/metrics")
+        if code == 200:
+            break
+        time.sleep(0.1)
     assert code == 200
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Exception occurred" not in err, err

@@ -3,6 +3,7 @@ a slow callback, and the runtime's threads and connections closed on request."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -10,11 +11,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 
 from slotkeeper import Lease, Limiter, limit
+from slotkeeper.broker import protocol as P
 from slotkeeper.broker.client import Broker
+from slotkeeper.broker.codes import Status
 from slotkeeper.runtime import live_runtimes
 from tests.support.redisproc import RedisProc
 
@@ -297,3 +302,109 @@ def test_lease_ids_differ_in_a_forked_child() -> None:
     assert len(child) == 3 and not child & parent
     assert len({x[:12] for x in child}) == 1 and not {x[:12] for x in child} & {
         x[:12] for x in parent}
+
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_release_that_takes_longer_than_the_ttl_keeps_its_lease(
+    redis_server: RedisProc, namespace: str, monkeypatch: pytest.MonkeyPatch, aio: bool
+) -> None:
+    """A release slowed past the lease's TTL (a slow, lossy network) still finds its lease: the
+    lease stays renewed until its release is through, so it is released, never counted as
+    expired (sync and asyncio alike). A heartbeat that meets the lease gone just after its
+    release went through does not call it lost."""
+    lim = Limiter(redis_server.url, namespace, ttl=1.0)
+    lim.create("slowrel", 1)
+    rt = lim.runtime
+    slow = 2.0  # the release reaches Redis two TTLs after it was asked for
+    if not aio:
+        lease = lim.acquire("slowrel")
+        run = rt.broker.transport._execute
+
+        def slowed(op: P.Op[Any]) -> Any:
+            if op.script != "release":
+                return run(op)
+            time.sleep(slow)
+            reply = run(op)
+            rt.beat()  # a renewal round meets the lease gone before the release returns
+            return reply
+
+        monkeypatch.setattr(rt.broker.transport, "_execute", slowed)
+        held = lease.release()
+    else:
+        async def scenario() -> bool:
+            lease = await lim.acquire_async("slowrel")
+            t = rt.async_broker().transport
+            arun = t._execute
+
+            async def slowed_async(op: P.Op[Any]) -> Any:
+                if op.script != "release":
+                    return await arun(op)
+                await asyncio.sleep(slow)
+                reply = await arun(op)
+                rt.beat()  # a renewal round meets the lease gone before the release returns
+                return reply
+
+            monkeypatch.setattr(t, "_execute", slowed_async)
+            return await lease.release_async()
+
+        held = asyncio.run(scenario())
+    assert held is True
+    c = Broker.from_url(redis_server.url, namespace).snapshot("slowrel").counters
+    assert (c.acquired, c.released, c.expired) == (1, 1, 0)
+
+
+def test_background_withdrawals_never_delay_renewals(
+    redis_server: RedisProc, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deferred withdrawal that waits on a slow Redis (here: 3 s per try, three TTLs) runs on
+    its own thread: the leases of the process go on being renewed meanwhile."""
+    lim = Limiter(redis_server.url, namespace, ttl=1.0)
+    lim.create("bw", 1)
+    rt = lim.runtime
+    lease = lim.acquire("bw")
+    run = rt.broker.transport._execute
+    tried = threading.Event()
+
+    def hung_withdrawal(op: P.Op[Any]) -> Any:
+        if op.script == "cancel":
+            tried.set()
+            time.sleep(3.0)
+        return run(op)
+
+    monkeypatch.setattr(rt.broker.transport, "_execute", hung_withdrawal)
+    rt.defer_withdrawal(["bw"], "gone-ticket", 1000)
+    assert tried.wait(10)  # the withdrawal is under way, and hangs
+    time.sleep(3.5)
+    assert not lease.lost
+    assert lease.release() is True
+    c = Broker.from_url(redis_server.url, namespace).snapshot("bw").counters
+    assert c.expired == 0
+
+
+def test_a_deferred_withdrawal_outlives_a_late_grant(
+    redis_server: RedisProc, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ticket whose withdrawal had to be deferred (Redis unreachable) can still be granted just
+    before it would have expired: that lease lives one more TTL, and the withdrawer is still
+    trying then, so it gives the lease back instead of leaving it held by nobody."""
+    b = Broker.from_url(redis_server.url, namespace)
+    b.create_limit("lg", 1)
+    assert b.acquire(["lg"], "H", ttl_ms=60_000, wait=False).status == Status.GRANTED
+    assert b.acquire(["lg"], "W", ttl_ms=3000, wait=True).status == Status.QUEUED
+    t0 = time.monotonic()
+    rt = Limiter(redis_server.url, namespace).runtime
+    run = rt.broker.transport._execute
+
+    def unreachable_for_a_while(op: P.Op[Any]) -> Any:
+        if op.script == "cancel" and time.monotonic() < t0 + 4.3:  # past one TTL + 1 s
+            raise redis.ConnectionError("unreachable")
+        return run(op)
+
+    monkeypatch.setattr(rt.broker.transport, "_execute", unreachable_for_a_while)
+    rt.defer_withdrawal(["lg"], "W", 3000)
+    time.sleep(max(0.0, t0 + 2.0 - time.monotonic()))
+    assert b.release(["lg"], "H")  # W is granted now, a second before its ticket would expire
+    assert b.lease_record("W") is not None
+    assert wait_until(lambda: b.lease_record("W") is None, timeout=20)
+    c = b.snapshot("lg").counters
+    assert (c.acquired, c.released, c.expired) == (2, 2, 0)

@@ -17,6 +17,7 @@ class Mutant:
 
 
 QUEUE = "tests/test_core_queue_rules.py"
+RUNTIME = "tests/test_lease_runtime.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     Mutant(
@@ -50,12 +51,58 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "late ask: the transports re-send an ask without noting it",
         "broker/transport.py",
-        "        if tries == 2:\n            P.note_resent(op)\n",
+        "        if tries == 2:\n            again = P.note_resent(op)\n",
         "",
         (
             f"{QUEUE}::test_a_late_copy_of_a_resent_ask_is_refused_after_the_release",
             f"{QUEUE}::test_the_async_transport_notes_a_resent_ask_too",
         ),
+    ),
+    Mutant(
+        "late ask: a re-sent ask that would queue goes as a fresh ask, not a re-check",
+        "broker/protocol.py",
+        "    if acquire_mode(op) == MODE_ENQUEUE:\n",
+        "    if False:\n",
+        (f"{QUEUE}::test_a_resent_ask_never_starts_its_id_anew",),
+    ),
+    Mutant(
+        "late ask: a re-check that finds nothing leaves no mark",
+        "lua/acquire.lua",
+        "  remember_withdrawn(id)\n  return {LOST}\nend\n",
+        "  return {LOST}\nend\n",
+        (
+            f"{QUEUE}::test_a_re_check_that_finds_nothing_marks_the_id",
+            f"{QUEUE}::test_a_resent_ask_never_starts_its_id_anew",
+        ),
+    ),
+    Mutant(
+        "slow release: a lease is no longer renewed once its release is asked for",
+        "sdk/runtime.py",
+        "    def release(self, lease: Lease) -> bool:\n        lease._releasing = True\n",
+        "    def release(self, lease: Lease) -> bool:\n        self.drop_lease(lease)\n",
+        (f"{RUNTIME}::test_a_release_that_takes_longer_than_the_ttl_keeps_its_lease",),
+    ),
+    Mutant(
+        "slow release: a heartbeat that finds a releasing lease gone calls it lost",
+        "sdk/runtime.py",
+        "                if x._releasing:  # gone by its own release",
+        "                if False:  # gone by its own release",
+        (f"{RUNTIME}::test_a_release_that_takes_longer_than_the_ttl_keeps_its_lease",),
+    ),
+    Mutant(
+        "withdrawals: they run on the heartbeat thread (a hung one delays renewals)",
+        "sdk/runtime.py",
+        "        self._last = time.monotonic()\n        self.rt.beat()\n",
+        "        self.rt.withdraw_due()\n        self._last = time.monotonic()\n"
+        "        self.rt.beat()\n",
+        (f"{RUNTIME}::test_background_withdrawals_never_delay_renewals",),
+    ),
+    Mutant(
+        "withdrawals: given up one TTL after the ticket's, before a late grant's lease expires",
+        "sdk/runtime.py",
+        "                give_up = time.monotonic() + 2 * ttl_ms / 1000 + 1\n",
+        "                give_up = time.monotonic() + ttl_ms / 1000 + 1\n",
+        (f"{RUNTIME}::test_a_deferred_withdrawal_outlives_a_late_grant",),
     ),
     Mutant(
         "lazy purge: acquire does not purge expired holders",
@@ -186,8 +233,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "recheck rule: a re-ask about a lost id starts it anew",
         "lua/acquire.lua",
-        "if recheck then return {LOST} end",
-        "if false then return {LOST} end",
+        "if recheck then\n",
+        "if false then\n",
         (f"{QUEUE}::test_a_re_ask_never_restarts_a_lost_request",),
     ),
     Mutant(
