@@ -85,14 +85,14 @@ def _tries(op: Op[Any], execute: Callable[[Op[Any]], Any]) -> Callable[[], Any]:
     still arrive after a later one, so from the second try on the transport sends what
     protocol.note_resent says (an ask that would queue goes as a re-check)."""
     tries = 0
-    again = op
+    again = op  # what to send: the op itself, then what note_resent says
 
     def once() -> Any:
         nonlocal tries, again
         tries += 1
         if tries == 2:
             again = P.note_resent(op)
-        return execute(again if tries > 1 else op)
+        return execute(again)
 
     return once
 
