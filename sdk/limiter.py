@@ -623,7 +623,7 @@ Step = Call | Wait
 class _Outcome:
     """Ends the drive of an acquire flow (sync or async): the flow's return value is the lease,
     an unknown limit with strict=False runs unthrottled, and the flow is always closed — if the
-    caller was interrupted outside it, closing hands the withdrawal of its ticket to the heartbeat
+    caller was interrupted outside it, closing hands the withdrawal of its ticket to the withdrawer
     thread instead of leaving it to whenever the flow is collected."""
 
     def __init__(self, req: Request, flow: Generator[Step, Any, Lease | Reservation],

@@ -100,7 +100,7 @@ def test_cancelled_gather_leaves_no_slot_or_ticket(limiter: Limiter, tmp_path: P
 
     asyncio.run(main())
     # asyncio.gather finishes as soon as one child is cancelled, and asyncio.run then cancels
-    # the others again mid-withdrawal: what they could not finish, the runtime's heartbeat
+    # the others again mid-withdrawal: what they could not finish, the runtime's withdrawer
     # thread does in the background, at once (not by TTL: the tickets live 5 s)
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:

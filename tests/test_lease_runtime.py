@@ -285,6 +285,8 @@ def test_heartbeat_renews_many_leases_in_bounded_batches(namespace: str) -> None
             assert x.release() is True
 
 
+# forking a process that runs threads is the point here (Python >= 3.12 warns about it)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
 def test_lease_ids_differ_in_a_forked_child() -> None:
     """Lease ids are a per-process random prefix and a counter: a forked child draws its own
     prefix, so it never repeats its parent's ids."""
