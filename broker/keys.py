@@ -36,7 +36,8 @@ key                                    type    holds
 ``sk:{ns}:withdrawn``                  ZSET    request id -> ms until which a late ask under that
                                                id is refused: withdrawn requests (cancel.lua),
                                                released leases whose ask was sent twice
-                                               (release.lua)
+                                               (release.lua), re-sent asks whose re-check
+                                               found nothing (acquire.lua)
 ``sk:{ns}:wake:<client>`` (channel)    PUBSUB  grant notifications to one process (not a key)
 =====================================  ======  =================================================
 """

@@ -11,7 +11,8 @@
 --   KEYS[8] settings    HASH  namespace settings: events (0 off), events_cap
 --   KEYS[9] withdrawn   ZSET  request id -> ms until which an ask under that id is refused: a
 --                             withdrawn request (cancel.lua: its withdrawal may overtake its
---                             ask) or a released lease whose ask was sent twice (release.lua)
+--                             ask), a released lease whose ask was sent twice (release.lua), or
+--                             a re-sent ask whose re-check found nothing (acquire.lua)
 --   then, for the i-th limit named in ARGV (i = 1..n), five keys:
 --   KEYS[9+5i-4] limit:<name>   HASH  config (slots or 'none', ttl, enabled, desc, rate_n, rate_p ms,
 --                                     spread, maxw, total, idle ms, created, updated) + counters;
@@ -675,8 +676,9 @@ local function queue_info(id, rec)
   return (pos or -1) + 1, next_exp, due
 end
 
--- Remember a request id no ask may start again (withdrawn, or released after its ask was sent
--- twice): a late copy of its ask is refused. Drops the entries whose time is up (bounded).
+-- Remember a request id no ask may start again (withdrawn, re-checked and not found, or released
+-- after its ask was sent twice): a late copy of its ask is refused. Drops the entries whose time
+-- is up (bounded).
 local WITHDRAWN_MS = 120000
 local function remember_withdrawn(id)
   local old = redis.call('ZRANGE', K_WITHDRAWN, '-inf', fmt(NOW), 'BYSCORE', 'LIMIT', 0, GC_BATCH)
