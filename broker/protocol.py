@@ -165,17 +165,21 @@ def note_resent(op: Op[T]) -> Op[T]:
         if len(_RESENT) >= RESENT_MAX:
             del _RESENT[next(iter(_RESENT))]
         _RESENT[op.request_id] = None
-    if acquire_mode(op) == MODE_ENQUEUE:
-        at = 1 + int(op.args[0]) + _ACQUIRE_MODE_AT
+    at = _mode_index(op)
+    if at is not None and op.args[at] == MODE_ENQUEUE:
         return replace(op, args=(*op.args[:at], MODE_RECHECK, *op.args[at + 1:]))
     return op
 
 
+def _mode_index(op: Op[Any]) -> int | None:
+    """Where an acquire op's ``wait`` mode is among its args (None: not an acquire)."""
+    return 1 + int(op.args[0]) + _ACQUIRE_MODE_AT if op.script == "acquire" else None
+
+
 def acquire_mode(op: Op[Any]) -> int | None:
     """The ``wait`` mode an acquire op is sent with (None: not an acquire)."""
-    if op.script != "acquire":
-        return None
-    return int(op.args[1 + int(op.args[0]) + _ACQUIRE_MODE_AT])
+    at = _mode_index(op)
+    return None if at is None else int(op.args[at])
 
 
 def take_resent(request_id: str) -> bool:

@@ -320,11 +320,8 @@ class Runtime:
                         "keys); the others were renewed", ", ".join(sorted(failed)))
         for x in leases:
             if x.id in lost:
-                if x._releasing:  # gone by its own release (its outcome is the release's word)
-                    continue
-                with self._lock:  # released meanwhile (its release was through first):
-                    mine = self._leases.pop(x.id, None) is x  # gone by its release, not lost
-                if mine:
+                if not x._releasing:  # else gone by its own release: the release's reply decides
+                    self.drop_lease(x)
                     x._mark_lost()
             elif x.id not in failed:
                 x._renewed(res.now_ms + x.ttl_ms, sent)

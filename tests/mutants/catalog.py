@@ -61,7 +61,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "late ask: a re-sent ask that would queue goes as a fresh ask, not a re-check",
         "broker/protocol.py",
-        "    if acquire_mode(op) == MODE_ENQUEUE:\n",
+        "    if at is not None and op.args[at] == MODE_ENQUEUE:\n",
         "    if False:\n",
         (f"{QUEUE}::test_a_resent_ask_never_starts_its_id_anew",),
     ),
@@ -85,8 +85,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "slow release: a heartbeat that finds a releasing lease gone calls it lost",
         "sdk/runtime.py",
-        "                if x._releasing:  # gone by its own release",
-        "                if False:  # gone by its own release",
+        "                if not x._releasing:  # else gone by its own release",
+        "                if True:  # else gone by its own release",
         (f"{RUNTIME}::test_a_release_that_takes_longer_than_the_ttl_keeps_its_lease",),
     ),
     Mutant(
@@ -261,8 +261,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "sdk: a lease the broker reports lost is kept as held",
         "sdk/runtime.py",
-        "                if mine:\n                    x._mark_lost()\n",
-        "                if False:\n                    pass\n",
+        "                    self.drop_lease(x)\n                    x._mark_lost()\n",
+        "                    pass\n",
         (f"{QUEUE}::test_a_revoked_holder_learns_at_its_next_heartbeat",),
     ),
 )
